@@ -1,0 +1,19 @@
+"""`python -m plate_ocr <command> [flags]`: what the bin/ launchers and `plate-ocr` run."""
+
+import sys
+
+from plate_ocr import cli
+
+
+def main() -> None:
+    """Dispatches to the command named by the first argument."""
+    if len(sys.argv) < 2 or sys.argv[1] not in cli.COMMANDS:
+        print(f"usage: plate-ocr {{{','.join(cli.COMMANDS)}}} [flags]", file=sys.stderr)
+        sys.exit(2)
+    command = sys.argv.pop(1)
+    sys.argv[0] = command
+    cli.COMMANDS[command]()
+
+
+if __name__ == "__main__":
+    main()

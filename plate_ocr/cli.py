@@ -1,0 +1,162 @@
+"""The only absl code: flag definitions and the main function of every command.
+
+Each command defines its own flags when it starts, so `--helpshort` lists only those. Bad
+input ends with one line on stderr, `<command>: error: ...`, and exit status 2.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+
+
+class CommandError(Exception):
+    """A user error to report in one line (exit status 2)."""
+
+
+def _fail(message: str) -> None:
+    print(f"{os.path.basename(sys.argv[0])}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _run(main, takes_arguments: bool = False) -> None:
+    """app.run with one-line errors for bad flags and for CommandError."""
+    def parse(argv: list[str]) -> list[str]:
+        try:
+            rest = FLAGS(argv)
+        except flags.Error as error:
+            _fail(str(error).splitlines()[0])
+        if len(rest) > 1 and not takes_arguments:
+            _fail(f"unexpected arguments: {' '.join(rest[1:])}")
+        return rest
+
+    def guarded(argv):
+        try:
+            main(argv)
+        except CommandError as error:
+            _fail(str(error))
+    app.run(guarded, flags_parser=parse)
+
+
+def _project_path(*parts: str) -> str:
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), *parts)
+
+
+def _flag_values(names) -> dict:
+    return {name: FLAGS[name].value for name in names}
+
+
+# ---------------------------------------------------------------- gather_fonts
+
+def gather_fonts() -> None:
+    """Copies the manifest's faces into fonts/ and verifies them."""
+    flags.DEFINE_string("font_dir", _project_path("fonts"), "Folder with manifest.tsv.")
+    flags.DEFINE_string("alphabet", "0123456789", "Characters every face must draw.")
+
+    def main(argv):
+        from plate_ocr import fonts
+        manifest = os.path.join(FLAGS.font_dir, fonts.MANIFEST_NAME)
+        if not os.path.exists(manifest):
+            raise CommandError(f"no font manifest at {manifest}")
+        entries = fonts.read_manifest(manifest)
+        missing = fonts.gather(entries, FLAGS.font_dir)
+        if missing:
+            packages = fonts.debian_packages(missing)
+            others = sorted({e.source for e in missing if not e.source.startswith("debian:")})
+            raise CommandError(
+                f"{len(missing)} font files are not installed; run: "
+                + " and ".join(filter(None, [
+                    packages and "apt-get install -y " + " ".join(packages),
+                    others and "pip install " + " ".join(s.split(":", 1)[1] for s in others)])))
+        summary = []
+        for split in (fonts.TRAIN, fonts.HELDOUT):
+            faces, rejected = fonts.usable_faces(FLAGS.font_dir, FLAGS.alphabet, split, 0)
+            for file, reason in rejected.items():
+                print(f"left out {file}: {reason}", file=sys.stderr)
+            summary.append(f"{len(faces)} {split} faces of "
+                           f"{len({f.family for f in faces})} families")
+        print(f"{FLAGS.font_dir}: " + ", ".join(summary))
+
+    _run(main)
+
+
+# ---------------------------------------------------------------- make_records
+
+_MAKE_RECORDS_FLAGS = (
+    "output_dir", "num_train", "num_val", "num_test", "num_heldout", "shards", "eval_shards",
+    "seed", "workers", "font_dir", "min_font_families", "font_size_min", "font_size_max",
+    "spacing_min", "spacing_max", "alphabet", "plate_length", "overwrite")
+
+
+def make_records() -> None:
+    """Renders the plates and writes sharded TFRecords plus dataset_info.json."""
+    flags.DEFINE_string("output_dir", "tfrecords", "Where the shards and metadata go.")
+    flags.DEFINE_integer("num_train", 60000, "Training plates (all labels distinct).", lower_bound=1)
+    flags.DEFINE_integer("num_val", 5000, "Validation plates.", lower_bound=0)
+    flags.DEFINE_integer("num_test", 10000, "Test plates.", lower_bound=0)
+    flags.DEFINE_integer("num_heldout", 2000, "Plates in held-out font families (test labels).",
+                         lower_bound=0)
+    flags.DEFINE_integer("shards", 16, "Shards of the training split.", lower_bound=1)
+    flags.DEFINE_integer("eval_shards", 2, "Shards of each evaluation split.", lower_bound=1)
+    flags.DEFINE_integer("seed", 0, "Seed of labels and plates.")
+    flags.DEFINE_integer("workers", os.cpu_count() or 1,
+                         "Writer processes (0: write in this process).", lower_bound=0)
+    flags.DEFINE_string("font_dir", _project_path("fonts"), "Gathered fonts and manifest.tsv.")
+    flags.DEFINE_integer("min_font_families", 22, "Fewer usable training families is an error.",
+                         lower_bound=1)
+    flags.DEFINE_integer("font_size_min", 18, "Smallest font size (pixels per em).", lower_bound=4)
+    flags.DEFINE_integer("font_size_max", 25, "Largest font size.", lower_bound=4)
+    flags.DEFINE_integer("spacing_min", 0, "Least extra pixels between characters.")
+    flags.DEFINE_integer("spacing_max", 8, "Most extra pixels between characters (reduced "
+                         "where a wide face would not fit).")
+    flags.DEFINE_string("alphabet", "0123456789", "Characters of the plates.")
+    flags.DEFINE_integer("plate_length", 5, "Characters per plate.", lower_bound=1)
+    flags.DEFINE_boolean("overwrite", False, "Replace records already in --output_dir.")
+
+    def main(argv):
+        from tqdm import tqdm
+        from plate_ocr import fonts, records, writer
+        if FLAGS.font_size_min > FLAGS.font_size_max:
+            raise CommandError("--font_size_min must not exceed --font_size_max")
+        if FLAGS.spacing_min > FLAGS.spacing_max:
+            raise CommandError("--spacing_min must not exceed --spacing_max")
+        if len(set(FLAGS.alphabet)) != len(FLAGS.alphabet) or not FLAGS.alphabet:
+            raise CommandError(f"--alphabet must be distinct characters, got {FLAGS.alphabet!r}")
+        existing = writer.existing_output(FLAGS.output_dir)
+        if existing and not FLAGS.overwrite:
+            raise CommandError(f"{FLAGS.output_dir} already holds records "
+                               f"({os.path.basename(existing[0])}, ...); pass --overwrite")
+        counts = {"train": FLAGS.num_train, "val": FLAGS.num_val, "test": FLAGS.num_test,
+                  "heldout": FLAGS.num_heldout}
+        try:
+            labels = records.draw_labels(counts, FLAGS.alphabet, FLAGS.plate_length, FLAGS.seed)
+            train_faces, rejected = fonts.usable_faces(
+                FLAGS.font_dir, FLAGS.alphabet, fonts.TRAIN, FLAGS.min_font_families)
+            heldout_faces, rejected_heldout = fonts.usable_faces(
+                FLAGS.font_dir, FLAGS.alphabet, fonts.HELDOUT, 1 if FLAGS.num_heldout else 0)
+            style = writer.PlateStyle(FLAGS.alphabet, FLAGS.plate_length, FLAGS.font_size_min,
+                                      FLAGS.font_size_max, FLAGS.spacing_min, FLAGS.spacing_max)
+            writer.check_fit(train_faces + heldout_faces, style)
+        except (ValueError, fonts.FontError) as error:
+            raise CommandError(str(error)) from None
+        for file, reason in {**rejected, **rejected_heldout}.items():
+            print(f"left out font {file}: {reason}", file=sys.stderr)
+        total = sum(counts.values())
+        with tqdm(total=total, unit="plate", desc="make_records", smoothing=0.1) as bar:
+            info = writer.write_dataset(
+                FLAGS.output_dir, labels,
+                {"train": FLAGS.shards, "val": FLAGS.eval_shards, "test": FLAGS.eval_shards,
+                 "heldout": FLAGS.eval_shards},
+                {"train": train_faces, "heldout": heldout_faces}, style, FLAGS.seed,
+                FLAGS.workers, bar.update, {"flags": _flag_values(_MAKE_RECORDS_FLAGS)})
+        seconds = info["write_seconds"]
+        print(f"wrote {total:,} plates ({', '.join(f'{s} {n:,}' for s, n in counts.items())}) "
+              f"to {FLAGS.output_dir} in {seconds:.1f} s ({total / seconds:,.0f} plates/s, "
+              f"{FLAGS.workers} workers, {info['max_worker_rss_mb']:.0f} MB per worker)")
+
+    _run(main)
+
+
+COMMANDS = {"gather_fonts": gather_fonts, "make_records": make_records}

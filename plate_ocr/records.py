@@ -1,0 +1,149 @@
+"""The one tf.train.Example schema, TFRecord framing, label sets and the dataset metadata.
+
+Writers run in worker processes that must not import TensorFlow (seconds of start-up and
+hundreds of MB each), so Examples are encoded here directly in the protobuf wire format and
+framed as TFRecords; tests parse them back with TensorFlow to prove the format.
+"""
+
+import json
+import os
+import struct
+
+import crc32c
+import numpy as np
+
+INFO_NAME = "dataset_info.json"
+INFO_VERSION = 1
+SPLITS = ("train", "val", "test", "heldout")
+# Feature keys and kinds of the schema: the parsing side builds its spec from these.
+FEATURES = {"image": "bytes", "label": "int64_list", "text": "bytes", "font": "bytes",
+            "font_size": "int64", "spacing": "int64"}
+
+
+def shard_name(split: str, shard: int, num_shards: int) -> str:
+    """TFDS-style file name of one shard."""
+    return f"plates-{split}.tfrecord-{shard:05d}-of-{num_shards:05d}"
+
+
+def _varint(value: int) -> bytes:
+    value &= (1 << 64) - 1  # negative int64 as two's complement, as protobuf does
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _length_delimited(field: int, payload: bytes) -> bytes:
+    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _feature(kind: str, value) -> bytes:
+    if kind == "bytes":  # Feature.bytes_list = 1 { repeated bytes value = 1 }
+        return _length_delimited(1, _length_delimited(1, value))
+    values = value if kind == "int64_list" else [value]
+    packed = b"".join(_varint(int(v)) for v in values)  # Feature.int64_list = 3, packed
+    return _length_delimited(3, _length_delimited(1, packed))
+
+
+def encode_example(image: np.ndarray, label: list[int], text: str, font: str,
+                   font_size: int, spacing: int) -> bytes:
+    """Serializes one plate as a tf.train.Example (the FEATURES schema)."""
+    values = {"image": image.tobytes(), "label": label, "text": text.encode(),
+              "font": font.encode(), "font_size": font_size, "spacing": spacing}
+    entries = b"".join(
+        _length_delimited(1, _length_delimited(1, key.encode())
+                          + _length_delimited(2, _feature(kind, values[key])))
+        for key, kind in FEATURES.items())
+    return _length_delimited(1, entries)  # Example.features = 1 { map feature = 1 }
+
+
+def _masked_crc(data: bytes) -> int:
+    crc = crc32c.crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def frame_record(data: bytes) -> bytes:
+    """One TFRecord: length, its masked CRC32C, the data, its masked CRC32C."""
+    length = struct.pack("<Q", len(data))
+    return (length + struct.pack("<I", _masked_crc(length)) + data
+            + struct.pack("<I", _masked_crc(data)))
+
+
+def label_population(alphabet: str, plate_length: int) -> int:
+    """How many distinct plates the alphabet and length allow."""
+    return len(alphabet) ** plate_length
+
+
+def draw_labels(counts: dict[str, int], alphabet: str, plate_length: int,
+                seed: int) -> dict[str, np.ndarray]:
+    """Distinct label numbers per split; train, val and test are pairwise disjoint.
+
+    The `heldout` split (other font families) reuses the first test labels, so its accuracy
+    differs from the test split's by the fonts alone.
+
+    Raises:
+      ValueError: more labels asked for than the alphabet and length allow.
+    """
+    population = label_population(alphabet, plate_length)
+    distinct = counts["train"] + counts["val"] + counts["test"]
+    if distinct > population:
+        raise ValueError(f"train + val + test = {distinct} plates need distinct labels, but "
+                         f"{len(alphabet)} characters x {plate_length} positions allow only "
+                         f"{population}")
+    if counts["heldout"] > counts["test"]:
+        raise ValueError(f"--num_heldout ({counts['heldout']}) must not exceed --num_test "
+                         f"({counts['test']}): held-out plates reuse test labels")
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(len(SPLITS),)))
+    numbers = rng.choice(population, size=distinct, replace=False)
+    bounds = np.cumsum([0, counts["train"], counts["val"], counts["test"]])
+    labels = {split: numbers[bounds[i]:bounds[i + 1]] for i, split in enumerate(SPLITS[:3])}
+    labels["heldout"] = labels["test"][:counts["heldout"]]
+    return labels
+
+
+def label_digits(number: int, alphabet: str, plate_length: int) -> list[int]:
+    """Label number -> alphabet indices, most significant first (leading zeros kept)."""
+    digits = []
+    for _ in range(plate_length):
+        number, digit = divmod(int(number), len(alphabet))
+        digits.append(digit)
+    return digits[::-1]
+
+
+def write_info(output_dir: str, info: dict) -> None:
+    """Writes the metadata atomically: it is the last file of a finished dataset."""
+    path = os.path.join(output_dir, INFO_NAME)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(dict(info, version=INFO_VERSION), f, indent=1, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+
+def read_info(records_dir: str) -> dict:
+    """Reads and checks dataset_info.json.
+
+    Raises:
+      FileNotFoundError, ValueError: with a one-line message.
+    """
+    path = os.path.join(records_dir, INFO_NAME)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no {INFO_NAME} in {records_dir}: write the records first "
+                                f"with bin/make_records --output_dir {records_dir}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            info = json.load(f)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON ({error})") from None
+    if info.get("version") != INFO_VERSION:
+        raise ValueError(f"{path} has version {info.get('version')}, this code reads "
+                         f"version {INFO_VERSION}: rewrite the records with bin/make_records")
+    return info
+
+
+def split_files(info: dict, records_dir: str, split: str) -> list[str]:
+    """Paths of one split's shards, in order."""
+    if split not in info["splits"]:
+        raise ValueError(f"split {split!r} is not in the records (have: "
+                         f"{', '.join(info['splits'])})")
+    return [os.path.join(records_dir, shard["name"]) for shard in info["splits"][split]["shards"]]

@@ -1,0 +1,250 @@
+"""Write the sharded splits in parallel worker processes, then the metadata.
+
+Every plate is a pure function of (seed, split, index): its generator is seeded from
+`SeedSequence(seed, spawn_key=(split, index))`, so the bytes do not depend on --shards,
+--workers or the order in which workers finish.
+"""
+
+import concurrent.futures
+import dataclasses
+import glob
+import hashlib
+import multiprocessing
+import os
+import queue
+import resource
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+
+from plate_ocr import fonts, records, render
+
+_PROGRESS_EVERY = 250
+
+
+@dataclasses.dataclass(frozen=True)
+class PlateStyle:
+    """What varies from plate to plate, and the fixed geometry."""
+
+    alphabet: str = "0123456789"
+    plate_length: int = 5
+    font_size_min: int = 18
+    font_size_max: int = 25
+    spacing_min: int = 0
+    spacing_max: int = 8
+    spec: render.PlateSpec = render.PlateSpec()
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardTask:
+    """One shard for one worker: its labels and everything needed to render them."""
+
+    output_dir: str
+    split: str
+    shard: int
+    num_shards: int
+    first_index: int  # index in the split of the shard's first plate
+    labels: np.ndarray
+    families: Sequence[Sequence[fonts.Face]]
+    style: PlateStyle
+    seed: int
+
+
+def plate_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """The generator of one plate."""
+    return np.random.default_rng(
+        np.random.SeedSequence(seed, spawn_key=(records.SPLITS.index(split), index)))
+
+
+def make_plate(number: int, families: Sequence[Sequence[fonts.Face]], style: PlateStyle,
+               rng: np.random.Generator) -> tuple[np.ndarray, list[int], str, fonts.Face, int, int]:
+    """Renders one label: a family, then a face, size and spacing drawn from rng.
+
+    Returns:
+      (image, label digits, text, face, font size, spacing used).
+    """
+    family = families[int(rng.integers(len(families)))]
+    face = family[int(rng.integers(len(family)))]
+    size = int(rng.integers(style.font_size_min, style.font_size_max + 1))
+    spacing = int(rng.integers(style.spacing_min, style.spacing_max + 1))
+    digits = records.label_digits(number, style.alphabet, style.plate_length)
+    text = "".join(style.alphabet[d] for d in digits)
+    glyphs = render.load_glyphs(face.path, size, style.alphabet)
+    image, spacing = render.render_plate([glyphs[c] for c in text], spacing, style.spec, rng)
+    return image, digits, text, face, size, spacing
+
+
+_progress_queue = None
+
+
+def _init_worker(progress_queue) -> None:
+    global _progress_queue
+    _progress_queue = progress_queue
+
+
+def _report(count: int) -> None:
+    if _progress_queue is not None and count:
+        _progress_queue.put(count)
+
+
+def write_shard(task: ShardTask) -> dict:
+    """Renders and writes one shard under a temporary name, renamed once complete.
+
+    Returns:
+      {"name", "num_examples", "sha256", "max_rss_mb"} of the shard.
+    """
+    name = records.shard_name(task.split, task.shard, task.num_shards)
+    final = os.path.join(task.output_dir, name)
+    temporary = os.path.join(task.output_dir, f".{name}.tmp-{os.getpid()}")
+    digest, unreported = hashlib.sha256(), 0
+    try:
+        with open(temporary, "wb") as f:
+            for offset, number in enumerate(task.labels):
+                rng = plate_rng(task.seed, task.split, task.first_index + offset)
+                image, digits, text, face, size, spacing = make_plate(
+                    number, task.families, task.style, rng)
+                record = records.frame_record(records.encode_example(
+                    image, digits, text, face.name, size, spacing))
+                f.write(record)
+                digest.update(record)
+                unreported += 1
+                if unreported == _PROGRESS_EVERY:
+                    _report(unreported)
+                    unreported = 0
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, final)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    _report(unreported)
+    return {"name": name, "num_examples": len(task.labels), "sha256": digest.hexdigest(),
+            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def shard_tasks(output_dir: str, labels: dict[str, np.ndarray], shards: dict[str, int],
+                faces: dict[str, Sequence[fonts.Face]], style: PlateStyle,
+                seed: int) -> list[ShardTask]:
+    """Cuts every split into contiguous shards, largest first so workers finish together.
+
+    `faces` has the "train" faces (train, val and test plates) and the "heldout" ones.
+    """
+    tasks = []
+    for split, split_labels in labels.items():
+        if len(split_labels) == 0:
+            continue
+        num_shards = min(shards[split], len(split_labels))
+        bounds = [len(split_labels) * i // num_shards for i in range(num_shards + 1)]
+        families = fonts.group_by_family(faces["heldout" if split == "heldout" else "train"])
+        tasks += [ShardTask(output_dir, split, shard, num_shards, bounds[shard],
+                            split_labels[bounds[shard]:bounds[shard + 1]], families, style, seed)
+                  for shard in range(num_shards)]
+    return sorted(tasks, key=lambda task: -len(task.labels))
+
+
+def check_fit(faces: Sequence[fonts.Face], style: PlateStyle) -> None:
+    """Checks that every face fits the plate at the largest size with the widest glyphs.
+
+    Raises:
+      ValueError: naming the first face that cannot fit.
+    """
+    available = style.spec.width - 2 * style.spec.margin
+    for face in faces:
+        glyphs = render.load_glyphs(face.path, style.font_size_max, style.alphabet)
+        widest = max(glyphs.values(), key=lambda g: g.advance + g.ink.shape[1])
+        height = (max(g.top + g.ink.shape[0] for g in glyphs.values())
+                  - min(g.top for g in glyphs.values()))
+        try:
+            render.fit_spacing([widest] * style.plate_length, style.spacing_min, available)
+        except ValueError:
+            raise ValueError(f"{style.plate_length} glyphs of {face.name} at size "
+                             f"{style.font_size_max} do not fit {available} pixels") from None
+        if height > style.spec.height - 2 * style.spec.margin:
+            raise ValueError(f"glyphs of {face.name} at size {style.font_size_max} are "
+                             f"{height} pixels tall, more than the plate allows")
+
+
+def existing_output(output_dir: str) -> list[str]:
+    """Files of an earlier dataset in output_dir (shards and metadata)."""
+    return sorted(glob.glob(os.path.join(output_dir, "plates-*.tfrecord-*"))
+                  + glob.glob(os.path.join(output_dir, records.INFO_NAME)))
+
+
+def clear_output(output_dir: str) -> None:
+    """Removes an earlier dataset, metadata first, and temporaries of killed runs."""
+    info = os.path.join(output_dir, records.INFO_NAME)
+    if os.path.exists(info):
+        os.remove(info)
+    for path in existing_output(output_dir) + glob.glob(os.path.join(output_dir, ".plates-*.tmp-*")):
+        os.remove(path)
+
+
+def run_tasks(tasks: Sequence[ShardTask], workers: int,
+              on_progress: Callable[[int], None]) -> list[dict]:
+    """Writes the shards with `workers` spawned processes (0: in this process)."""
+    if workers == 0:
+        results = []
+        for task in tasks:
+            results.append(write_shard(task))
+            on_progress(results[-1]["num_examples"])
+        return results
+    # spawn, not fork: a forked copy of a process that has TensorFlow loaded can deadlock.
+    context = multiprocessing.get_context("spawn")
+    progress_queue = context.Queue()
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
+                                                initializer=_init_worker,
+                                                initargs=(progress_queue,)) as pool:
+        futures = [pool.submit(write_shard, task) for task in tasks]
+        try:
+            pending = set(futures)
+            while pending:
+                done, pending = concurrent.futures.wait(pending, timeout=0.1)
+                for future in done:
+                    future.result()  # raise a worker's error now
+                while True:
+                    try:
+                        on_progress(progress_queue.get_nowait())
+                    except queue.Empty:
+                        break
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return [future.result() for future in futures]
+
+
+def write_dataset(output_dir: str, labels: dict[str, np.ndarray], shards: dict[str, int],
+                  faces: dict[str, Sequence[fonts.Face]], style: PlateStyle, seed: int,
+                  workers: int, on_progress: Callable[[int], None] = lambda n: None,
+                  extra_info: dict | None = None) -> dict:
+    """Writes every split's shards, then dataset_info.json (last, so it marks completion).
+
+    Returns:
+      the metadata written.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    clear_output(output_dir)
+    started = time.perf_counter()
+    tasks = shard_tasks(output_dir, labels, shards, faces, style, seed)
+    results = {(r["name"]): r for r in run_tasks(tasks, workers, on_progress)}
+    splits = {}
+    for split in records.SPLITS:
+        split_tasks = sorted((t for t in tasks if t.split == split), key=lambda t: t.shard)
+        shard_info = [{key: results[records.shard_name(split, t.shard, t.num_shards)][key]
+                       for key in ("name", "num_examples", "sha256")} for t in split_tasks]
+        splits[split] = {"num_examples": int(len(labels[split])), "shards": shard_info,
+                         "fonts": "heldout" if split == "heldout" else "train"}
+    info = {
+        "image_height": style.spec.height, "image_width": style.spec.width,
+        "alphabet": style.alphabet, "plate_length": style.plate_length, "seed": seed,
+        "splits": splits,
+        "fonts": {split: [{"name": f.name, "family": f.family, "file": os.path.basename(f.path)}
+                          for f in split_faces] for split, split_faces in
+                  (("train", faces["train"]), ("heldout", faces["heldout"]))},
+        "plate_style": dataclasses.asdict(style),
+        "write_seconds": round(time.perf_counter() - started, 2),
+        "max_worker_rss_mb": round(max(r["max_rss_mb"] for r in results.values()), 1),
+        **(extra_info or {}),
+    }
+    records.write_info(output_dir, info)
+    return info
