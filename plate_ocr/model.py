@@ -1,0 +1,71 @@
+"""build_crnn(config, ...) -> keras.Model: pixel values [B, H, W] -> logits [B, time, classes].
+
+Convolution blocks shrink the height to a few rows and the width to the time axis; a
+bidirectional RNN reads the columns left to right and back; a Dense layer gives one logit per
+class (alphabet + blank) per time step. The model returns logits only: loss and decoding live
+in ctc.py.
+"""
+
+import dataclasses
+import math
+
+import keras
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Shape of the CRNN."""
+
+    conv_filters: tuple[int, ...] = (32, 64, 128, 128)
+    # Width pooling per block (height always halves): their product sets the time steps.
+    pool_widths: tuple[int, ...] = (2, 2, 1, 1)
+    dense_units: int = 128
+    rnn_units: int = 64
+    rnn: str = "lstm"  # "lstm" or "gru"
+    dropout: float = 0.2
+
+
+def time_steps(width: int, config: ModelConfig) -> int:
+    """Time steps of the logits for images of this width."""
+    return width // math.prod(config.pool_widths)
+
+
+def build_crnn(config: ModelConfig, height: int, width: int, num_classes: int) -> keras.Model:
+    """Builds the CRNN.
+
+    Args:
+      config: the shape.
+      height, width: image size in pixels.
+      num_classes: alphabet size + 1 (the blank).
+    Returns:
+      a model from float32 pixel values 0..255 [B, H, W] to float32 logits [B, T, classes].
+    Raises:
+      ValueError: when the convolutions leave no rows or too few time steps.
+    """
+    if len(config.pool_widths) != len(config.conv_filters):
+        raise ValueError(f"{len(config.conv_filters)} conv blocks but "
+                         f"{len(config.pool_widths)} pool widths")
+    rows = height // 2 ** len(config.conv_filters)
+    steps = time_steps(width, config)
+    if rows < 1 or steps < 1:
+        raise ValueError(f"{len(config.conv_filters)} conv blocks leave no rows or columns of a "
+                         f"{height}x{width} image")
+    images = keras.Input((height, width), name="images")
+    x = keras.layers.Reshape((height, width, 1))(images)
+    x = keras.layers.Rescaling(1 / 255.0)(x)
+    for filters, pool_width in zip(config.conv_filters, config.pool_widths):
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.ReLU()(x)
+        x = keras.layers.MaxPooling2D((2, pool_width))(x)
+    # [B, rows, steps, C] -> [B, steps, rows * C]: each time step sees a whole column.
+    x = keras.layers.Permute((2, 1, 3))(x)
+    x = keras.layers.Reshape((steps, rows * config.conv_filters[-1]))(x)
+    x = keras.layers.Dense(config.dense_units, activation="relu")(x)
+    x = keras.layers.Dropout(config.dropout)(x)
+    rnn = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}[config.rnn]
+    x = keras.layers.Bidirectional(rnn(config.rnn_units, return_sequences=True))(x)
+    x = keras.layers.Dropout(config.dropout)(x)
+    # float32 logits even under a mixed-precision policy: CTC needs them.
+    logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
+    return keras.Model(images, logits, name="crnn")

@@ -1,0 +1,43 @@
+"""Pictures a person would rather look at than read: plates with their predictions."""
+
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+RIGHT = (20, 140, 40)
+WRONG = (200, 30, 30)
+_CAPTION = 20
+
+
+def prediction_grid(images: Sequence[np.ndarray], predictions: Sequence[str],
+                    truths: Sequence[str | None], columns: int = 4) -> np.ndarray:
+    """Draws plates in a grid, each captioned with its prediction.
+
+    Args:
+      images: uint8 [H, W] grayscale plates (any size; each is shown as it is).
+      predictions: the model's reading of each plate.
+      truths: the true text, or None where unknown (caption drawn in black).
+      columns: plates per row.
+    Returns:
+      uint8 RGB [rows * (h + caption), columns * w, 3]; a wrong reading is red and shows the
+      truth beside it, a right one is green.
+    """
+    cell_h = max(image.shape[0] for image in images) + _CAPTION
+    cell_w = max(max(image.shape[1] for image in images), 128)
+    rows = -(-len(images) // columns)
+    sheet = Image.new("RGB", (columns * cell_w, rows * cell_h), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default(size=14)
+    for i, (image, prediction, truth) in enumerate(zip(images, predictions, truths)):
+        x, y = (i % columns) * cell_w, (i // columns) * cell_h
+        sheet.paste(Image.fromarray(image).convert("RGB"), (x, y))
+        if truth is None:
+            caption, colour = prediction or "(none)", (0, 0, 0)
+        elif prediction == truth:
+            caption, colour = prediction, RIGHT
+        else:
+            caption, colour = f"{prediction or '(none)'} (is {truth})", WRONG
+        draw.text((x + 2, y + cell_h - _CAPTION + 2), caption, fill=colour, font=font)
+        draw.rectangle([x, y, x + cell_w - 1, y + cell_h - 1], outline=(210, 210, 210))
+    return np.asarray(sheet)

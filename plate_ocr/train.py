@@ -1,0 +1,337 @@
+"""train_and_evaluate(config, model_dir, strategy): the custom training loop.
+
+One tf.function runs `steps_per_loop` steps in a tf.range loop around strategy.run; epochs are
+counted in steps; validation every epoch drives early stopping and keeps the best weights;
+checkpoints hold everything needed to resume (step, weights, optimizer, early-stopping state).
+"""
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from plate_ocr import ctc, distribute, export, input_pipeline, model as model_lib, records
+from plate_ocr import pictures
+
+SUM = tf.distribute.ReduceOp.SUM
+BEST_WEIGHTS = "best.weights.h5"
+CONFIG_FILE = "config.json"
+HISTORY_FILE = "history.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on (the CLI builds it from flags)."""
+
+    records_dir: str = "tfrecords"
+    model: model_lib.ModelConfig = model_lib.ModelConfig()
+    batch_size: int = 256  # global: split across replicas
+    eval_batch_size: int = 256
+    learning_rate: float = 3e-4
+    lr_schedule: str = "constant"  # "constant" or "cosine" (to min_lr_ratio * learning_rate)
+    warmup_steps: int = 0
+    decay_steps: int = 0  # 0: decay over the whole run
+    min_lr_ratio: float = 0.0
+    clip_norm: float = 0.0  # global gradient norm clip, 0: off
+    epochs: int = 55
+    steps_per_epoch: int = 0  # 0: one pass over the training split
+    steps_per_loop: int = 50
+    patience: int = 5
+    min_delta: float = 0.0
+    shuffle_buffer: int = 10000
+    seed: int = 0
+    max_minutes: float = 0.0  # stop after this much training time (0: no limit)
+    profile_steps: tuple[int, int] | None = None
+    num_image_summaries: int = 16
+
+
+class TrainingError(Exception):
+    """Training cannot go on: a one-line reason."""
+
+
+def make_optimizer(config: TrainConfig, total_steps: int) -> keras.optimizers.Optimizer:
+    """Adam with the configured warm-up and decay."""
+    rate = config.learning_rate
+    if config.lr_schedule == "cosine" or config.warmup_steps:
+        decay = config.decay_steps or max(total_steps - config.warmup_steps, 1)
+        rate = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0 if config.warmup_steps else config.learning_rate,
+            decay_steps=decay,
+            alpha=config.min_lr_ratio if config.lr_schedule == "cosine" else 1.0,
+            warmup_target=config.learning_rate if config.warmup_steps else None,
+            warmup_steps=config.warmup_steps)
+    return keras.optimizers.Adam(rate, global_clipnorm=config.clip_norm or None)
+
+
+def _check_model_dir(model_dir: str, description: dict) -> None:
+    """Refuses a model dir written for another model or image size."""
+    path = os.path.join(model_dir, CONFIG_FILE)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+        keys = ("image_height", "image_width", "alphabet", "plate_length", "model")
+        changed = [key for key in keys if old.get(key) != description[key]]
+        if changed:
+            raise TrainingError(f"{model_dir} holds a run of another configuration ({', '.join(changed)} "
+                                "differ): use a new --model_dir")
+    else:
+        os.makedirs(model_dir, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(description, f, indent=1)
+
+
+class Trainer:
+    """The model, optimizer, compiled steps and state of one run under one strategy."""
+
+    def __init__(self, config: TrainConfig, info: dict, strategy: tf.distribute.Strategy,
+                 total_steps: int):
+        self.config, self.info, self.strategy = config, info, strategy
+        self.shape = (info["image_height"], info["image_width"])
+        num_classes = len(info["alphabet"]) + 1
+        with strategy.scope():
+            self.model = model_lib.build_crnn(config.model, *self.shape, num_classes)
+            self.optimizer = make_optimizer(config, total_steps)
+            # Built eagerly in the scope: Keras 23085 (Adam in a distributed tf.function).
+            self.optimizer.build(self.model.trainable_variables)
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.best_val_loss = tf.Variable(math.inf, dtype=tf.float64, trainable=False)
+        self.bad_epochs = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+        self.checkpoint = tf.train.Checkpoint(
+            model=self.model, optimizer=self.optimizer, step=self.step, epoch=self.epoch,
+            best_val_loss=self.best_val_loss, bad_epochs=self.bad_epochs,
+            train_seconds=self.train_seconds)
+        self.train_loop = tf.function(self._train_loop)
+        self.eval_step = tf.function(self._eval_step)
+
+    def _train_replica(self, images, labels, weights):
+        with tf.GradientTape() as tape:
+            logits = self.model(tf.cast(images, tf.float32), training=True)
+            per_example = ctc.per_example_loss(labels, logits)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.config.batch_size)
+        gradients = tape.gradient(loss, self.model.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
+        sums = ctc.metric_sums(labels, ctc.greedy_decode(logits)[0], weights)
+        sums["loss"] = tf.reduce_sum(per_example)
+        return sums
+
+    def _train_loop(self, iterator, num_steps):
+        sums = {key: tf.constant(0.0) for key in ("plates", "plates_correct", "chars",
+                                                  "chars_correct", "edits", "loss")}
+        first_bad_step = tf.constant(-1, tf.int64)
+        for i in tf.range(num_steps):
+            per_replica = self.strategy.run(self._train_replica, args=next(iterator))
+            # Reduced inside the loop: per-replica values cannot leave a tf.range loop.
+            batch = {k: self.strategy.reduce(SUM, v, axis=None) for k, v in per_replica.items()}
+            bad = tf.logical_not(tf.math.is_finite(batch["loss"])) & (first_bad_step < 0)
+            first_bad_step = tf.where(bad, self.step + tf.cast(i, tf.int64), first_bad_step)
+            sums = {key: sums[key] + batch[key] for key in sums}
+        self.step.assign_add(tf.cast(num_steps, tf.int64))
+        return sums, first_bad_step
+
+    def _eval_replica(self, images, labels, weights):
+        logits = self.model(tf.cast(images, tf.float32), training=False)
+        sums = ctc.metric_sums(labels, ctc.greedy_decode(logits)[0], weights)
+        sums["loss"] = tf.reduce_sum(ctc.per_example_loss(labels, logits) * weights)
+        return sums
+
+    def _eval_step(self, batch):
+        per_replica = self.strategy.run(self._eval_replica, args=batch)
+        return {k: self.strategy.reduce(SUM, v, axis=None) for k, v in per_replica.items()}
+
+    def dataset(self, split: str, training: bool, seed: int = 0):
+        """The split distributed over the strategy's input pipelines."""
+        files = records.split_files(self.info, self.config.records_dir, split)
+        batch = self.config.batch_size if training else self.config.eval_batch_size
+
+        def dataset_fn(context: tf.distribute.InputContext):
+            return input_pipeline.make_dataset(
+                files, context.get_per_replica_batch_size(batch), training, *self.shape,
+                self.info["plate_length"], input_context=context,
+                shuffle_buffer=self.config.shuffle_buffer, seed=seed)
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    def evaluate(self, split: str) -> dict:
+        """Loss and metrics of the current weights over every example of a split."""
+        totals = {}
+        try:
+            for batch in self.dataset(split, training=False):
+                for key, value in self.eval_step(batch).items():
+                    totals[key] = totals.get(key, 0.0) + float(value)
+        except tf.errors.DataLossError as error:
+            raise TrainingError(f"corrupt records in split {split!r}: "
+                                f"{error.message.splitlines()[0]}") from None
+        expected = self.info["splits"][split]["num_examples"]
+        if round(totals.get("plates", 0)) != expected:
+            raise TrainingError(f"evaluation of {split!r} saw {totals.get('plates', 0):.0f} "
+                                f"plates, the metadata says {expected}")
+        return dict(ctc.rates(totals), loss=totals["loss"] / totals["plates"])
+
+
+def _image_summary(trainer: Trainer, sample: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    images, labels = sample
+    logits = trainer.model(tf.cast(images, tf.float32), training=False)
+    alphabet = trainer.info["alphabet"]
+    predictions = [t.decode() for t in ctc.to_strings(ctc.greedy_decode(logits)[0],
+                                                       alphabet).numpy()]
+    truths = ["".join(alphabet[i] for i in label) for label in labels]
+    return pictures.prediction_grid(list(images), predictions, truths)
+
+
+def _summary_sample(info: dict, records_dir: str, count: int) -> tuple[np.ndarray, np.ndarray]:
+    files = records.split_files(info, records_dir, "val")
+    dataset = input_pipeline.make_dataset(files, count, False, info["image_height"],
+                                          info["image_width"], info["plate_length"])
+    images, labels, weights = next(iter(dataset))
+    keep = int(tf.reduce_sum(weights))
+    return images.numpy()[:keep], labels.numpy()[:keep]
+
+
+def _write_scalars(writer, step: int, values: dict) -> None:
+    with writer.as_default(step=step):
+        for name, value in values.items():
+            tf.summary.scalar(name, value)
+
+
+def _train_epoch(trainer: Trainer, iterator, steps_per_epoch: int, model_dir: str,
+                 chief: bool) -> dict:
+    """Runs one epoch of steps, in loops of steps_per_loop, profiling the configured window."""
+    config = trainer.config
+    totals, done, started = {}, 0, time.perf_counter()
+    with tqdm(total=steps_per_epoch, unit="step", leave=False, disable=not chief,
+              desc=f"epoch {int(trainer.epoch) + 1}", mininterval=1.0) as bar:
+        while done < steps_per_epoch:
+            step = int(trainer.step)
+            count = min(config.steps_per_loop, steps_per_epoch - done)
+            window = config.profile_steps
+            if window and step < window[0]:
+                count = min(count, window[0] - step)
+            profiling = bool(window) and window[0] <= step < window[1]
+            if profiling:
+                count = 1
+                if step == window[0]:
+                    tf.profiler.experimental.start(model_dir)
+                with tf.profiler.experimental.Trace("train", step_num=step, _r=1):
+                    sums, bad = trainer.train_loop(iterator, tf.constant(count))
+                if step + 1 == window[1]:
+                    tf.profiler.experimental.stop()
+            else:
+                sums, bad = trainer.train_loop(iterator, tf.constant(count))
+            if int(bad) >= 0:
+                raise TrainingError(f"loss is not finite at step {int(bad)}: lower "
+                                    "--learning_rate or set --clip_norm")
+            for key, value in sums.items():
+                totals[key] = totals.get(key, 0.0) + float(value)
+            done += count
+            bar.update(count)
+            bar.set_postfix(loss=f"{totals['loss'] / totals['plates']:.3f}", refresh=False)
+    seconds = time.perf_counter() - started
+    trainer.train_seconds.assign_add(seconds)
+    return dict(ctc.rates(totals), loss=totals["loss"] / totals["plates"],
+                examples_per_second=totals["plates"] / seconds)
+
+
+def train_and_evaluate(config: TrainConfig, model_dir: str,
+                       strategy: tf.distribute.Strategy) -> dict:
+    """Trains (or resumes) until the epochs, patience or time run out; exports the best weights.
+
+    Args:
+      config: the run's configuration.
+      model_dir: checkpoints, TensorBoard logs, history and exports go here.
+      strategy: the tf.distribute strategy to train under.
+    Returns:
+      {"val": metrics, "test": metrics, "epochs", "steps", "train_seconds", "exports"} of the
+      best weights.
+    Raises:
+      TrainingError, FileNotFoundError, ValueError: with one-line messages.
+    """
+    info = records.read_info(config.records_dir)
+    chief = distribute.is_chief(strategy)
+    out_dir = distribute.writer_dir(model_dir, strategy)
+    description = {"image_height": info["image_height"], "image_width": info["image_width"],
+                   "alphabet": info["alphabet"], "plate_length": info["plate_length"],
+                   "model": dataclasses.asdict(config.model), "train": dataclasses.asdict(config)}
+    description["model"] = json.loads(json.dumps(description["model"]))  # tuples -> lists
+    _check_model_dir(out_dir, description)
+    num_train = info["splits"]["train"]["num_examples"]
+    steps_per_epoch = config.steps_per_epoch or max(num_train // config.batch_size, 1)
+    trainer = Trainer(config, info, strategy, config.epochs * steps_per_epoch)
+    manager = tf.train.CheckpointManager(trainer.checkpoint, os.path.join(out_dir, "checkpoints"),
+                                         max_to_keep=3, step_counter=trainer.step)
+    if manager.latest_checkpoint:
+        trainer.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        if chief:
+            print(f"resumed from {manager.latest_checkpoint} (epoch {int(trainer.epoch)}, "
+                  f"step {int(trainer.step)})")
+    history_path = os.path.join(out_dir, HISTORY_FILE)
+    history = json.load(open(history_path)) if os.path.exists(history_path) else []
+    train_writer = tf.summary.create_file_writer(os.path.join(out_dir, "train"))
+    val_writer = tf.summary.create_file_writer(os.path.join(out_dir, "val"))
+    sample = _summary_sample(info, config.records_dir, config.num_image_summaries)
+    iterator = iter(trainer.dataset("train", training=True, seed=config.seed + int(trainer.epoch)))
+
+    def finished() -> bool:
+        return (int(trainer.epoch) >= config.epochs or int(trainer.bad_epochs) >= config.patience
+                or (config.max_minutes and float(trainer.train_seconds) >= 60 * config.max_minutes))
+
+    while not finished():
+        try:
+            train = _train_epoch(trainer, iterator, steps_per_epoch, out_dir, chief)
+        except tf.errors.DataLossError as error:
+            raise TrainingError(f"corrupt training records: {error.message.splitlines()[0]}") from None
+        val = trainer.evaluate("val")
+        trainer.epoch.assign_add(1)
+        improved = val["loss"] < float(trainer.best_val_loss) - config.min_delta
+        if improved:
+            trainer.best_val_loss.assign(val["loss"])
+            trainer.bad_epochs.assign(0)
+            trainer.model.save_weights(os.path.join(out_dir, BEST_WEIGHTS))
+        else:
+            trainer.bad_epochs.assign_add(1)
+        step, epoch = int(trainer.step), int(trainer.epoch)
+        learning_rate = float(trainer.optimizer.learning_rate)
+        _write_scalars(train_writer, step, {
+            "loss": train["loss"], "plate_accuracy": train["plate_accuracy"],
+            "char_accuracy": train["char_accuracy"], "learning_rate": learning_rate,
+            "examples_per_second": train["examples_per_second"]})
+        _write_scalars(val_writer, step, {
+            "loss": val["loss"], "plate_accuracy": val["plate_accuracy"],
+            "char_accuracy": val["char_accuracy"], "cer": val["cer"]})
+        with val_writer.as_default(step=step):
+            tf.summary.image("predictions", _image_summary(trainer, sample)[None], max_outputs=1)
+        history.append({"epoch": epoch, "step": step,
+                        "train_seconds": round(float(trainer.train_seconds), 2),
+                        "examples": step * config.batch_size, "train": train, "val": val})
+        with open(history_path + ".tmp", "w") as f:
+            json.dump(history, f, indent=1)
+        os.replace(history_path + ".tmp", history_path)
+        manager.save(checkpoint_number=step)
+        if chief:
+            tqdm.write(f"epoch {epoch:3d}  step {step:6d}  loss {train['loss']:.4f}  "
+                       f"val loss {val['loss']:.4f}  val plate acc {val['plate_accuracy']:.4f}  "
+                       f"char acc {val['char_accuracy']:.4f}  "
+                       f"{train['examples_per_second']:.0f} ex/s  "
+                       f"{float(trainer.train_seconds) / 60:.1f} min"
+                       + ("  *best" if improved else ""))
+    best = os.path.join(out_dir, BEST_WEIGHTS)
+    if os.path.exists(best):
+        trainer.model.load_weights(best)
+    result = {"val": trainer.evaluate("val"), "epochs": int(trainer.epoch),
+              "steps": int(trainer.step), "train_seconds": float(trainer.train_seconds)}
+    if info["splits"].get("test", {}).get("num_examples"):
+        result["test"] = trainer.evaluate("test")
+    result["exports"] = export.export_model(trainer.model, out_dir, info["alphabet"],
+                                            *trainer.shape)
+    with open(os.path.join(out_dir, "final_metrics.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    if not chief:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    return result
