@@ -282,11 +282,72 @@ def train() -> None:
                             f"(CER {result[split]['cer']:.4f})"
                             for split in ("val", "test") if split in result)
         print(f"done: {result['epochs']} epochs, {result['steps']} steps, "
-              f"{result['train_seconds'] / 60:.1f} min of training; {summary}; "
+              f"{result['train_seconds'] / 60:.1f} min of training, peak memory "
+              f"{result['peak_rss_mb'] / 1024:.1f} GB; {summary}; "
               f"exported to {result['exports']['saved_model']}")
 
     _run(main)
 
 
+# ---------------------------------------------------------------- benchmark
+
+def benchmark() -> None:
+    """Measures the speed and memory of the pipeline's stages on this machine."""
+    flags.DEFINE_list("stages", ["records"], "Stages to measure, comma-separated: records.")
+    flags.DEFINE_integer("num_plates", 20000, "Plates per worker in each timed records run.",
+                         lower_bound=10)
+    flags.DEFINE_float("dataset_scale", 1.0, "Size of the timed make_records run, as a "
+                       "fraction of its default dataset (77,000 plates); 0 skips it.",
+                       lower_bound=0)
+    flags.DEFINE_integer("repeats", 3, "Runs per figure; the median is reported.",
+                         lower_bound=1)
+    flags.DEFINE_string("font_dir", _project_path("fonts"), "Gathered fonts and manifest.tsv.")
+    flags.DEFINE_string("work_dir", "", "Folder for the files the timed runs write "
+                        "(default: the system's temporary folder).")
+    flags.DEFINE_boolean("json", False, "Print one JSON object instead of the table.")
+
+    def main(argv):
+        import json
+        import tempfile
+        from plate_ocr import benchmark as benchmark_lib, fonts
+        unknown = sorted(set(FLAGS.stages) - set(benchmark_lib.STAGES))
+        if unknown or not FLAGS.stages:
+            raise CommandError(f"--stages must name some of {','.join(benchmark_lib.STAGES)}"
+                               f" (unknown: {','.join(unknown) or 'none given'})")
+        # Other processes on the machine skew every figure: the load average tells.
+        settings = {"cpus": os.cpu_count(), "repeats": FLAGS.repeats,
+                    "load_average_at_start": round(os.getloadavg()[0], 2)}
+        results = {}
+        if FLAGS.work_dir:
+            os.makedirs(FLAGS.work_dir, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="plate_ocr_benchmark_",
+                                         dir=FLAGS.work_dir or None) as work_dir:
+            if "records" in FLAGS.stages:
+                settings["records"] = {
+                    "plates_per_worker": FLAGS.num_plates,
+                    "short_run_plates": max(1, FLAGS.num_plates // 10),
+                    "dataset_scale": FLAGS.dataset_scale, "work_dir": work_dir}
+                try:
+                    results["records"] = benchmark_lib.records_stage(
+                        FLAGS.font_dir, FLAGS.num_plates, FLAGS.repeats, FLAGS.dataset_scale,
+                        work_dir)
+                except (ValueError, fonts.FontError) as error:
+                    raise CommandError(str(error)) from None
+        settings["load_average_at_end"] = round(os.getloadavg()[0], 2)
+        if FLAGS.json:
+            print(json.dumps({"settings": settings, **results}, indent=1))
+            return
+        print(f"{settings['cpus']} CPUs, load average {settings['load_average_at_start']:.2f} "
+              f"at start and {settings['load_average_at_end']:.2f} at end; each figure the "
+              f"median of {FLAGS.repeats} runs")
+        if "records" in results:
+            print(f"records: {FLAGS.num_plates:,} plates per worker per timed run, short run "
+                  f"{settings['records']['short_run_plates']:,}; make_records run of "
+                  f"{results['records'].get('dataset_plates', 0):,.0f} plates")
+        print(benchmark_lib.format_table(results))
+
+    _run(main)
+
+
 COMMANDS = {"gather_fonts": gather_fonts, "make_records": make_records,
-            "train": train}
+            "train": train, "benchmark": benchmark}

@@ -21,7 +21,7 @@ def parse_batch(serialized: tf.Tensor, height: int, width: int,
     features = tf.io.parse_example(serialized, spec)
     # decode_raw on the whole batch: one op instead of one decode per example.
     images = tf.io.decode_raw(features["image"], tf.uint8)
-    images = tf.reshape(images, [-1, height, width])
+    images = tf.reshape(images, [serialized.shape[0] or -1, height, width])  # keep a static batch
     return images, tf.cast(features["label"], tf.int32)
 
 
@@ -83,3 +83,17 @@ def make_dataset(files: list[str], batch_size: int, training: bool, height: int,
     # Files are sharded here by InputContext; the strategy must not shard again.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return dataset.with_options(options).prefetch(AUTOTUNE)
+
+
+def find_corrupt_file(files: list[str]) -> str | None:
+    """The first file with a record that fails to read (bad CRC, truncation), or None.
+
+    tf.data reports a DataLossError without saying which of the interleaved files broke:
+    reading each file alone tells.
+    """
+    for path in files:
+        try:
+            tf.data.TFRecordDataset(path).reduce(0, lambda count, _: count + 1)
+        except tf.errors.DataLossError:
+            return path
+    return None

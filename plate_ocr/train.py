@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import os
+import resource
 import shutil
 import time
 
@@ -85,6 +86,14 @@ def _check_model_dir(model_dir: str, description: dict) -> None:
         os.makedirs(model_dir, exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
             json.dump(description, f, indent=1)
+
+
+def corrupt_records_error(error: tf.errors.DataLossError, files: list[str]) -> TrainingError:
+    """A one-line error naming the corrupt shard among `files`."""
+    path = input_pipeline.find_corrupt_file(files)
+    where = path or f"one of {len(files)} shards in {os.path.dirname(files[0])}"
+    return TrainingError(f"corrupt record in {where} ({error.message.splitlines()[0]}); "
+                         "rewrite the records with bin/make_records --overwrite")
 
 
 class Trainer:
@@ -167,8 +176,8 @@ class Trainer:
                 for key, value in self.eval_step(batch).items():
                     totals[key] = totals.get(key, 0.0) + float(value)
         except tf.errors.DataLossError as error:
-            raise TrainingError(f"corrupt records in split {split!r}: "
-                                f"{error.message.splitlines()[0]}") from None
+            raise corrupt_records_error(
+                error, records.split_files(self.info, self.config.records_dir, split)) from None
         expected = self.info["splits"][split]["num_examples"]
         if round(totals.get("plates", 0)) != expected:
             raise TrainingError(f"evaluation of {split!r} saw {totals.get('plates', 0):.0f} "
@@ -248,8 +257,8 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
       model_dir: checkpoints, TensorBoard logs, history and exports go here.
       strategy: the tf.distribute strategy to train under.
     Returns:
-      {"val": metrics, "test": metrics, "epochs", "steps", "train_seconds", "exports"} of the
-      best weights.
+      {"val": metrics, "test": metrics, "epochs", "steps", "train_seconds", "peak_rss_mb",
+       "exports"} of the best weights.
     Raises:
       TrainingError, FileNotFoundError, ValueError: with one-line messages.
     """
@@ -286,7 +295,8 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
         try:
             train = _train_epoch(trainer, iterator, steps_per_epoch, out_dir, chief)
         except tf.errors.DataLossError as error:
-            raise TrainingError(f"corrupt training records: {error.message.splitlines()[0]}") from None
+            raise corrupt_records_error(
+                error, records.split_files(info, config.records_dir, "train")) from None
         val = trainer.evaluate("val")
         trainer.epoch.assign_add(1)
         improved = val["loss"] < float(trainer.best_val_loss) - config.min_delta
@@ -328,6 +338,7 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
               "steps": int(trainer.step), "train_seconds": float(trainer.train_seconds)}
     if info["splits"].get("test", {}).get("num_examples"):
         result["test"] = trainer.evaluate("test")
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["exports"] = export.export_model(trainer.model, out_dir, info["alphabet"],
                                             *trainer.shape)
     with open(os.path.join(out_dir, "final_metrics.json"), "w") as f:

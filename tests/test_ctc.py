@@ -1,0 +1,66 @@
+"""CTC loss, greedy decoding and metrics on hand-built tensors."""
+
+import numpy as np
+import tensorflow as tf
+
+from plate_ocr import ctc
+
+CLASSES = 11  # ten digits + blank (last)
+BLANK = CLASSES - 1
+
+
+def logits_for(paths: list[list[int]]) -> tf.Tensor:
+    """Logits whose best class at each step follows the given paths."""
+    logits = np.full((len(paths), len(paths[0]), CLASSES), -5.0, np.float32)
+    for b, path in enumerate(paths):
+        for t, c in enumerate(path):
+            logits[b, t, c] = 5.0
+    return tf.constant(logits)
+
+
+def test_greedy_decode_collapses_repeats_and_removes_blanks():
+    B = BLANK
+    logits = logits_for([
+        [1, 1, B, 2, 2, 2, B, 3, B, 3, 4, B],  # 1 2 3 3 4: a blank separates the repeat
+        [B, 5, 5, 5, 5, 5, 5, B, B, B, B, B],  # 5 only: repeats without blank collapse
+        [B] * 12,                                # empty
+    ])
+    decoded, confidence = ctc.greedy_decode(logits)
+    assert decoded.shape == (3, 12) and decoded.dtype == tf.int32
+    assert decoded[0].numpy().tolist() == [1, 2, 3, 3, 4] + [ctc.PAD] * 7
+    assert decoded[1].numpy().tolist() == [5] + [ctc.PAD] * 11
+    assert decoded[2].numpy().tolist() == [ctc.PAD] * 12
+    assert np.all((confidence.numpy() > 0.5) & (confidence.numpy() <= 1.0))
+
+
+def test_loss_is_lower_for_the_true_label():
+    B = BLANK
+    logits = logits_for([[0, B, 3, B, 7, 7, B, 7, B, 2, B, B, B, B, B, B]] * 2)
+    labels = tf.constant([[0, 3, 7, 7, 2], [0, 3, 7, 2, 2]], tf.int32)
+    loss = ctc.per_example_loss(labels, logits).numpy()
+    assert loss.shape == (2,)
+    assert loss[0] < 0.1 < 5 < loss[1]
+
+
+def test_metric_sums_count_plates_characters_and_edits():
+    labels = tf.constant([[1, 2, 3, 4, 5]] * 4, tf.int32)
+    pad = ctc.PAD
+    decoded = tf.constant([
+        [1, 2, 3, 4, 5, pad, pad],    # right
+        [1, 2, 3, 4, pad, pad, pad],  # one dropped: 4 chars right by position, 1 edit
+        [1, 2, 3, 4, 5, 6, pad],      # one extra: all 5 positions right, but wrong plate
+        [pad] * 7,                    # empty decode: 5 edits
+    ], tf.int32)
+    sums = {k: float(v) for k, v in ctc.metric_sums(labels, decoded, tf.ones([4])).items()}
+    assert sums == {"plates": 4, "plates_correct": 1, "chars": 20, "chars_correct": 14,
+                    "edits": 7}
+    rates = ctc.rates(sums)
+    assert rates["plate_accuracy"] == 0.25 and rates["char_accuracy"] == 0.7
+    assert abs(rates["cer"] - 7 / 20) < 1e-9
+    weighted = ctc.metric_sums(labels, decoded, tf.constant([1.0, 0, 0, 0]))
+    assert float(weighted["plates"]) == 1 and float(weighted["edits"]) == 0
+
+
+def test_to_strings():
+    decoded = tf.constant([[0, 3, 9, ctc.PAD], [ctc.PAD] * 4], tf.int32)
+    assert ctc.to_strings(decoded, "0123456789").numpy().tolist() == [b"039", b""]

@@ -1,0 +1,31 @@
+"""The CRNN's shapes."""
+
+import pytest
+
+from plate_ocr import model
+
+SMALL = model.ModelConfig(conv_filters=(8, 8, 16, 16), dense_units=16, rnn_units=8)
+
+
+@pytest.mark.parametrize("rnn", ["lstm", "gru"])
+def test_logits_shape_and_time_steps(rnn):
+    import dataclasses
+    import numpy as np
+    config = dataclasses.replace(SMALL, rnn=rnn)
+    crnn = model.build_crnn(config, 64, 128, 11)
+    logits = crnn(np.zeros((3, 64, 128), np.float32))
+    assert model.time_steps(128, config) == 32 >= 16
+    assert tuple(logits.shape) == (3, 32, 11) and logits.dtype == "float32"
+
+
+def test_default_model_is_small():
+    crnn = model.build_crnn(model.ModelConfig(), 64, 128, 11)
+    assert 200_000 < crnn.count_params() < 1_000_000
+
+
+def test_bad_shapes_raise():
+    with pytest.raises(ValueError, match="pool widths"):
+        model.build_crnn(model.ModelConfig(conv_filters=(8, 8), pool_widths=(2,)), 64, 128, 11)
+    with pytest.raises(ValueError, match="no rows"):
+        model.build_crnn(model.ModelConfig(conv_filters=(8,) * 7, pool_widths=(1,) * 7),
+                         64, 128, 11)

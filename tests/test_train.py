@@ -1,0 +1,107 @@
+"""train_and_evaluate end to end on tiny records, in this process (one device)."""
+
+import dataclasses
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from plate_ocr import export, model, render, train, writer
+
+STRATEGY = tf.distribute.OneDeviceStrategy("/cpu:0")
+
+
+def smoke_config(records_dir: str, **overrides) -> train.TrainConfig:
+    """A tiny model and a few steps: seconds per run."""
+    config = train.TrainConfig(
+        records_dir=records_dir,
+        model=model.ModelConfig(conv_filters=(8, 16, 16, 16), dense_units=16, rnn_units=8),
+        batch_size=32, eval_batch_size=32, epochs=2, steps_per_epoch=3, steps_per_loop=2,
+        shuffle_buffer=200, num_image_summaries=4)
+    return dataclasses.replace(config, **overrides)
+
+
+def test_train_and_evaluate_writes_checkpoints_logs_and_exports(tiny_records, tmp_path):
+    model_dir = str(tmp_path / "run")
+    result = train.train_and_evaluate(smoke_config(tiny_records), model_dir, STRATEGY)
+    assert result["epochs"] == 2 and result["steps"] == 6
+    for split in ("val", "test"):
+        assert set(result[split]) == {"plate_accuracy", "char_accuracy", "cer", "loss"}
+    history = json.load(open(os.path.join(model_dir, train.HISTORY_FILE)))
+    assert [h["step"] for h in history] == [3, 6]
+    assert glob.glob(os.path.join(model_dir, "checkpoints", "ckpt-6.index"))
+    for logs in ("train", "val"):
+        assert glob.glob(os.path.join(model_dir, logs, "events.out.tfevents.*"))
+    assert os.path.exists(os.path.join(model_dir, train.BEST_WEIGHTS))
+    for path in result["exports"].values():
+        assert os.path.exists(path)
+
+    # The SavedModel takes uint8 plates and returns strings and a confidence per plate.
+    serve = export.load_serving(result["exports"]["saved_model"])
+    images = np.full((3, 64, 128), 255, np.uint8)
+    outputs = serve(images=tf.constant(images))
+    assert outputs["text"].shape == (3,) and outputs["text"].dtype == tf.string
+    assert outputs["confidence"].shape == (3,)
+    assert np.all((outputs["confidence"].numpy() >= 0) & (outputs["confidence"].numpy() <= 1))
+
+
+def test_loss_falls(tiny_records, tmp_path):
+    config = smoke_config(tiny_records, epochs=4, steps_per_epoch=10, steps_per_loop=5,
+                          learning_rate=3e-3)
+    train.train_and_evaluate(config, str(tmp_path / "run"), STRATEGY)
+    history = json.load(open(tmp_path / "run" / train.HISTORY_FILE))
+    losses = [h["train"]["loss"] for h in history]
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def _checkpoint_value(model_dir: str, suffix: str) -> float:
+    path = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    names = [n for n, _ in tf.train.list_variables(path) if n.endswith(suffix)]
+    return tf.train.load_variable(path, names[0])
+
+
+def test_resume_continues_from_the_saved_step_with_optimizer_state(tiny_records, tmp_path):
+    model_dir = str(tmp_path / "run")
+    first = train.train_and_evaluate(smoke_config(tiny_records, epochs=1), model_dir, STRATEGY)
+    assert first["steps"] == 3
+    assert _checkpoint_value(model_dir, "optimizer/iterations/.ATTRIBUTES/VARIABLE_VALUE") == 3
+    second = train.train_and_evaluate(smoke_config(tiny_records, epochs=2), model_dir, STRATEGY)
+    assert second["epochs"] == 2 and second["steps"] == 6
+    # Adam's step count went on from 3: the optimizer state was restored, not rebuilt.
+    assert _checkpoint_value(model_dir, "optimizer/iterations/.ATTRIBUTES/VARIABLE_VALUE") == 6
+    history = json.load(open(os.path.join(model_dir, train.HISTORY_FILE)))
+    assert [h["epoch"] for h in history] == [1, 2]
+
+
+@pytest.mark.parametrize("patience", [1, 2])
+def test_early_stopping_after_patience_epochs_without_improvement(tiny_records, tmp_path,
+                                                                  patience):
+    # A min_delta no loss can beat: only the first epoch improves (on infinity).
+    config = smoke_config(tiny_records, epochs=10, steps_per_epoch=1, patience=patience,
+                          min_delta=1e9)
+    result = train.train_and_evaluate(config, str(tmp_path / "run"), STRATEGY)
+    assert result["epochs"] == 1 + patience
+
+
+def test_profiler_window_writes_a_trace(tiny_records, tmp_path):
+    config = smoke_config(tiny_records, epochs=1, steps_per_epoch=5, profile_steps=(2, 4))
+    train.train_and_evaluate(config, str(tmp_path / "run"), STRATEGY)
+    assert glob.glob(str(tmp_path / "run" / "plugins" / "profile" / "*" / "*.xplane.pb"))
+
+
+def test_records_of_another_image_size_are_refused(tiny_records, write_records, tmp_path):
+    model_dir = str(tmp_path / "run")
+    train.train_and_evaluate(smoke_config(tiny_records, epochs=1), model_dir, STRATEGY)
+    other = str(tmp_path / "records48")
+    write_records(other, style=writer.PlateStyle(spec=render.PlateSpec(height=48, width=128)))
+    with pytest.raises(train.TrainingError, match="image_height"):
+        train.train_and_evaluate(smoke_config(other, epochs=2), model_dir, STRATEGY)
+
+
+def test_missing_records_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="bin/make_records"):
+        train.train_and_evaluate(smoke_config(str(tmp_path / "nothing")), str(tmp_path / "run"),
+                                 STRATEGY)
