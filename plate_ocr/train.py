@@ -307,7 +307,7 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
         else:
             trainer.bad_epochs.assign_add(1)
         step, epoch = int(trainer.step), int(trainer.epoch)
-        learning_rate = float(trainer.optimizer.learning_rate)
+        learning_rate = float(tf.convert_to_tensor(trainer.optimizer.learning_rate))
         _write_scalars(train_writer, step, {
             "loss": train["loss"], "plate_accuracy": train["plate_accuracy"],
             "char_accuracy": train["char_accuracy"], "learning_rate": learning_rate,

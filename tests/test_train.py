@@ -67,11 +67,11 @@ def test_resume_continues_from_the_saved_step_with_optimizer_state(tiny_records,
     model_dir = str(tmp_path / "run")
     first = train.train_and_evaluate(smoke_config(tiny_records, epochs=1), model_dir, STRATEGY)
     assert first["steps"] == 3
-    assert _checkpoint_value(model_dir, "optimizer/iterations/.ATTRIBUTES/VARIABLE_VALUE") == 3
+    assert _checkpoint_value(model_dir, "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == 3
     second = train.train_and_evaluate(smoke_config(tiny_records, epochs=2), model_dir, STRATEGY)
     assert second["epochs"] == 2 and second["steps"] == 6
     # Adam's step count went on from 3: the optimizer state was restored, not rebuilt.
-    assert _checkpoint_value(model_dir, "optimizer/iterations/.ATTRIBUTES/VARIABLE_VALUE") == 6
+    assert _checkpoint_value(model_dir, "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == 6
     history = json.load(open(os.path.join(model_dir, train.HISTORY_FILE)))
     assert [h["epoch"] for h in history] == [1, 2]
 

@@ -97,7 +97,8 @@ def test_multi_worker_mirrored_with_two_local_workers(tiny_records, tmp_path):
     outputs = [p.communicate(timeout=400) for p in processes]
     for process, (stdout, stderr) in zip(processes, outputs):
         assert process.returncode == 0, stderr[-3000:]
-    assert "MultiWorkerMirroredStrategy with 2 replica(s)" in outputs[0][0]
+    # MultiWorkerMirroredStrategy is CollectiveAllReduceStrategy under its own name.
+    assert "CollectiveAllReduceStrategy with 2 replica(s)" in outputs[0][0]
     assert (tmp_path / "run" / "export" / "saved_model.pb").exists()
     # The second worker wrote only into its scratch dir, and removed it.
     assert not list((tmp_path / "run").glob(".worker-*"))
