@@ -2,17 +2,19 @@
 
 import sys
 
-from plate_ocr import cli
+from plate_ocr import cli, cli_use
+
+COMMANDS = {**cli.COMMANDS, **cli_use.COMMANDS}
 
 
 def main() -> None:
     """Dispatches to the command named by the first argument."""
-    if len(sys.argv) < 2 or sys.argv[1] not in cli.COMMANDS:
-        print(f"usage: plate-ocr {{{','.join(cli.COMMANDS)}}} [flags]", file=sys.stderr)
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        print(f"usage: plate-ocr {{{','.join(COMMANDS)}}} [flags]", file=sys.stderr)
         sys.exit(2)
     command = sys.argv.pop(1)
     sys.argv[0] = command
-    cli.COMMANDS[command]()
+    COMMANDS[command]()
 
 
 if __name__ == "__main__":

@@ -1,25 +1,41 @@
 """Export a trained CRNN: SavedModel (uint8 images -> strings), .keras model, Keras weights."""
 
 import os
+import tempfile
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-from plate_ocr import ctc
+from plate_ocr import ctc, model as model_lib
 
 SAVED_MODEL = "export"
 KERAS_MODEL = "model.keras"
 KERAS_WEIGHTS = "model.weights.h5"
+TFLITE_MODEL = "model.tflite"
 
 
-def serving_function(model: keras.Model, alphabet: str, height: int, width: int):
-    """A tf.function: uint8 [N, H, W] -> {"text": string [N], "confidence": float32 [N]}."""
+def serving_function(model: keras.Model, alphabet: str | None, height: int, width: int):
+    """A tf.function: uint8 [N, H, W] -> {"text": string [N], "confidence": float32 [N]}.
+
+    With alphabet None it returns {"labels": int32 [N, T] padded with -1, "confidence"}
+    instead (TFLite's built-in ops have no strings).
+    """
     @tf.function(input_signature=[tf.TensorSpec([None, height, width], tf.uint8, name="images")])
     def serve(images):
         logits = model(tf.cast(images, tf.float32), training=False)
         decoded, confidence = ctc.greedy_decode(logits)
+        if alphabet is None:
+            return {"labels": decoded, "confidence": confidence}
         return {"text": ctc.to_strings(decoded, alphabet), "confidence": confidence}
     return serve
+
+
+def _write_archive(model: keras.Model, path: str, serve) -> None:
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", serve)
+    archive.write_out(path, verbose=False)
 
 
 def export_model(model: keras.Model, export_root: str, alphabet: str, height: int,
@@ -31,10 +47,7 @@ def export_model(model: keras.Model, export_root: str, alphabet: str, height: in
     """
     os.makedirs(export_root, exist_ok=True)
     saved_model = os.path.join(export_root, SAVED_MODEL)
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint("serving_default", serving_function(model, alphabet, height, width))
-    archive.write_out(saved_model, verbose=False)
+    _write_archive(model, saved_model, serving_function(model, alphabet, height, width))
     paths = {"saved_model": saved_model,
              "keras": os.path.join(export_root, KERAS_MODEL),
              "weights": os.path.join(export_root, KERAS_WEIGHTS)}
@@ -49,3 +62,31 @@ def load_serving(saved_model: str):
         raise FileNotFoundError(f"no SavedModel in {saved_model}: train a model with bin/train "
                                 "(it exports into <model_dir>/export)")
     return tf.saved_model.load(saved_model).signatures["serving_default"]
+
+
+def export_tflite(model: keras.Model, config: model_lib.ModelConfig, path: str, height: int,
+                  width: int, num_classes: int) -> str:
+    """Writes a TFLite model (built-in ops only): uint8 images -> labels, confidence."""
+    # Same weights in a model whose RNN is unrolled: no tensor-list while loop to convert.
+    unrolled = model_lib.build_crnn(config, height, width, num_classes, unroll=True)
+    unrolled.set_weights(model.get_weights())
+    with tempfile.TemporaryDirectory() as scratch:
+        _write_archive(unrolled, scratch, serving_function(unrolled, None, height, width))
+        converter = tf.lite.TFLiteConverter.from_saved_model(scratch)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        flatbuffer = converter.convert()
+    with open(path + ".tmp", "wb") as f:
+        f.write(flatbuffer)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def load_tflite(path: str, alphabet: str):
+    """A predict(uint8 [N, H, W]) -> (strings, confidences) running a TFLite model."""
+    runner = tf.lite.Interpreter(model_path=path).get_signature_runner()
+
+    def predict(images: np.ndarray) -> tuple[list[str], np.ndarray]:
+        outputs = runner(images=np.asarray(images, np.uint8))
+        texts = ["".join(alphabet[i] for i in row if i >= 0) for row in outputs["labels"]]
+        return texts, outputs["confidence"]
+    return predict

@@ -30,13 +30,16 @@ def time_steps(width: int, config: ModelConfig) -> int:
     return width // math.prod(config.pool_widths)
 
 
-def build_crnn(config: ModelConfig, height: int, width: int, num_classes: int) -> keras.Model:
+def build_crnn(config: ModelConfig, height: int, width: int, num_classes: int,
+               unroll: bool = False) -> keras.Model:
     """Builds the CRNN.
 
     Args:
       config: the shape.
       height, width: image size in pixels.
       num_classes: alphabet size + 1 (the blank).
+      unroll: unroll the RNN over the time steps (TFLite's built-in ops have no while loop of
+        tensor lists); same weights either way.
     Returns:
       a model from float32 pixel values 0..255 [B, H, W] to float32 logits [B, T, classes].
     Raises:
@@ -64,7 +67,7 @@ def build_crnn(config: ModelConfig, height: int, width: int, num_classes: int) -
     x = keras.layers.Dense(config.dense_units, activation="relu")(x)
     x = keras.layers.Dropout(config.dropout)(x)
     rnn = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}[config.rnn]
-    x = keras.layers.Bidirectional(rnn(config.rnn_units, return_sequences=True))(x)
+    x = keras.layers.Bidirectional(rnn(config.rnn_units, return_sequences=True, unroll=unroll))(x)
     x = keras.layers.Dropout(config.dropout)(x)
     # float32 logits even under a mixed-precision policy: CTC needs them.
     logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)

@@ -1,5 +1,6 @@
 """Pictures a person would rather look at than read: plates with their predictions."""
 
+import os
 from typing import Sequence
 
 import numpy as np
@@ -41,3 +42,35 @@ def prediction_grid(images: Sequence[np.ndarray], predictions: Sequence[str],
         draw.text((x + 2, y + cell_h - _CAPTION + 2), caption, fill=colour, font=font)
         draw.rectangle([x, y, x + cell_w - 1, y + cell_h - 1], outline=(210, 210, 210))
     return np.asarray(sheet)
+
+
+def save_png(image: np.ndarray, path: str) -> str:
+    """Writes an image array as PNG (parent folders created)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(image).save(path)
+    return path
+
+
+def confusion_png(matrix: np.ndarray, alphabet: str, path: str, title: str) -> str:
+    """Draws a character confusion matrix (rows: truth, columns: prediction) as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(6, 5.2), dpi=100)
+    # Log colours: the diagonal holds thousands, the mistakes a handful.
+    axes.imshow(np.log1p(matrix), cmap="Blues")
+    for (row, column), count in np.ndenumerate(matrix):
+        if count:
+            axes.text(column, row, str(count), ha="center", va="center", fontsize=7,
+                      color="white" if row == column else ("black" if count < 3 else "red"))
+    axes.set_xticks(range(len(alphabet)), list(alphabet))
+    axes.set_yticks(range(len(alphabet)), list(alphabet))
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(title)
+    figure.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    figure.savefig(path)
+    pyplot.close(figure)
+    return path

@@ -75,6 +75,26 @@ def make_plate(number: int, families: Sequence[Sequence[fonts.Face]], style: Pla
     return image, digits, text, face, size, spacing
 
 
+def write_png_plates(output_dir: str, numbers: Sequence[int], families: Sequence[Sequence[fonts.Face]],
+                     style: PlateStyle, seed: int) -> list[str]:
+    """Writes one PNG per label, named by its text (e.g. 37463.png), like a folder of photos.
+
+    The plates use their own random stream: their labels may be test labels, their pixels are
+    not copies of the test records.
+    """
+    from PIL import Image
+
+    os.makedirs(output_dir, exist_ok=True)
+    paths = []
+    for index, number in enumerate(numbers):
+        rng = np.random.default_rng(
+            np.random.SeedSequence(seed, spawn_key=(len(records.SPLITS) + 1, index)))
+        image, _, text, _, _, _ = make_plate(number, families, style, rng)
+        paths.append(os.path.join(output_dir, f"{text}.png"))
+        Image.fromarray(image).save(paths[-1])
+    return paths
+
+
 _progress_queue = None
 
 

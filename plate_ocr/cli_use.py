@@ -1,0 +1,199 @@
+"""The commands that use a trained model: evaluate, predict, export, make_test_images.
+
+absl code like cli.py (whose helpers it shares): flags are defined when a command starts.
+"""
+
+import json
+import os
+import sys
+
+from absl import flags
+
+from plate_ocr.cli import FLAGS, CommandError, _project_path, _run
+
+_MODEL_HELP = ("A model dir (runs/cpu), its SavedModel (runs/cpu/export), .keras or .tflite "
+               "file.")
+
+
+def _quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _load(path: str):
+    from plate_ocr import evaluate
+    try:
+        return evaluate.load_predictor(path)
+    except (FileNotFoundError, OSError, ValueError) as error:
+        raise CommandError(str(error).splitlines()[0]) from None
+
+
+# ---------------------------------------------------------------- evaluate
+
+def evaluate() -> None:
+    """Evaluates a model on a records split: table, metrics.json and pictures."""
+    _quiet_tensorflow()
+    flags.DEFINE_string("model", "runs/cpu", _MODEL_HELP)
+    flags.DEFINE_string("split", "test", "Split to evaluate (test, val, heldout, ...).")
+    flags.DEFINE_string("records_dir", None, "Records (default: those the model trained on).")
+    flags.DEFINE_string("output_json", None, "Metrics file (default: <model dir>/metrics.json "
+                        "for test, metrics-<split>.json otherwise).")
+    flags.DEFINE_integer("batch_size", 512, "Plates per prediction call.", lower_bound=1)
+
+    def main(argv):
+        from tqdm import tqdm
+        from plate_ocr import evaluate as evaluate_lib, pictures, records
+        model_dir = FLAGS.model if os.path.isdir(FLAGS.model) else os.path.dirname(FLAGS.model)
+        model_dir = model_dir[:-len("/export")] if model_dir.endswith("/export") else model_dir
+        records_dir = FLAGS.records_dir
+        if records_dir is None:
+            config_path = os.path.join(model_dir, "config.json")
+            records_dir = (json.load(open(config_path))["train"]["records_dir"]
+                           if os.path.exists(config_path) else "tfrecords")
+        try:
+            info = records.read_info(records_dir)
+            records.split_files(info, records_dir, FLAGS.split)
+        except (FileNotFoundError, ValueError) as error:
+            raise CommandError(str(error)) from None
+        predict, _ = _load(FLAGS.model)
+        total = info["splits"][FLAGS.split]["num_examples"]
+        with tqdm(total=total, unit="plate", desc=f"evaluate {FLAGS.split}") as bar:
+            result, misread = evaluate_lib.evaluate_split(predict, records_dir, FLAGS.split,
+                                                          FLAGS.batch_size, on_batch=bar.update)
+        name = "metrics.json" if FLAGS.split == "test" else f"metrics-{FLAGS.split}.json"
+        output = FLAGS.output_json or os.path.join(model_dir, name)
+        result = dict(result, split=FLAGS.split, records_dir=records_dir, model=FLAGS.model)
+        picture_dir = os.path.join(model_dir, "pictures")
+        result["pictures"] = {"confusion": pictures.confusion_png(
+            result["confusion"], info["alphabet"],
+            os.path.join(picture_dir, f"{FLAGS.split}-confusion.png"),
+            f"{FLAGS.split}: {result['plates']:,} plates")}
+        if misread:
+            images, predictions, truths = zip(*misread)
+            result["pictures"]["misread"] = pictures.save_png(
+                pictures.prediction_grid(images, predictions, truths, columns=6),
+                os.path.join(picture_dir, f"{FLAGS.split}-misread.png"))
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        with open(output, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1)
+        print(evaluate_lib.format_table(result))
+        print(f"metrics: {output}; pictures: {', '.join(result['pictures'].values())}")
+
+    _run(main)
+
+
+# ---------------------------------------------------------------- predict
+
+def predict() -> None:
+    """Reads plates from image files and folders: one line per image."""
+    _quiet_tensorflow()
+    flags.DEFINE_string("model", "runs/cpu", _MODEL_HELP)
+    flags.DEFINE_integer("batch_size", 256, "Images per prediction call.", lower_bound=1)
+    flags.DEFINE_boolean("labels_from_filenames", False, "The label is the last run of digits "
+                         "of each file's name: report accuracy.")
+    flags.DEFINE_string("contact_sheet", None, "Write a PNG of every image with its reading.")
+
+    def main(argv):
+        from plate_ocr import pictures, predict as predict_lib
+        if len(argv) < 2:
+            raise CommandError("name image files or folders to read")
+        paths = predict_lib.list_images(argv[1:])
+        if not paths:
+            raise CommandError(f"no image files in {' '.join(argv[1:])}")
+        predict_fn, (height, width) = _load(FLAGS.model)
+        failures, rows = 0, []
+        for start in range(0, len(paths), FLAGS.batch_size):
+            images, good = [], []
+            for path in paths[start:start + FLAGS.batch_size]:
+                try:
+                    images.append(predict_lib.load_image(path, height, width))
+                    good.append(path)
+                except ValueError as error:
+                    print(f"predict: error: {error}", file=sys.stderr)
+                    failures += 1
+            if not images:
+                continue
+            texts, confidences = predict_fn(images)
+            for path, image, text, confidence in zip(good, images, texts, confidences):
+                print(f"{path}\t{text}\t{confidence:.4f}")
+                rows.append((path, image, text))
+        if FLAGS.labels_from_filenames:
+            labelled = [(text, predict_lib.label_from_filename(path)) for path, _, text in rows]
+            labelled = [(text, label) for text, label in labelled if label is not None]
+            right = sum(text == label for text, label in labelled)
+            print(f"accuracy: {right / max(len(labelled), 1):.4f} ({right}/{len(labelled)})")
+        if FLAGS.contact_sheet and rows:
+            truths = [predict_lib.label_from_filename(path) if FLAGS.labels_from_filenames
+                      else None for path, _, _ in rows]
+            pictures.save_png(pictures.prediction_grid([image for _, image, _ in rows],
+                                                       [text for _, _, text in rows], truths,
+                                                       columns=6), FLAGS.contact_sheet)
+            print(f"contact sheet: {FLAGS.contact_sheet}")
+        if failures:
+            sys.exit(1)
+
+    _run(main, takes_arguments=True)
+
+
+# ---------------------------------------------------------------- export
+
+def export() -> None:
+    """Writes another export format of a trained model dir."""
+    _quiet_tensorflow()
+    flags.DEFINE_string("model_dir", "runs/cpu", "A finished training run.")
+    flags.DEFINE_enum("format", "tflite", ["tflite"], "Format to write (bin/train already "
+                      "wrote the SavedModel, .keras and weights).")
+
+    def main(argv):
+        import keras
+        from plate_ocr import export as export_lib, model
+        config_path = os.path.join(FLAGS.model_dir, "config.json")
+        keras_path = os.path.join(FLAGS.model_dir, export_lib.KERAS_MODEL)
+        if not (os.path.exists(config_path) and os.path.exists(keras_path)):
+            raise CommandError(f"{FLAGS.model_dir} has no finished training run "
+                               f"({export_lib.KERAS_MODEL} and config.json)")
+        config = json.load(open(config_path))
+        model_config = model.ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                            for k, v in config["model"].items()})
+        path = export_lib.export_tflite(
+            keras.models.load_model(keras_path), model_config,
+            os.path.join(FLAGS.model_dir, export_lib.TFLITE_MODEL), config["image_height"],
+            config["image_width"], len(config["alphabet"]) + 1)
+        print(f"wrote {path}")
+
+    _run(main)
+
+
+# ---------------------------------------------------------------- make_test_images
+
+def make_test_images() -> None:
+    """Writes PNG plates named by their label, with labels training never saw."""
+    flags.DEFINE_string("records_dir", "tfrecords", "The records whose test labels to use.")
+    flags.DEFINE_string("output_dir", "data/test", "Where the PNG files go.")
+    flags.DEFINE_integer("count", 60, "Number of plates.", lower_bound=1)
+    flags.DEFINE_string("font_dir", _project_path("fonts"), "Gathered fonts.")
+
+    def main(argv):
+        from plate_ocr import fonts, records, writer
+        try:
+            info = records.read_info(FLAGS.records_dir)
+            counts = {split: info["splits"][split]["num_examples"] for split in records.SPLITS}
+            if FLAGS.count > counts["test"]:
+                raise ValueError(f"--count {FLAGS.count} is more than the {counts['test']} "
+                                 "test labels")
+            labels = records.draw_labels(counts, info["alphabet"], info["plate_length"],
+                                         info["seed"])
+            faces, _ = fonts.usable_faces(FLAGS.font_dir, info["alphabet"], fonts.TRAIN, 1)
+        except (FileNotFoundError, ValueError, fonts.FontError) as error:
+            raise CommandError(str(error)) from None
+        style = dict(info["plate_style"])
+        style["spec"] = writer.render.PlateSpec(**style["spec"])
+        paths = writer.write_png_plates(FLAGS.output_dir, labels["test"][:FLAGS.count],
+                                        fonts.group_by_family(faces), writer.PlateStyle(**style),
+                                        info["seed"])
+        print(f"wrote {len(paths)} plates to {FLAGS.output_dir} (test labels, unseen in training)")
+
+    _run(main)
+
+
+COMMANDS = {"evaluate": evaluate, "predict": predict, "export": export,
+            "make_test_images": make_test_images}
