@@ -154,10 +154,8 @@ def export() -> None:
         config = json.load(open(config_path))
         model_config = model.ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
                                             for k, v in config["model"].items()})
-        path = export_lib.export_tflite(
-            keras.models.load_model(keras_path), model_config,
-            os.path.join(FLAGS.model_dir, export_lib.TFLITE_MODEL), config["image_height"],
-            config["image_width"], len(config["alphabet"]) + 1)
+        path = export_lib.export_tflite(keras.models.load_model(keras_path), model_config,
+                                        os.path.join(FLAGS.model_dir, export_lib.TFLITE_MODEL))
         print(f"wrote {path}")
 
     _run(main)

@@ -38,16 +38,20 @@ def _write_archive(model: keras.Model, path: str, serve) -> None:
     archive.write_out(path, verbose=False)
 
 
-def export_model(model: keras.Model, export_root: str, alphabet: str, height: int,
-                 width: int) -> dict:
+def export_model(model: keras.Model, config: model_lib.ModelConfig, export_root: str,
+                 alphabet: str, height: int, width: int) -> dict:
     """Writes the three export formats into export_root.
+
+    The SavedModel serves the model with BatchNorm folded into the convolutions (faster, same
+    logits); the .keras model and weights are the trained model itself, to train on from.
 
     Returns:
       {format: path} of what was written.
     """
     os.makedirs(export_root, exist_ok=True)
     saved_model = os.path.join(export_root, SAVED_MODEL)
-    _write_archive(model, saved_model, serving_function(model, alphabet, height, width))
+    inference = model_lib.fold_batch_norm(model, config)
+    _write_archive(inference, saved_model, serving_function(inference, alphabet, height, width))
     paths = {"saved_model": saved_model,
              "keras": os.path.join(export_root, KERAS_MODEL),
              "weights": os.path.join(export_root, KERAS_WEIGHTS)}
@@ -64,12 +68,11 @@ def load_serving(saved_model: str):
     return tf.saved_model.load(saved_model).signatures["serving_default"]
 
 
-def export_tflite(model: keras.Model, config: model_lib.ModelConfig, path: str, height: int,
-                  width: int, num_classes: int) -> str:
+def export_tflite(model: keras.Model, config: model_lib.ModelConfig, path: str) -> str:
     """Writes a TFLite model (built-in ops only): uint8 images -> labels, confidence."""
-    # Same weights in a model whose RNN is unrolled: no tensor-list while loop to convert.
-    unrolled = model_lib.build_crnn(config, height, width, num_classes, unroll=True)
-    unrolled.set_weights(model.get_weights())
+    height, width = model.input_shape[1:]
+    # The RNN unrolled: no tensor-list while loop to convert.
+    unrolled = model_lib.fold_batch_norm(model, config, unroll=True)
     with tempfile.TemporaryDirectory() as scratch:
         _write_archive(unrolled, scratch, serving_function(unrolled, None, height, width))
         converter = tf.lite.TFLiteConverter.from_saved_model(scratch)

@@ -10,6 +10,7 @@ import dataclasses
 import math
 
 import keras
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +32,7 @@ def time_steps(width: int, config: ModelConfig) -> int:
 
 
 def build_crnn(config: ModelConfig, height: int, width: int, num_classes: int,
-               unroll: bool = False) -> keras.Model:
+               unroll: bool = False, folded: bool = False) -> keras.Model:
     """Builds the CRNN.
 
     Args:
@@ -40,6 +41,8 @@ def build_crnn(config: ModelConfig, height: int, width: int, num_classes: int,
       num_classes: alphabet size + 1 (the blank).
       unroll: unroll the RNN over the time steps (TFLite's built-in ops have no while loop of
         tensor lists); same weights either way.
+      folded: for inference: convolutions with a bias and no BatchNorm, to receive the weights
+        of a trained model through fold_batch_norm.
     Returns:
       a model from float32 pixel values 0..255 [B, H, W] to float32 logits [B, T, classes].
     Raises:
@@ -56,19 +59,45 @@ def build_crnn(config: ModelConfig, height: int, width: int, num_classes: int,
     images = keras.Input((height, width), name="images")
     x = keras.layers.Reshape((height, width, 1))(images)
     x = keras.layers.Rescaling(1 / 255.0)(x)
-    for filters, pool_width in zip(config.conv_filters, config.pool_widths):
-        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        x = keras.layers.BatchNormalization()(x)
+    for block, (filters, pool_width) in enumerate(zip(config.conv_filters, config.pool_widths)):
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=folded, name=f"conv{block}")(x)
+        if not folded:
+            x = keras.layers.BatchNormalization(name=f"batch_norm{block}")(x)
         x = keras.layers.ReLU()(x)
         x = keras.layers.MaxPooling2D((2, pool_width))(x)
     # [B, rows, steps, C] -> [B, steps, rows * C]: each time step sees a whole column.
     x = keras.layers.Permute((2, 1, 3))(x)
     x = keras.layers.Reshape((steps, rows * config.conv_filters[-1]))(x)
-    x = keras.layers.Dense(config.dense_units, activation="relu")(x)
+    x = keras.layers.Dense(config.dense_units, activation="relu", name="columns")(x)
     x = keras.layers.Dropout(config.dropout)(x)
     rnn = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}[config.rnn]
-    x = keras.layers.Bidirectional(rnn(config.rnn_units, return_sequences=True, unroll=unroll))(x)
+    x = keras.layers.Bidirectional(rnn(config.rnn_units, return_sequences=True, unroll=unroll),
+                                   name="rnn")(x)
     x = keras.layers.Dropout(config.dropout)(x)
     # float32 logits even under a mixed-precision policy: CTC needs them.
     logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
     return keras.Model(images, logits, name="crnn")
+
+
+def fold_batch_norm(trained: keras.Model, config: ModelConfig, unroll: bool = False) -> keras.Model:
+    """The trained model for inference, each BatchNorm folded into the convolution before it.
+
+    BatchNorm at inference is a per-channel scale and shift, so it can live in the conv's
+    kernel and bias: the same logits with four fewer passes over the largest activations.
+    """
+    height, width = trained.input_shape[1:]
+    num_classes = trained.output_shape[-1]
+    folded = build_crnn(config, height, width, num_classes, unroll=unroll, folded=True)
+    for layer in folded.layers:
+        if not layer.weights:
+            continue
+        source = trained.get_layer(layer.name)
+        if layer.name.startswith("conv"):
+            norm = trained.get_layer(layer.name.replace("conv", "batch_norm"))
+            gamma, beta, mean, variance = norm.get_weights()
+            scale = gamma / np.sqrt(variance + norm.epsilon)
+            (kernel,) = source.get_weights()
+            layer.set_weights([kernel * scale, beta - mean * scale])
+        else:
+            layer.set_weights(source.get_weights())
+    return folded

@@ -339,8 +339,8 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
     if info["splits"].get("test", {}).get("num_examples"):
         result["test"] = trainer.evaluate("test")
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result["exports"] = export.export_model(trainer.model, out_dir, info["alphabet"],
-                                            *trainer.shape)
+    result["exports"] = export.export_model(trainer.model, config.model, out_dir,
+                                            info["alphabet"], *trainer.shape)
     with open(os.path.join(out_dir, "final_metrics.json"), "w") as f:
         json.dump(result, f, indent=1)
     if not chief:

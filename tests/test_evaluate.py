@@ -58,7 +58,7 @@ def test_saved_model_keras_and_tflite_give_the_same_predictions(trained, tiny_re
     model_config = model.ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
                                         for k, v in config["model"].items()})
     export.export_tflite(keras.models.load_model(f"{model_dir}/{export.KERAS_MODEL}"),
-                         model_config, f"{model_dir}/{export.TFLITE_MODEL}", 64, 128, 11)
+                         model_config, f"{model_dir}/{export.TFLITE_MODEL}")
     readings = {}
     for name in (model_dir, f"{model_dir}/{export.KERAS_MODEL}",
                  f"{model_dir}/{export.TFLITE_MODEL}"):

@@ -29,3 +29,19 @@ def test_bad_shapes_raise():
     with pytest.raises(ValueError, match="no rows"):
         model.build_crnn(model.ModelConfig(conv_filters=(8,) * 7, pool_widths=(1,) * 7),
                          64, 128, 11)
+
+
+def test_folding_batch_norm_keeps_the_logits():
+    import numpy as np
+    trained = model.build_crnn(SMALL, 64, 128, 11)
+    # Give BatchNorm statistics that are not the identity, as training would.
+    rng = np.random.default_rng(0)
+    for layer in trained.layers:
+        if layer.name.startswith("batch_norm"):
+            gamma, beta, mean, variance = layer.get_weights()
+            layer.set_weights([rng.uniform(0.5, 2, gamma.shape), rng.normal(size=beta.shape),
+                               rng.normal(size=mean.shape), rng.uniform(0.5, 2, variance.shape)])
+    folded = model.fold_batch_norm(trained, SMALL)
+    assert not [l for l in folded.layers if "batch_norm" in l.name]
+    images = rng.uniform(0, 255, (4, 64, 128)).astype(np.float32)
+    np.testing.assert_allclose(folded(images), trained(images, training=False), atol=1e-4)

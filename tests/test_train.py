@@ -105,3 +105,9 @@ def test_missing_records_dir_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="bin/make_records"):
         train.train_and_evaluate(smoke_config(str(tmp_path / "nothing")), str(tmp_path / "run"),
                                  STRATEGY)
+
+
+def test_non_finite_loss_stops_the_run_naming_the_step(tiny_records, tmp_path):
+    config = smoke_config(tiny_records, learning_rate=1e30, steps_per_epoch=4, steps_per_loop=4)
+    with pytest.raises(train.TrainingError, match=r"not finite at step \d+"):
+        train.train_and_evaluate(config, str(tmp_path / "run"), STRATEGY)
