@@ -342,8 +342,9 @@ def benchmark() -> None:
               f"median of {FLAGS.repeats} runs")
         if "records" in results:
             print(f"records: {FLAGS.num_plates:,} plates per worker per timed run, short run "
-                  f"{settings['records']['short_run_plates']:,}; make_records run of "
-                  f"{results['records'].get('dataset_plates', 0):,.0f} plates")
+                  f"{settings['records']['short_run_plates']:,}" + (
+                      f"; make_records run of {results['records']['dataset_plates']:,.0f} "
+                      "plates" if "dataset_plates" in results["records"] else ""))
         print(benchmark_lib.format_table(results))
 
     _run(main)

@@ -100,7 +100,10 @@ def verify_face(path: str, alphabet: str) -> str | None:
       None when the face is usable, else a short reason.
     """
     try:
-        font = ImageFont.truetype(path, _VERIFY_SIZE)
+        # A file, not a path: given a path it cannot load, PIL silently opens a system font of
+        # the same file name instead, and a corrupt copy in fonts/ would pass.
+        with open(path, "rb") as f:
+            font = ImageFont.truetype(f, _VERIFY_SIZE)
     except OSError as error:
         return f"cannot be opened ({error})"
     missing_box = _draw(font, _MISSING_CHAR)

@@ -61,7 +61,8 @@ def fit_spacing(glyphs: Sequence[Glyph], spacing: int, available: int) -> int:
     """The largest spacing <= `spacing` whose line of ink fits in `available` pixels.
 
     Raises:
-      ValueError: when even glyphs that touch do not fit.
+      ValueError: when the glyphs would have to overlap completely (writer.check_fit keeps
+        make_records from ever asking for less than --spacing_min).
     """
     def extent(s: int) -> int:
         offsets = _ink_offsets(glyphs, s)

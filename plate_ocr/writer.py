@@ -175,14 +175,18 @@ def check_fit(faces: Sequence[fonts.Face], style: PlateStyle) -> None:
         widest = max(glyphs.values(), key=lambda g: g.advance + g.ink.shape[1])
         height = (max(g.top + g.ink.shape[0] for g in glyphs.values())
                   - min(g.top for g in glyphs.values()))
-        try:
-            render.fit_spacing([widest] * style.plate_length, style.spacing_min, available)
-        except ValueError:
-            raise ValueError(f"{style.plate_length} glyphs of {face.name} at size "
-                             f"{style.font_size_max} do not fit {available} pixels") from None
         if height > style.spec.height - 2 * style.spec.margin:
             raise ValueError(f"glyphs of {face.name} at size {style.font_size_max} are "
                              f"{height} pixels tall, more than the plate allows")
+        try:
+            fitted = render.fit_spacing([widest] * style.plate_length, style.spacing_min,
+                                        available)
+        except ValueError:
+            fitted = None
+        if fitted is None or fitted < style.spacing_min:
+            raise ValueError(f"{style.plate_length} glyphs of {face.name} at size "
+                             f"{style.font_size_max} do not fit {available} pixels with "
+                             f"--spacing_min {style.spacing_min}: lower --font_size_max")
 
 
 def existing_output(output_dir: str) -> list[str]:
