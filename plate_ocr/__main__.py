@@ -2,9 +2,9 @@
 
 import sys
 
-from plate_ocr import cli, cli_use
+from plate_ocr import cli, cli_train, cli_use
 
-COMMANDS = {**cli.COMMANDS, **cli_use.COMMANDS}
+COMMANDS = {**cli.COMMANDS, **cli_train.COMMANDS, **cli_use.COMMANDS}
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-def _run(main, takes_arguments: bool = False) -> None:
+def run_command(main, takes_arguments: bool = False) -> None:
     """app.run with one-line errors for bad flags and for CommandError."""
     def parse(argv: list[str]) -> list[str]:
         try:
@@ -40,7 +40,7 @@ def _run(main, takes_arguments: bool = False) -> None:
     app.run(guarded, flags_parser=parse)
 
 
-def _project_path(*parts: str) -> str:
+def project_path(*parts: str) -> str:
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), *parts)
 
 
@@ -52,7 +52,7 @@ def _flag_values(names) -> dict:
 
 def gather_fonts() -> None:
     """Copies the manifest's faces into fonts/ and verifies them."""
-    flags.DEFINE_string("font_dir", _project_path("fonts"), "Folder with manifest.tsv.")
+    flags.DEFINE_string("font_dir", project_path("fonts"), "Folder with manifest.tsv.")
     flags.DEFINE_string("alphabet", "0123456789", "Characters every face must draw.")
 
     def main(argv):
@@ -79,7 +79,7 @@ def gather_fonts() -> None:
                            f"{len({f.family for f in faces})} families")
         print(f"{FLAGS.font_dir}: " + ", ".join(summary))
 
-    _run(main)
+    run_command(main)
 
 
 # ---------------------------------------------------------------- make_records
@@ -103,7 +103,7 @@ def make_records() -> None:
     flags.DEFINE_integer("seed", 0, "Seed of labels and plates.")
     flags.DEFINE_integer("workers", os.cpu_count() or 1,
                          "Writer processes (0: write in this process).", lower_bound=0)
-    flags.DEFINE_string("font_dir", _project_path("fonts"), "Gathered fonts and manifest.tsv.")
+    flags.DEFINE_string("font_dir", project_path("fonts"), "Gathered fonts and manifest.tsv.")
     flags.DEFINE_integer("min_font_families", 22, "Fewer usable training families is an error.",
                          lower_bound=1)
     flags.DEFINE_integer("font_size_min", 18, "Smallest font size (pixels per em).", lower_bound=4)
@@ -156,137 +156,7 @@ def make_records() -> None:
               f"to {FLAGS.output_dir} in {seconds:.1f} s ({total / seconds:,.0f} plates/s, "
               f"{FLAGS.workers} workers, {info['max_worker_rss_mb']:.0f} MB per worker)")
 
-    _run(main)
-
-
-# ---------------------------------------------------------------- train
-
-_TRAIN_FLAGS = (
-    "records_dir", "model_dir", "strategy", "num_cpu_devices", "tpu", "batch_size",
-    "eval_batch_size", "learning_rate", "lr_schedule", "warmup_steps", "decay_steps",
-    "min_lr_ratio", "clip_norm", "epochs", "steps_per_epoch", "steps_per_loop", "patience",
-    "min_delta", "shuffle_buffer", "seed", "max_minutes", "profile_steps",
-    "num_image_summaries", "conv_filters", "pool_widths", "dense_units", "rnn_units", "rnn",
-    "dropout")
-
-
-def _int_list(name: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in FLAGS[name].value)
-    except ValueError:
-        raise CommandError(f"--{name} must be integers separated by commas") from None
-
-
-def _train_config():
-    from plate_ocr import model, train
-    profile = None
-    if FLAGS.profile_steps:
-        profile = _int_list("profile_steps")
-        if len(profile) != 2 or not 0 <= profile[0] < profile[1]:
-            raise CommandError("--profile_steps must be START,STOP with 0 <= START < STOP")
-    model_config = model.ModelConfig(
-        conv_filters=_int_list("conv_filters"), pool_widths=_int_list("pool_widths"),
-        dense_units=FLAGS.dense_units, rnn_units=FLAGS.rnn_units, rnn=FLAGS.rnn,
-        dropout=FLAGS.dropout)
-    return train.TrainConfig(
-        records_dir=FLAGS.records_dir, model=model_config, batch_size=FLAGS.batch_size,
-        eval_batch_size=FLAGS.eval_batch_size, learning_rate=FLAGS.learning_rate,
-        lr_schedule=FLAGS.lr_schedule, warmup_steps=FLAGS.warmup_steps,
-        decay_steps=FLAGS.decay_steps, min_lr_ratio=FLAGS.min_lr_ratio,
-        clip_norm=FLAGS.clip_norm, epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch,
-        steps_per_loop=FLAGS.steps_per_loop, patience=FLAGS.patience,
-        min_delta=FLAGS.min_delta, shuffle_buffer=FLAGS.shuffle_buffer, seed=FLAGS.seed,
-        max_minutes=FLAGS.max_minutes, profile_steps=profile,
-        num_image_summaries=FLAGS.num_image_summaries)
-
-
-def _write_flagfile(path: str, names, command: str) -> None:
-    """Writes the effective flags as a flagfile that re-runs the same configuration."""
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(f"# Effective flags of this run; re-run with: bin/{command} --flagfile {path}\n")
-        f.writelines(FLAGS[name].serialize() + "\n" for name in names)
-
-
-def train() -> None:
-    """Trains the CRNN with the custom loop under a tf.distribute strategy."""
-    # Before TensorFlow loads: keep its C++ warnings and errors, drop its info chatter.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-    from plate_ocr import distribute
-    flags.DEFINE_string("records_dir", "tfrecords", "Records written by bin/make_records.")
-    flags.DEFINE_string("model_dir", "runs/default", "Checkpoints, logs and exports; a run "
-                        "restarted with the same dir resumes.")
-    flags.DEFINE_enum("strategy", "auto", distribute.STRATEGIES, "tf.distribute strategy.")
-    flags.DEFINE_integer("num_cpu_devices", 1, "Logical CPU devices (2+: Mirrored on CPU).",
-                         lower_bound=1)
-    flags.DEFINE_string("tpu", "", "TPU name or address for --strategy=tpu.")
-    flags.DEFINE_integer("batch_size", 256, "Global training batch.", lower_bound=1)
-    flags.DEFINE_integer("eval_batch_size", 256, "Global evaluation batch.", lower_bound=1)
-    flags.DEFINE_float("learning_rate", 3e-4, "Adam learning rate (peak, with a schedule).",
-                       lower_bound=0)
-    flags.DEFINE_enum("lr_schedule", "constant", ["constant", "cosine"], "Learning-rate decay.")
-    flags.DEFINE_integer("warmup_steps", 0, "Linear warm-up steps.", lower_bound=0)
-    flags.DEFINE_integer("decay_steps", 0, "Cosine decay steps (0: the whole run).",
-                         lower_bound=0)
-    flags.DEFINE_float("min_lr_ratio", 0.0, "Final rate of the cosine, as a fraction.",
-                       lower_bound=0)
-    flags.DEFINE_float("clip_norm", 0.0, "Clip gradients to this global norm (0: off).",
-                       lower_bound=0)
-    flags.DEFINE_integer("epochs", 55, "Most epochs.", lower_bound=1)
-    flags.DEFINE_integer("steps_per_epoch", 0, "Steps between validations (0: one pass "
-                         "over the training split).", lower_bound=0)
-    flags.DEFINE_integer("steps_per_loop", 50, "Steps per tf.function call.", lower_bound=1)
-    flags.DEFINE_integer("patience", 5, "Stop after this many epochs without a better "
-                         "validation loss.", lower_bound=1)
-    flags.DEFINE_float("min_delta", 0.0, "Smallest validation-loss drop that counts.",
-                       lower_bound=0)
-    flags.DEFINE_integer("shuffle_buffer", 10000, "Examples in the shuffle buffer.",
-                         lower_bound=1)
-    flags.DEFINE_integer("seed", 0, "Seed of initialization and shuffling.")
-    flags.DEFINE_float("max_minutes", 0.0, "Stop after this much training time (0: none).",
-                       lower_bound=0)
-    flags.DEFINE_list("profile_steps", [], "START,STOP: profiler trace of these steps.")
-    flags.DEFINE_integer("num_image_summaries", 16, "Validation plates drawn per epoch.",
-                         lower_bound=1)
-    flags.DEFINE_list("conv_filters", ["32", "64", "128", "128"], "Filters per conv block.")
-    flags.DEFINE_list("pool_widths", ["2", "2", "1", "1"], "Width pooling per conv block "
-                      "(height always halves).")
-    flags.DEFINE_integer("dense_units", 128, "Units of the Dense layer before the RNN.",
-                         lower_bound=1)
-    flags.DEFINE_integer("rnn_units", 64, "Units per direction of the bidirectional RNN.",
-                         lower_bound=1)
-    flags.DEFINE_enum("rnn", "lstm", ["lstm", "gru"], "Recurrent layer.")
-    flags.DEFINE_float("dropout", 0.2, "Dropout rate.", lower_bound=0, upper_bound=0.9)
-
-    def main(argv):
-        from absl import logging
-        from plate_ocr import records, train as train_lib
-        if not FLAGS["verbosity"].present:
-            logging.set_verbosity(logging.WARNING)
-        config = _train_config()
-        try:
-            records.read_info(config.records_dir)
-            strategy = distribute.make_strategy(FLAGS.strategy, FLAGS.num_cpu_devices, FLAGS.tpu)
-            replicas = strategy.num_replicas_in_sync
-            if config.batch_size % replicas or config.eval_batch_size % replicas:
-                raise CommandError(f"--batch_size and --eval_batch_size must be multiples of "
-                                   f"the {replicas} replicas")
-            out_dir = distribute.writer_dir(FLAGS.model_dir, strategy)
-            os.makedirs(out_dir, exist_ok=True)
-            _write_flagfile(os.path.join(out_dir, "flags.cfg"), _TRAIN_FLAGS, "train")
-            print(f"training under {type(strategy).__name__} with {replicas} replica(s); "
-                  f"tensorboard --logdir {FLAGS.model_dir}")
-            result = train_lib.train_and_evaluate(config, FLAGS.model_dir, strategy)
-        except (train_lib.TrainingError, FileNotFoundError, ValueError) as error:
-            raise CommandError(str(error)) from None
-        summary = "  ".join(f"{split} plate accuracy {result[split]['plate_accuracy']:.4f} "
-                            f"(CER {result[split]['cer']:.4f})"
-                            for split in ("val", "test") if split in result)
-        print(f"done: {result['epochs']} epochs, {result['steps']} steps, "
-              f"{result['train_seconds'] / 60:.1f} min of training, peak memory "
-              f"{result['peak_rss_mb'] / 1024:.1f} GB; {summary}; "
-              f"exported to {result['exports']['saved_model']}")
-
-    _run(main)
+    run_command(main)
 
 
 # ---------------------------------------------------------------- benchmark
@@ -301,7 +171,7 @@ def benchmark() -> None:
                        lower_bound=0)
     flags.DEFINE_integer("repeats", 3, "Runs per figure; the median is reported.",
                          lower_bound=1)
-    flags.DEFINE_string("font_dir", _project_path("fonts"), "Gathered fonts and manifest.tsv.")
+    flags.DEFINE_string("font_dir", project_path("fonts"), "Gathered fonts and manifest.tsv.")
     flags.DEFINE_string("work_dir", "", "Folder for the files the timed runs write "
                         "(default: the system's temporary folder).")
     flags.DEFINE_boolean("json", False, "Print one JSON object instead of the table.")
@@ -347,8 +217,8 @@ def benchmark() -> None:
                       "plates" if "dataset_plates" in results["records"] else ""))
         print(benchmark_lib.format_table(results))
 
-    _run(main)
+    run_command(main)
 
 
 COMMANDS = {"gather_fonts": gather_fonts, "make_records": make_records,
-            "train": train, "benchmark": benchmark}
+            "benchmark": benchmark}

@@ -9,7 +9,7 @@ import sys
 
 from absl import flags
 
-from plate_ocr.cli import FLAGS, CommandError, _project_path, _run
+from plate_ocr.cli import FLAGS, CommandError, project_path, run_command
 
 _MODEL_HELP = ("A model dir (runs/cpu), its SavedModel (runs/cpu/export), .keras or .tflite "
                "file.")
@@ -78,7 +78,7 @@ def evaluate() -> None:
         print(evaluate_lib.format_table(result))
         print(f"metrics: {output}; pictures: {', '.join(result['pictures'].values())}")
 
-    _run(main)
+    run_command(main)
 
 
 # ---------------------------------------------------------------- predict
@@ -131,7 +131,7 @@ def predict() -> None:
         if failures:
             sys.exit(1)
 
-    _run(main, takes_arguments=True)
+    run_command(main, takes_arguments=True)
 
 
 # ---------------------------------------------------------------- export
@@ -158,7 +158,7 @@ def export() -> None:
                                         os.path.join(FLAGS.model_dir, export_lib.TFLITE_MODEL))
         print(f"wrote {path}")
 
-    _run(main)
+    run_command(main)
 
 
 # ---------------------------------------------------------------- make_test_images
@@ -168,7 +168,7 @@ def make_test_images() -> None:
     flags.DEFINE_string("records_dir", "tfrecords", "The records whose test labels to use.")
     flags.DEFINE_string("output_dir", "data/test", "Where the PNG files go.")
     flags.DEFINE_integer("count", 60, "Number of plates.", lower_bound=1)
-    flags.DEFINE_string("font_dir", _project_path("fonts"), "Gathered fonts.")
+    flags.DEFINE_string("font_dir", project_path("fonts"), "Gathered fonts.")
 
     def main(argv):
         from plate_ocr import fonts, records, writer
@@ -190,7 +190,7 @@ def make_test_images() -> None:
                                         info["seed"])
         print(f"wrote {len(paths)} plates to {FLAGS.output_dir} (test labels, unseen in training)")
 
-    _run(main)
+    run_command(main)
 
 
 COMMANDS = {"evaluate": evaluate, "predict": predict, "export": export,
