@@ -19,34 +19,97 @@ _TRAIN_FLAGS = (
     "dropout")
 
 
-def _int_list(name: str) -> tuple[int, ...]:
+def _int_list(values: flags.FlagValues, name: str) -> tuple[int, ...]:
     try:
-        return tuple(int(v) for v in FLAGS[name].value)
+        return tuple(int(v) for v in values[name].value)
     except ValueError:
         raise CommandError(f"--{name} must be integers separated by commas") from None
 
 
-def _train_config():
+def train_config(values: flags.FlagValues = FLAGS):
+    """The TrainConfig that parsed training flags describe."""
     from plate_ocr import model, train
     profile = None
-    if FLAGS.profile_steps:
-        profile = _int_list("profile_steps")
+    if values.profile_steps:
+        profile = _int_list(values, "profile_steps")
         if len(profile) != 2 or not 0 <= profile[0] < profile[1]:
             raise CommandError("--profile_steps must be START,STOP with 0 <= START < STOP")
     model_config = model.ModelConfig(
-        conv_filters=_int_list("conv_filters"), pool_widths=_int_list("pool_widths"),
-        dense_units=FLAGS.dense_units, rnn_units=FLAGS.rnn_units, rnn=FLAGS.rnn,
-        dropout=FLAGS.dropout)
+        conv_filters=_int_list(values, "conv_filters"),
+        pool_widths=_int_list(values, "pool_widths"),
+        dense_units=values.dense_units, rnn_units=values.rnn_units, rnn=values.rnn,
+        dropout=values.dropout)
     return train.TrainConfig(
-        records_dir=FLAGS.records_dir, model=model_config, batch_size=FLAGS.batch_size,
-        eval_batch_size=FLAGS.eval_batch_size, learning_rate=FLAGS.learning_rate,
-        lr_schedule=FLAGS.lr_schedule, warmup_steps=FLAGS.warmup_steps,
-        decay_steps=FLAGS.decay_steps, min_lr_ratio=FLAGS.min_lr_ratio,
-        clip_norm=FLAGS.clip_norm, epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch,
-        steps_per_loop=FLAGS.steps_per_loop, patience=FLAGS.patience,
-        min_delta=FLAGS.min_delta, shuffle_buffer=FLAGS.shuffle_buffer, seed=FLAGS.seed,
-        max_minutes=FLAGS.max_minutes, profile_steps=profile,
-        num_image_summaries=FLAGS.num_image_summaries)
+        records_dir=values.records_dir, model=model_config, batch_size=values.batch_size,
+        eval_batch_size=values.eval_batch_size, learning_rate=values.learning_rate,
+        lr_schedule=values.lr_schedule, warmup_steps=values.warmup_steps,
+        decay_steps=values.decay_steps, min_lr_ratio=values.min_lr_ratio,
+        clip_norm=values.clip_norm, epochs=values.epochs, steps_per_epoch=values.steps_per_epoch,
+        steps_per_loop=values.steps_per_loop, patience=values.patience,
+        min_delta=values.min_delta, shuffle_buffer=values.shuffle_buffer, seed=values.seed,
+        max_minutes=values.max_minutes, profile_steps=profile,
+        num_image_summaries=values.num_image_summaries)
+
+
+def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """Defines the training flags, on FLAGS or on a FlagValues of one's own (see config_from)."""
+    from plate_ocr import distribute
+    on = {"flag_values": flag_values}
+    flags.DEFINE_string("records_dir", "tfrecords", "Records written by bin/make_records.", **on)
+    flags.DEFINE_string("model_dir", "runs/default", "Checkpoints, logs and exports; a run "
+                        "restarted with the same dir resumes.", **on)
+    flags.DEFINE_enum("strategy", "auto", distribute.STRATEGIES, "tf.distribute strategy.", **on)
+    flags.DEFINE_integer("num_cpu_devices", 1, "Logical CPU devices (2+: Mirrored on CPU).",
+                         lower_bound=1, **on)
+    flags.DEFINE_string("tpu", "", "TPU name or address for --strategy=tpu.", **on)
+    flags.DEFINE_integer("batch_size", 256, "Global training batch.", lower_bound=1, **on)
+    flags.DEFINE_integer("eval_batch_size", 256, "Global evaluation batch.", lower_bound=1, **on)
+    flags.DEFINE_float("learning_rate", 3e-4, "Adam learning rate (peak, with a schedule).",
+                       lower_bound=0, **on)
+    flags.DEFINE_enum("lr_schedule", "constant", ["constant", "cosine"], "Learning-rate decay.",
+                      **on)
+    flags.DEFINE_integer("warmup_steps", 0, "Linear warm-up steps.", lower_bound=0, **on)
+    flags.DEFINE_integer("decay_steps", 0, "Cosine decay steps (0: the whole run).",
+                         lower_bound=0, **on)
+    flags.DEFINE_float("min_lr_ratio", 0.0, "Final rate of the cosine, as a fraction.",
+                       lower_bound=0, **on)
+    flags.DEFINE_float("clip_norm", 0.0, "Clip gradients to this global norm (0: off).",
+                       lower_bound=0, **on)
+    flags.DEFINE_integer("epochs", 55, "Most epochs.", lower_bound=1, **on)
+    flags.DEFINE_integer("steps_per_epoch", 0, "Steps between validations (0: one pass "
+                         "over the training split).", lower_bound=0, **on)
+    flags.DEFINE_integer("steps_per_loop", 50, "Steps per tf.function call.", lower_bound=1,
+                         **on)
+    flags.DEFINE_integer("patience", 5, "Stop after this many epochs without a better "
+                         "validation loss.", lower_bound=1, **on)
+    flags.DEFINE_float("min_delta", 0.0, "Smallest validation-loss drop that counts.",
+                       lower_bound=0, **on)
+    flags.DEFINE_integer("shuffle_buffer", 10000, "Examples in the shuffle buffer.",
+                         lower_bound=1, **on)
+    flags.DEFINE_integer("seed", 0, "Seed of initialization and shuffling.", **on)
+    flags.DEFINE_float("max_minutes", 0.0, "Stop after this much training time (0: none).",
+                       lower_bound=0, **on)
+    flags.DEFINE_list("profile_steps", [], "START,STOP: profiler trace of these steps.", **on)
+    flags.DEFINE_integer("num_image_summaries", 16, "Validation plates drawn per epoch.",
+                         lower_bound=1, **on)
+    flags.DEFINE_list("conv_filters", ["32", "64", "128", "128"], "Filters per conv block.",
+                      **on)
+    flags.DEFINE_list("pool_widths", ["2", "2", "1", "1"], "Width pooling per conv block "
+                      "(height always halves).", **on)
+    flags.DEFINE_integer("dense_units", 128, "Units of the Dense layer before the RNN.",
+                         lower_bound=1, **on)
+    flags.DEFINE_integer("rnn_units", 64, "Units per direction of the bidirectional RNN.",
+                         lower_bound=1, **on)
+    flags.DEFINE_enum("rnn", "lstm", ["lstm", "gru"], "Recurrent layer.", **on)
+    flags.DEFINE_float("dropout", 0.2, "Dropout rate.", lower_bound=0, upper_bound=0.9, **on)
+
+
+def config_from(flagfile: str, *overrides: str):
+    """The TrainConfig of a config flagfile (plus `--name=value` overrides), for other commands."""
+    values = flags.FlagValues()
+    define_train_flags(values)
+    values(["config_from", f"--flagfile={flagfile}", *overrides])
+    return train_config(values)
 
 
 def _write_flagfile(path: str, names, command: str) -> None:
@@ -61,57 +124,14 @@ def train() -> None:
     # Before TensorFlow loads: keep its C++ warnings and errors, drop its info chatter.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     from plate_ocr import distribute
-    flags.DEFINE_string("records_dir", "tfrecords", "Records written by bin/make_records.")
-    flags.DEFINE_string("model_dir", "runs/default", "Checkpoints, logs and exports; a run "
-                        "restarted with the same dir resumes.")
-    flags.DEFINE_enum("strategy", "auto", distribute.STRATEGIES, "tf.distribute strategy.")
-    flags.DEFINE_integer("num_cpu_devices", 1, "Logical CPU devices (2+: Mirrored on CPU).",
-                         lower_bound=1)
-    flags.DEFINE_string("tpu", "", "TPU name or address for --strategy=tpu.")
-    flags.DEFINE_integer("batch_size", 256, "Global training batch.", lower_bound=1)
-    flags.DEFINE_integer("eval_batch_size", 256, "Global evaluation batch.", lower_bound=1)
-    flags.DEFINE_float("learning_rate", 3e-4, "Adam learning rate (peak, with a schedule).",
-                       lower_bound=0)
-    flags.DEFINE_enum("lr_schedule", "constant", ["constant", "cosine"], "Learning-rate decay.")
-    flags.DEFINE_integer("warmup_steps", 0, "Linear warm-up steps.", lower_bound=0)
-    flags.DEFINE_integer("decay_steps", 0, "Cosine decay steps (0: the whole run).",
-                         lower_bound=0)
-    flags.DEFINE_float("min_lr_ratio", 0.0, "Final rate of the cosine, as a fraction.",
-                       lower_bound=0)
-    flags.DEFINE_float("clip_norm", 0.0, "Clip gradients to this global norm (0: off).",
-                       lower_bound=0)
-    flags.DEFINE_integer("epochs", 55, "Most epochs.", lower_bound=1)
-    flags.DEFINE_integer("steps_per_epoch", 0, "Steps between validations (0: one pass "
-                         "over the training split).", lower_bound=0)
-    flags.DEFINE_integer("steps_per_loop", 50, "Steps per tf.function call.", lower_bound=1)
-    flags.DEFINE_integer("patience", 5, "Stop after this many epochs without a better "
-                         "validation loss.", lower_bound=1)
-    flags.DEFINE_float("min_delta", 0.0, "Smallest validation-loss drop that counts.",
-                       lower_bound=0)
-    flags.DEFINE_integer("shuffle_buffer", 10000, "Examples in the shuffle buffer.",
-                         lower_bound=1)
-    flags.DEFINE_integer("seed", 0, "Seed of initialization and shuffling.")
-    flags.DEFINE_float("max_minutes", 0.0, "Stop after this much training time (0: none).",
-                       lower_bound=0)
-    flags.DEFINE_list("profile_steps", [], "START,STOP: profiler trace of these steps.")
-    flags.DEFINE_integer("num_image_summaries", 16, "Validation plates drawn per epoch.",
-                         lower_bound=1)
-    flags.DEFINE_list("conv_filters", ["32", "64", "128", "128"], "Filters per conv block.")
-    flags.DEFINE_list("pool_widths", ["2", "2", "1", "1"], "Width pooling per conv block "
-                      "(height always halves).")
-    flags.DEFINE_integer("dense_units", 128, "Units of the Dense layer before the RNN.",
-                         lower_bound=1)
-    flags.DEFINE_integer("rnn_units", 64, "Units per direction of the bidirectional RNN.",
-                         lower_bound=1)
-    flags.DEFINE_enum("rnn", "lstm", ["lstm", "gru"], "Recurrent layer.")
-    flags.DEFINE_float("dropout", 0.2, "Dropout rate.", lower_bound=0, upper_bound=0.9)
+    define_train_flags()
 
     def main(argv):
         from absl import logging
         from plate_ocr import records, train as train_lib
         if not FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)
-        config = _train_config()
+        config = train_config()
         try:
             records.read_info(config.records_dir)
             strategy = distribute.make_strategy(FLAGS.strategy, FLAGS.num_cpu_devices, FLAGS.tpu)
