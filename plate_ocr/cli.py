@@ -125,9 +125,15 @@ def make_records() -> None:
         if len(set(FLAGS.alphabet)) != len(FLAGS.alphabet) or not FLAGS.alphabet:
             raise CommandError(f"--alphabet must be distinct characters, got {FLAGS.alphabet!r}")
         existing = writer.existing_output(FLAGS.output_dir)
-        if existing and not FLAGS.overwrite:
-            raise CommandError(f"{FLAGS.output_dir} already holds records "
-                               f"({os.path.basename(existing[0])}, ...); pass --overwrite")
+        if os.path.exists(os.path.join(FLAGS.output_dir, records.INFO_NAME)):
+            if not FLAGS.overwrite:
+                raise CommandError(f"{FLAGS.output_dir} already holds finished records "
+                                   f"({records.INFO_NAME}); pass --overwrite to replace them")
+        elif existing:
+            # No metadata: the shards of a run that was killed. Rendering is a pure function
+            # of the flags, so writing again gives what the finished run would have.
+            print(f"removing {len(existing)} shards of an unfinished run in {FLAGS.output_dir}",
+                  file=sys.stderr)
         counts = {"train": FLAGS.num_train, "val": FLAGS.num_val, "test": FLAGS.num_test,
                   "heldout": FLAGS.num_heldout}
         try:

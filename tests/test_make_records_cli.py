@@ -52,7 +52,7 @@ def test_writes_records_then_refuses_to_overwrite_them(tmp_path, font_dir):
               for name in os.listdir(output_dir)}
 
     again = _make_records("--output_dir", output_dir, *SMALL)
-    _assert_one_line_error(again, "already holds records")
+    _assert_one_line_error(again, "already holds finished records")
     assert "--overwrite" in again.stderr
     assert {name: os.path.getmtime(os.path.join(output_dir, name))
             for name in os.listdir(output_dir)} == before
@@ -119,8 +119,16 @@ def test_a_writer_killed_mid_shard_leaves_only_complete_shards(tmp_path, font_di
     unfinished = [name for name in names if name not in finished]
     assert unfinished and unfinished == _temporaries(output_dir)
 
-    # The next run clears the killed run's files, temporaries included.
-    rerun = _make_records("--output_dir", output_dir, "--overwrite", *SMALL)
+    # The same command again, without --overwrite: the killed run's files are replaced,
+    # temporaries included, and the shards are those of a run that was never killed.
+    rerun = _make_records("--output_dir", output_dir, "--num_train", "8000", "--num_val", "0",
+                          "--num_test", "0", "--num_heldout", "0", "--shards", "4",
+                          "--workers", "2")
     assert rerun.returncode == 0, rerun.stderr
     assert not _temporaries(output_dir)
-    assert len(_shard_files(output_dir)) == 8
+    assert len(_shard_files(output_dir)) == 4
+    clean_dir = str(tmp_path / "clean")
+    clean = _make_records("--output_dir", clean_dir, "--num_train", "8000", "--num_val", "0",
+                          "--num_test", "0", "--num_heldout", "0", "--shards", "4")
+    assert clean.returncode == 0, clean.stderr
+    assert records.read_info(output_dir)["splits"] == records.read_info(clean_dir)["splits"]
