@@ -16,7 +16,7 @@ _TRAIN_FLAGS = (
     "min_lr_ratio", "clip_norm", "epochs", "steps_per_epoch", "steps_per_loop", "patience",
     "min_delta", "shuffle_buffer", "seed", "max_minutes", "profile_steps",
     "num_image_summaries", "conv_filters", "pool_widths", "dense_units", "rnn_units", "rnn",
-    "dropout")
+    "dropout", "skip_corrupt")
 
 
 def _int_list(values: flags.FlagValues, name: str) -> tuple[int, ...]:
@@ -48,7 +48,7 @@ def train_config(values: flags.FlagValues = FLAGS):
         steps_per_loop=values.steps_per_loop, patience=values.patience,
         min_delta=values.min_delta, shuffle_buffer=values.shuffle_buffer, seed=values.seed,
         max_minutes=values.max_minutes, profile_steps=profile,
-        num_image_summaries=values.num_image_summaries)
+        num_image_summaries=values.num_image_summaries, skip_corrupt=values.skip_corrupt)
 
 
 def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> None:
@@ -102,6 +102,9 @@ def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> None:
                          lower_bound=1, **on)
     flags.DEFINE_enum("rnn", "lstm", ["lstm", "gru"], "Recurrent layer.", **on)
     flags.DEFINE_float("dropout", 0.2, "Dropout rate.", lower_bound=0, upper_bound=0.9, **on)
+    flags.DEFINE_boolean("skip_corrupt", False, "Leave out shards that are missing or whose "
+                         "sha256 differs from dataset_info.json (and report the records lost) "
+                         "instead of stopping.", **on)
 
 
 def config_from(flagfile: str, *overrides: str):
@@ -127,6 +130,7 @@ def train() -> None:
     define_train_flags()
 
     def main(argv):
+        import tensorflow as tf
         from absl import logging
         from plate_ocr import records, train as train_lib
         if not FLAGS["verbosity"].present:
@@ -147,6 +151,14 @@ def train() -> None:
             result = train_lib.train_and_evaluate(config, FLAGS.model_dir, strategy)
         except (train_lib.TrainingError, FileNotFoundError, ValueError) as error:
             raise CommandError(str(error)) from None
+        except OSError as error:  # disk full or unwritable model dir; checkpoints stay whole
+            raise CommandError(f"writing to {FLAGS.model_dir} failed: "
+                               f"{error.strerror or error}") from None
+        except tf.errors.OpError as error:
+            if "No space left" not in error.message:
+                raise
+            raise CommandError(f"writing to {FLAGS.model_dir} failed: no space left on "
+                               "device") from None
         summary = "  ".join(f"{split} plate accuracy {result[split]['plate_accuracy']:.4f} "
                             f"(CER {result[split]['cer']:.4f})"
                             for split in ("val", "test") if split in result)

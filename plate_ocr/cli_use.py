@@ -38,6 +38,8 @@ def evaluate() -> None:
     flags.DEFINE_string("output_json", None, "Metrics file (default: <model dir>/metrics.json "
                         "for test, metrics-<split>.json otherwise).")
     flags.DEFINE_integer("batch_size", 512, "Plates per prediction call.", lower_bound=1)
+    flags.DEFINE_boolean("skip_corrupt", False, "Leave out shards that are missing or corrupt "
+                         "(and report the records lost) instead of stopping.")
 
     def main(argv):
         from tqdm import tqdm
@@ -57,8 +59,12 @@ def evaluate() -> None:
         predict, _ = _load(FLAGS.model)
         total = info["splits"][FLAGS.split]["num_examples"]
         with tqdm(total=total, unit="plate", desc=f"evaluate {FLAGS.split}") as bar:
-            result, misread = evaluate_lib.evaluate_split(predict, records_dir, FLAGS.split,
-                                                          FLAGS.batch_size, on_batch=bar.update)
+            try:
+                result, misread = evaluate_lib.evaluate_split(
+                    predict, records_dir, FLAGS.split, FLAGS.batch_size, on_batch=bar.update,
+                    skip_corrupt=FLAGS.skip_corrupt)
+            except ValueError as error:
+                raise CommandError(str(error)) from None
         name = "metrics.json" if FLAGS.split == "test" else f"metrics-{FLAGS.split}.json"
         output = FLAGS.output_json or os.path.join(model_dir, name)
         result = dict(result, split=FLAGS.split, records_dir=records_dir, model=FLAGS.model)

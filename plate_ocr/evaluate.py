@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from plate_ocr import export, records
+from plate_ocr import export, input_pipeline, records
 
 
 def _alphabet_beside(path: str) -> str:
@@ -110,10 +110,12 @@ def report(truths: list[str], predictions: list[str], fonts: list[str], sizes: l
         wrong_length=sum(len(t) != len(p) for t, p in zip(truths, predictions)))
 
 
-def read_split(records_dir: str, split: str, batch_size: int = 512):
-    """Yields batches of every record of a split: images and the text, font, size features."""
+def read_split(records_dir: str, split: str, batch_size: int = 512,
+               files: list[str] | None = None):
+    """Yields batches of every record of a split (or of some of its files): images and the
+    text, font and font size features."""
     info = records.read_info(records_dir)
-    files = records.split_files(info, records_dir, split)
+    files = files or records.split_files(info, records_dir, split)
     spec = {"image": tf.io.FixedLenFeature([], tf.string),
             "text": tf.io.FixedLenFeature([], tf.string),
             "font": tf.io.FixedLenFeature([], tf.string),
@@ -129,15 +131,19 @@ def read_split(records_dir: str, split: str, batch_size: int = 512):
 
 
 def evaluate_split(predict, records_dir: str, split: str, batch_size: int = 512,
-                   max_misread: int = 64, on_batch=lambda n: None) -> tuple[dict, list]:
-    """Predicts every plate of a split.
+                   max_misread: int = 64, on_batch=lambda n: None,
+                   skip_corrupt: bool = False) -> tuple[dict, list]:
+    """Predicts every plate of a split, after checking its shards against the metadata.
 
     Returns:
       (report dict, up to max_misread (image, prediction, truth) of misread plates).
+    Raises:
+      ValueError: a shard is missing or corrupt (and skip_corrupt is off).
     """
     info = records.read_info(records_dir)
+    files, lost = input_pipeline.readable_files(info, records_dir, split, skip_corrupt)
     truths, predictions, fonts, sizes, misread = [], [], [], [], []
-    for batch in read_split(records_dir, split, batch_size):
+    for batch in read_split(records_dir, split, batch_size, files):
         texts, _ = predict(batch["image"])
         for image, text, truth in zip(batch["image"], texts, batch["text"]):
             if text != truth and len(misread) < max_misread:
@@ -147,7 +153,8 @@ def evaluate_split(predict, records_dir: str, split: str, batch_size: int = 512,
         fonts += batch["font"]
         sizes += batch["font_size"]
         on_batch(len(texts))
-    return report(truths, predictions, fonts, sizes, info["alphabet"]), misread
+    return (dict(report(truths, predictions, fonts, sizes, info["alphabet"]), lost_records=lost),
+            misread)
 
 
 def format_table(result: dict, worst: int = 5) -> str:
@@ -160,6 +167,8 @@ def format_table(result: dict, worst: int = 5) -> str:
              "  per position     " + "  ".join(f"{a:.4f}" for a in result["per_position"]),
              "  per font size    " + "  ".join(f"{size}: {m['plate_accuracy']:.4f}"
                                                for size, m in result["per_font_size"].items())]
+    if result.get("lost_records"):
+        lines.append(f"  records lost     {result['lost_records']} (corrupt shards left out)")
     fonts = sorted(result["per_font"].items(), key=lambda kv: kv[1]["plate_accuracy"])[:worst]
     lines.append("  worst fonts      " + "; ".join(
         f"{name} {m['plate_accuracy']:.4f} ({m['plates']})" for name, m in fonts))

@@ -1,6 +1,8 @@
 """Export a trained CRNN: SavedModel (uint8 images -> strings), .keras model, Keras weights."""
 
+import errno
 import os
+import shutil
 import tempfile
 
 import keras
@@ -49,6 +51,11 @@ def export_model(model: keras.Model, config: model_lib.ModelConfig, export_root:
       {format: path} of what was written.
     """
     os.makedirs(export_root, exist_ok=True)
+    # h5py crashes the process when the disk fills mid-write: refuse before writing instead.
+    needed = 8 * 4 * model.count_params() + (4 << 20)
+    if not export_root.startswith("gs://") and shutil.disk_usage(export_root).free < needed:
+        raise OSError(errno.ENOSPC, f"less than {needed >> 20} MB free for the exports",
+                      export_root)
     saved_model = os.path.join(export_root, SAVED_MODEL)
     inference = model_lib.fold_batch_norm(model, config)
     _write_archive(inference, saved_model, serving_function(inference, alphabet, height, width))

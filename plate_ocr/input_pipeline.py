@@ -5,7 +5,12 @@ an endless stream; evaluation pads its last batch and marks the padding with wei
 still reads every example exactly once.
 """
 
+import hashlib
+import os
+
 import tensorflow as tf
+
+from plate_ocr import records
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -97,3 +102,45 @@ def find_corrupt_file(files: list[str]) -> str | None:
         except tf.errors.DataLossError:
             return path
     return None
+
+
+def check_shards(info: dict, records_dir: str, split: str) -> dict[str, str]:
+    """Shards of a split that are missing, or whose bytes differ from dataset_info.json.
+
+    tf.data does not check the CRC of a record's data, so a flipped byte inside an image would
+    train silently: the sha256 written with the records is the check. About 1 GB/s.
+    """
+    problems = {}
+    for shard in info["splits"][split]["shards"]:
+        path = os.path.join(records_dir, shard["name"])
+        if not tf.io.gfile.exists(path):
+            problems[path] = "missing"
+            continue
+        digest = hashlib.sha256()
+        with tf.io.gfile.GFile(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                digest.update(chunk)
+        if digest.hexdigest() != shard["sha256"]:
+            problems[path] = "corrupt (its sha256 differs from dataset_info.json)"
+    return problems
+
+
+def readable_files(info: dict, records_dir: str, split: str,
+                   skip_corrupt: bool) -> tuple[list[str], int]:
+    """The split's shards to read, and how many records the skipped shards held.
+
+    Raises:
+      ValueError: a shard is missing or corrupt and skip_corrupt is off, or no shard is left.
+    """
+    problems = check_shards(info, records_dir, split)
+    if problems and not skip_corrupt:
+        path, problem = next(iter(problems.items()))
+        raise ValueError(f"{path} is {problem}: rewrite the records with bin/make_records "
+                         "--overwrite, or pass --skip_corrupt to leave it out")
+    files = [path for path in records.split_files(info, records_dir, split)
+             if path not in problems]
+    if not files:
+        raise ValueError(f"every shard of split {split!r} in {records_dir} is missing or corrupt")
+    lost = sum(shard["num_examples"] for shard in info["splits"][split]["shards"]
+               if os.path.join(records_dir, shard["name"]) in problems)
+    return files, lost

@@ -22,7 +22,7 @@ from plate_ocr import ctc, distribute, export, input_pipeline, model as model_li
 from plate_ocr import pictures
 
 SUM = tf.distribute.ReduceOp.SUM
-BEST_WEIGHTS = "best.weights.h5"
+BEST_WEIGHTS = "best"  # a TensorFlow checkpoint prefix in the model dir
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
 
@@ -51,6 +51,7 @@ class TrainConfig:
     max_minutes: float = 0.0  # stop after this much training time (0: no limit)
     profile_steps: tuple[int, int] | None = None
     num_image_summaries: int = 16
+    skip_corrupt: bool = False  # leave corrupt shards out (counting their records), not stop
 
 
 class TrainingError(Exception):
@@ -100,8 +101,10 @@ class Trainer:
     """The model, optimizer, compiled steps and state of one run under one strategy."""
 
     def __init__(self, config: TrainConfig, info: dict, strategy: tf.distribute.Strategy,
-                 total_steps: int):
+                 total_steps: int, files: dict[str, list[str]], lost: dict[str, int]):
+        """files: the shards to read per split; lost: records of the shards left out."""
         self.config, self.info, self.strategy = config, info, strategy
+        self.files, self.lost = files, lost
         self.shape = (info["image_height"], info["image_width"])
         num_classes = len(info["alphabet"]) + 1
         with strategy.scope():
@@ -158,7 +161,7 @@ class Trainer:
 
     def dataset(self, split: str, training: bool, seed: int = 0):
         """The split distributed over the strategy's input pipelines."""
-        files = records.split_files(self.info, self.config.records_dir, split)
+        files = self.files[split]
         batch = self.config.batch_size if training else self.config.eval_batch_size
 
         def dataset_fn(context: tf.distribute.InputContext):
@@ -176,9 +179,8 @@ class Trainer:
                 for key, value in self.eval_step(batch).items():
                     totals[key] = totals.get(key, 0.0) + float(value)
         except tf.errors.DataLossError as error:
-            raise corrupt_records_error(
-                error, records.split_files(self.info, self.config.records_dir, split)) from None
-        expected = self.info["splits"][split]["num_examples"]
+            raise corrupt_records_error(error, self.files[split]) from None
+        expected = self.info["splits"][split]["num_examples"] - self.lost[split]
         if round(totals.get("plates", 0)) != expected:
             raise TrainingError(f"evaluation of {split!r} saw {totals.get('plates', 0):.0f} "
                                 f"plates, the metadata says {expected}")
@@ -195,8 +197,7 @@ def _image_summary(trainer: Trainer, sample: tuple[np.ndarray, np.ndarray]) -> n
     return pictures.prediction_grid(list(images), predictions, truths)
 
 
-def _summary_sample(info: dict, records_dir: str, count: int) -> tuple[np.ndarray, np.ndarray]:
-    files = records.split_files(info, records_dir, "val")
+def _summary_sample(info: dict, files: list[str], count: int) -> tuple[np.ndarray, np.ndarray]:
     dataset = input_pipeline.make_dataset(files, count, False, info["image_height"],
                                           info["image_width"], info["plate_length"])
     images, labels, weights = next(iter(dataset))
@@ -272,7 +273,15 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
     _check_model_dir(out_dir, description)
     num_train = info["splits"]["train"]["num_examples"]
     steps_per_epoch = config.steps_per_epoch or max(num_train // config.batch_size, 1)
-    trainer = Trainer(config, info, strategy, config.epochs * steps_per_epoch)
+    files, lost = {}, {}
+    for split in ("train", "val", "test"):
+        if info["splits"].get(split, {}).get("num_examples"):
+            files[split], lost[split] = input_pipeline.readable_files(
+                info, config.records_dir, split, config.skip_corrupt)
+            if lost[split] and chief:
+                print(f"skipping corrupt or missing shards of {split}: "
+                      f"{lost[split]} of {info['splits'][split]['num_examples']} records lost")
+    trainer = Trainer(config, info, strategy, config.epochs * steps_per_epoch, files, lost)
     manager = tf.train.CheckpointManager(trainer.checkpoint, os.path.join(out_dir, "checkpoints"),
                                          max_to_keep=3, step_counter=trainer.step)
     if manager.latest_checkpoint:
@@ -284,7 +293,7 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
     history = json.load(open(history_path)) if os.path.exists(history_path) else []
     train_writer = tf.summary.create_file_writer(os.path.join(out_dir, "train"))
     val_writer = tf.summary.create_file_writer(os.path.join(out_dir, "val"))
-    sample = _summary_sample(info, config.records_dir, config.num_image_summaries)
+    sample = _summary_sample(info, files["val"], config.num_image_summaries)
     iterator = iter(trainer.dataset("train", training=True, seed=config.seed + int(trainer.epoch)))
 
     def finished() -> bool:
@@ -295,15 +304,16 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
         try:
             train = _train_epoch(trainer, iterator, steps_per_epoch, out_dir, chief)
         except tf.errors.DataLossError as error:
-            raise corrupt_records_error(
-                error, records.split_files(info, config.records_dir, "train")) from None
+            raise corrupt_records_error(error, files["train"]) from None
         val = trainer.evaluate("val")
         trainer.epoch.assign_add(1)
         improved = val["loss"] < float(trainer.best_val_loss) - config.min_delta
         if improved:
             trainer.best_val_loss.assign(val["loss"])
             trainer.bad_epochs.assign(0)
-            trainer.model.save_weights(os.path.join(out_dir, BEST_WEIGHTS))
+            # A TF checkpoint, not .h5: it is written aside and renamed when whole, and a full
+            # disk raises an error (h5py crashed the process on ENOSPC here).
+            tf.train.Checkpoint(model=trainer.model).write(os.path.join(out_dir, BEST_WEIGHTS))
         else:
             trainer.bad_epochs.assign_add(1)
         step, epoch = int(trainer.step), int(trainer.epoch)
@@ -332,9 +342,9 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
                        f"{float(trainer.train_seconds) / 60:.1f} min"
                        + ("  *best" if improved else ""))
     best = os.path.join(out_dir, BEST_WEIGHTS)
-    if os.path.exists(best):
-        trainer.model.load_weights(best)
-    result = {"val": trainer.evaluate("val"), "epochs": int(trainer.epoch),
+    if tf.io.gfile.exists(best + ".index"):
+        tf.train.Checkpoint(model=trainer.model).read(best).expect_partial()
+    result = {"val": trainer.evaluate("val"), "epochs": int(trainer.epoch), "lost_records": lost,
               "steps": int(trainer.step), "train_seconds": float(trainer.train_seconds)}
     if info["splits"].get("test", {}).get("num_examples"):
         result["test"] = trainer.evaluate("test")

@@ -250,7 +250,13 @@ def write_dataset(output_dir: str, labels: dict[str, np.ndarray], shards: dict[s
     clear_output(output_dir)
     started = time.perf_counter()
     tasks = shard_tasks(output_dir, labels, shards, faces, style, seed)
-    results = {(r["name"]): r for r in run_tasks(tasks, workers, on_progress)}
+    try:
+        results = {r["name"]: r for r in run_tasks(tasks, workers, on_progress)}
+    except BaseException:
+        # A failed run (disk full, a worker's error, Ctrl-C) leaves nothing behind: whole shards
+        # without metadata are not a dataset, and removing them frees the space.
+        clear_output(output_dir)
+        raise
     splits = {}
     for split in records.SPLITS:
         split_tasks = sorted((t for t in tasks if t.split == split), key=lambda t: t.shard)

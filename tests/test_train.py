@@ -35,7 +35,7 @@ def test_train_and_evaluate_writes_checkpoints_logs_and_exports(tiny_records, tm
     assert glob.glob(os.path.join(model_dir, "checkpoints", "ckpt-6.index"))
     for logs in ("train", "val"):
         assert glob.glob(os.path.join(model_dir, logs, "events.out.tfevents.*"))
-    assert os.path.exists(os.path.join(model_dir, train.BEST_WEIGHTS))
+    assert os.path.exists(os.path.join(model_dir, train.BEST_WEIGHTS + ".index"))
     for path in result["exports"].values():
         assert os.path.exists(path)
 
