@@ -180,7 +180,8 @@ def make_test_images() -> None:
         from plate_ocr import fonts, records, writer
         try:
             info = records.read_info(FLAGS.records_dir)
-            counts = {split: info["splits"][split]["num_examples"] for split in records.SPLITS}
+            counts = {split: info["splits"].get(split, {}).get("num_examples", 0)
+                      for split in records.SPLITS}
             if FLAGS.count > counts["test"]:
                 raise ValueError(f"--count {FLAGS.count} is more than the {counts['test']} "
                                  "test labels")
@@ -189,11 +190,9 @@ def make_test_images() -> None:
             faces, _ = fonts.usable_faces(FLAGS.font_dir, info["alphabet"], fonts.TRAIN, 1)
         except (FileNotFoundError, ValueError, fonts.FontError) as error:
             raise CommandError(str(error)) from None
-        style = dict(info["plate_style"])
-        style["spec"] = writer.render.PlateSpec(**style["spec"])
         paths = writer.write_png_plates(FLAGS.output_dir, labels["test"][:FLAGS.count],
-                                        fonts.group_by_family(faces), writer.PlateStyle(**style),
-                                        info["seed"])
+                                        fonts.group_by_family(faces),
+                                        writer.style_from_info(info), info["seed"])
         print(f"wrote {len(paths)} plates to {FLAGS.output_dir} (test labels, unseen in training)")
 
     run_command(main)

@@ -13,8 +13,10 @@ import crc32c
 import numpy as np
 
 INFO_NAME = "dataset_info.json"
-INFO_VERSION = 1
-SPLITS = ("train", "val", "test", "heldout")
+INFO_VERSION = 2  # 2: the test_aug split and the augmentation in plate_style
+# heldout: test labels in held-out font families; test_aug: test labels, augmented plates.
+SPLITS = ("train", "val", "test", "heldout", "test_aug")
+_LABEL_STREAM = 4  # spawn key of the label draw (apart from every split's plate streams)
 # Feature keys and kinds of the schema: the parsing side builds its spec from these.
 FEATURES = {"image": "bytes", "label": "int64_list", "text": "bytes", "font": "bytes",
             "font_size": "int64", "spacing": "int64"}
@@ -80,8 +82,9 @@ def draw_labels(counts: dict[str, int], alphabet: str, plate_length: int,
                 seed: int) -> dict[str, np.ndarray]:
     """Distinct label numbers per split; train, val and test are pairwise disjoint.
 
-    The `heldout` split (other font families) reuses the first test labels, so its accuracy
-    differs from the test split's by the fonts alone.
+    The `heldout` split (other font families) and the `test_aug` split (augmented plates)
+    reuse the first test labels, so their accuracy differs from the test split's by the fonts
+    or the augmentation alone.
 
     Raises:
       ValueError: more labels asked for than the alphabet and length allow.
@@ -92,14 +95,16 @@ def draw_labels(counts: dict[str, int], alphabet: str, plate_length: int,
         raise ValueError(f"train + val + test = {distinct} plates need distinct labels, but "
                          f"{len(alphabet)} characters x {plate_length} positions allow only "
                          f"{population}")
-    if counts["heldout"] > counts["test"]:
-        raise ValueError(f"--num_heldout ({counts['heldout']}) must not exceed --num_test "
-                         f"({counts['test']}): held-out plates reuse test labels")
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(len(SPLITS),)))
+    for split in ("heldout", "test_aug"):
+        if counts.get(split, 0) > counts["test"]:
+            raise ValueError(f"--num_{split} ({counts[split]}) must not exceed --num_test "
+                             f"({counts['test']}): its plates reuse test labels")
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_LABEL_STREAM,)))
     numbers = rng.choice(population, size=distinct, replace=False)
     bounds = np.cumsum([0, counts["train"], counts["val"], counts["test"]])
     labels = {split: numbers[bounds[i]:bounds[i + 1]] for i, split in enumerate(SPLITS[:3])}
-    labels["heldout"] = labels["test"][:counts["heldout"]]
+    for split in ("heldout", "test_aug"):
+        labels[split] = labels["test"][:counts.get(split, 0)]
     return labels
 
 

@@ -18,9 +18,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from plate_ocr import fonts, records, render
+from plate_ocr import augment as augment_lib, fonts, records, render
 
 _PROGRESS_EVERY = 250
+_PNG_STREAM = 5  # spawn key of write_png_plates, apart from the splits' streams (0-4)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +35,17 @@ class PlateStyle:
     spacing_min: int = 0
     spacing_max: int = 8
     spec: render.PlateSpec = render.PlateSpec()
+    augment: augment_lib.AugmentConfig = augment_lib.AugmentConfig()
+    augmented_splits: tuple[str, ...] = ("test_aug",)  # add "train" for robust training
+
+
+def style_from_info(info: dict) -> PlateStyle:
+    """The PlateStyle recorded in a dataset_info.json."""
+    style = dict(info["plate_style"])
+    style["spec"] = render.PlateSpec(**style["spec"])
+    style["augment"] = augment_lib.AugmentConfig(**style["augment"])
+    style["augmented_splits"] = tuple(style["augmented_splits"])
+    return PlateStyle(**style)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +70,10 @@ def plate_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 
 def make_plate(number: int, families: Sequence[Sequence[fonts.Face]], style: PlateStyle,
-               rng: np.random.Generator) -> tuple[np.ndarray, list[int], str, fonts.Face, int, int]:
-    """Renders one label: a family, then a face, size and spacing drawn from rng.
+               rng: np.random.Generator, augmented: bool = False
+               ) -> tuple[np.ndarray, list[int], str, fonts.Face, int, int]:
+    """Renders one label: a family, then a face, size and spacing drawn from rng; then, for
+    an augmented split, the style's augmentation.
 
     Returns:
       (image, label digits, text, face, font size, spacing used).
@@ -72,6 +86,8 @@ def make_plate(number: int, families: Sequence[Sequence[fonts.Face]], style: Pla
     text = "".join(style.alphabet[d] for d in digits)
     glyphs = render.load_glyphs(face.path, size, style.alphabet)
     image, spacing = render.render_plate([glyphs[c] for c in text], spacing, style.spec, rng)
+    if augmented:
+        image = augment_lib.augment(255 - image, style.augment, rng, style.spec.margin)
     return image, digits, text, face, size, spacing
 
 
@@ -87,8 +103,7 @@ def write_png_plates(output_dir: str, numbers: Sequence[int], families: Sequence
     os.makedirs(output_dir, exist_ok=True)
     paths = []
     for index, number in enumerate(numbers):
-        rng = np.random.default_rng(
-            np.random.SeedSequence(seed, spawn_key=(len(records.SPLITS) + 1, index)))
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_PNG_STREAM, index)))
         image, _, text, _, _, _ = make_plate(number, families, style, rng)
         paths.append(os.path.join(output_dir, f"{text}.png"))
         Image.fromarray(image).save(paths[-1])
@@ -123,7 +138,8 @@ def write_shard(task: ShardTask) -> dict:
             for offset, number in enumerate(task.labels):
                 rng = plate_rng(task.seed, task.split, task.first_index + offset)
                 image, digits, text, face, size, spacing = make_plate(
-                    number, task.families, task.style, rng)
+                    number, task.families, task.style, rng,
+                    task.split in task.style.augmented_splits)
                 record = records.frame_record(records.encode_example(
                     image, digits, text, face.name, size, spacing))
                 f.write(record)
@@ -263,7 +279,8 @@ def write_dataset(output_dir: str, labels: dict[str, np.ndarray], shards: dict[s
         shard_info = [{key: results[records.shard_name(split, t.shard, t.num_shards)][key]
                        for key in ("name", "num_examples", "sha256")} for t in split_tasks]
         splits[split] = {"num_examples": int(len(labels[split])), "shards": shard_info,
-                         "fonts": "heldout" if split == "heldout" else "train"}
+                         "fonts": "heldout" if split == "heldout" else "train",
+                         "augmented": split in style.augmented_splits}
     info = {
         "image_height": style.spec.height, "image_width": style.spec.width,
         "alphabet": style.alphabet, "plate_length": style.plate_length, "seed": seed,

@@ -81,6 +81,7 @@ def test_labels_are_distinct_and_splits_disjoint(tiny_records, read_examples):
     assert not set(texts["train"]) & set(texts["test"])
     assert not set(texts["val"]) & set(texts["test"])
     assert texts["heldout"] == texts["test"][:TINY_COUNTS["heldout"]]
+    assert texts["test_aug"] == texts["test"][:TINY_COUNTS["test_aug"]]
 
 
 def test_examples_match_their_text_and_style(tiny_records, read_examples, faces):
@@ -93,8 +94,9 @@ def test_examples_match_their_text_and_style(tiny_records, read_examples, faces)
             assert e["label"] == [int(c) for c in e["text"]]
             assert 18 <= e["font_size"] <= 25 and 0 <= e["spacing"] <= 8
             image = np.frombuffer(e["image"], np.uint8).reshape(64, 128)
-            assert min(image[:2].min(), image[-2:].min(), image[:, :2].min(),
-                       image[:, -2:].min()) == 255  # the 2-pixel margin stays blank
+            if split != "test_aug":  # augmented plates have backgrounds, borders, noise
+                assert min(image[:2].min(), image[-2:].min(), image[:, :2].min(),
+                           image[:, -2:].min()) == 255  # the 2-pixel margin stays blank
     train_fonts = {e["font"] for e in read_examples(_split_paths(tiny_records, "train"))}
     assert len(train_fonts) > 50  # 200 plates draw from many faces, not a few
 
@@ -124,8 +126,8 @@ def test_same_seed_writes_identical_files(tiny_records, write_records, tmp_path)
 def test_records_do_not_depend_on_shards_or_workers(tiny_records, write_records, tmp_path,
                                                     read_examples):
     # workers=2 spawns real processes: the plates must still come out in the same order.
-    write_records(str(tmp_path), shards={"train": 3, "val": 1, "test": 3, "heldout": 1},
-                  workers=2)
+    write_records(str(tmp_path), shards={"train": 3, "val": 1, "test": 3, "heldout": 1,
+                                         "test_aug": 2}, workers=2)
     for split in records.SPLITS:
         expected = [e["serialized"] for e in read_examples(_split_paths(tiny_records, split))]
         written = [e["serialized"] for e in read_examples(_split_paths(str(tmp_path), split))]

@@ -1,0 +1,72 @@
+"""Augmented plates: deterministic, all ink inside the frame, clean when every effect is off."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from plate_ocr import augment, fonts, records, render, writer
+
+STYLE = writer.PlateStyle()
+ALL_ON = dataclasses.replace(augment.AugmentConfig(), **{
+    f.name: 1.0 for f in dataclasses.fields(augment.AugmentConfig) if f.name.endswith("_prob")})
+
+
+def test_augmented_plates_are_a_pure_function_of_seed_split_and_index(faces):
+    families = fonts.group_by_family(faces["train"])
+
+    def plate(index, seed=0):
+        return writer.make_plate(123, families, STYLE, writer.plate_rng(seed, "test_aug", index),
+                                 augmented=True)[0]
+    first = plate(5)
+    assert first.shape == (64, 128) and first.dtype == np.uint8
+    assert np.array_equal(first, plate(5))
+    assert not np.array_equal(first, plate(6)) and not np.array_equal(first, plate(5, seed=1))
+
+
+def test_every_effect_off_gives_the_clean_plate(faces):
+    families = fonts.group_by_family(faces["train"])
+    style = dataclasses.replace(STYLE, augment=augment.CLEAN)
+    for index in range(20):
+        clean = writer.make_plate(index, families, style, writer.plate_rng(0, "train", index))[0]
+        plain = writer.make_plate(index, families, style, writer.plate_rng(0, "train", index),
+                                  augmented=True)[0]
+        assert np.array_equal(clean, plain)
+
+
+@pytest.mark.parametrize("size", [18, 25])
+def test_warped_ink_stays_inside_the_frame_for_every_face(faces, size):
+    margin = STYLE.spec.margin
+    for number, face in enumerate(faces["train"] + faces["heldout"]):
+        glyphs = render.load_glyphs(face.path, size, STYLE.alphabet)
+        widest = max(glyphs.values(), key=lambda g: g.advance + g.ink.shape[1])
+        rng = np.random.default_rng(number)
+        image, _ = render.render_plate([widest] * 5, STYLE.spacing_max, STYLE.spec, rng)
+        warped = augment._warp(255 - image, ALL_ON, rng, margin)
+        rows, cols = np.flatnonzero(warped.any(axis=1)), np.flatnonzero(warped.any(axis=0))
+        # The clean plate keeps `margin` pixels; a warp that cannot keep them is not applied.
+        assert rows[0] >= margin and cols[0] >= margin, face.name
+        assert rows[-1] <= 63 - margin and cols[-1] <= 127 - margin, face.name
+
+
+def test_every_effect_at_once_still_shows_the_digits(faces):
+    families = fonts.group_by_family(faces["train"])
+    style = dataclasses.replace(STYLE, augment=ALL_ON)
+    for index in range(30):
+        image = writer.make_plate(index, families, style, writer.plate_rng(0, "train", index),
+                                  augmented=True)[0]
+        # Ink and plate still differ clearly: the 5th and 95th percentiles are apart.
+        low, high = np.percentile(image, [5, 95])
+        assert high - low > 30, index
+
+
+def test_records_hold_an_augmented_test_split_of_test_labels(write_records, read_examples,
+                                                             tmp_path):
+    counts = {"train": 50, "val": 10, "test": 20, "heldout": 0, "test_aug": 8}
+    shards = {"train": 1, "val": 1, "test": 1, "heldout": 1, "test_aug": 1}
+    info = write_records(str(tmp_path), counts=counts, shards=shards)
+    assert info["splits"]["test_aug"]["augmented"] and not info["splits"]["test"]["augmented"]
+    test = read_examples(records.split_files(info, str(tmp_path), "test"))
+    test_aug = read_examples(records.split_files(info, str(tmp_path), "test_aug"))
+    assert [e["text"] for e in test_aug] == [e["text"] for e in test[:8]]
+    assert all(a["image"] != b["image"] for a, b in zip(test_aug, test))
