@@ -29,21 +29,52 @@ def _load(path: str):
 
 # ---------------------------------------------------------------- evaluate
 
+def _evaluate_split(predict, records_dir: str, info: dict, split: str, model_dir: str,
+                    output: str) -> dict:
+    """Evaluates one split: metrics file, pictures, table; returns the metrics."""
+    from tqdm import tqdm
+    from plate_ocr import evaluate as evaluate_lib, pictures
+    with tqdm(total=info["splits"][split]["num_examples"], unit="plate",
+              desc=f"evaluate {split}") as bar:
+        try:
+            result, misread = evaluate_lib.evaluate_split(
+                predict, records_dir, split, FLAGS.batch_size, on_batch=bar.update,
+                skip_corrupt=FLAGS.skip_corrupt)
+        except ValueError as error:
+            raise CommandError(str(error)) from None
+    result = dict(result, split=split, records_dir=records_dir, model=FLAGS.model)
+    picture_dir = os.path.join(model_dir, "pictures")
+    result["pictures"] = {"confusion": pictures.confusion_png(
+        result["confusion"], info["alphabet"], os.path.join(picture_dir, f"{split}-confusion.png"),
+        f"{split}: {result['plates']:,} plates")}
+    if misread:
+        images, predictions, truths = zip(*misread)
+        result["pictures"]["misread"] = pictures.save_png(
+            pictures.prediction_grid(images, predictions, truths, columns=6),
+            os.path.join(picture_dir, f"{split}-misread.png"))
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=1)
+    print(evaluate_lib.format_table(result))
+    print(f"metrics: {output}; pictures: {', '.join(result['pictures'].values())}")
+    return result
+
+
 def evaluate() -> None:
-    """Evaluates a model on a records split: table, metrics.json and pictures."""
+    """Evaluates a model on records splits: tables, metrics files and pictures."""
     _quiet_tensorflow()
     flags.DEFINE_string("model", "runs/cpu", _MODEL_HELP)
-    flags.DEFINE_string("split", "test", "Split to evaluate (test, val, heldout, ...).")
+    flags.DEFINE_list("split", ["test"], "Splits to evaluate, side by side (test, test_aug, "
+                      "heldout, val).")
     flags.DEFINE_string("records_dir", None, "Records (default: those the model trained on).")
-    flags.DEFINE_string("output_json", None, "Metrics file (default: <model dir>/metrics.json "
-                        "for test, metrics-<split>.json otherwise).")
+    flags.DEFINE_string("output_json", None, "Metrics file of a single split (default: "
+                        "<model dir>/metrics.json for test, metrics-<split>.json otherwise).")
     flags.DEFINE_integer("batch_size", 512, "Plates per prediction call.", lower_bound=1)
     flags.DEFINE_boolean("skip_corrupt", False, "Leave out shards that are missing or corrupt "
                          "(and report the records lost) instead of stopping.")
 
     def main(argv):
-        from tqdm import tqdm
-        from plate_ocr import evaluate as evaluate_lib, pictures, records
+        from plate_ocr import records
         model_dir = FLAGS.model if os.path.isdir(FLAGS.model) else os.path.dirname(FLAGS.model)
         model_dir = model_dir[:-len("/export")] if model_dir.endswith("/export") else model_dir
         records_dir = FLAGS.records_dir
@@ -51,38 +82,25 @@ def evaluate() -> None:
             config_path = os.path.join(model_dir, "config.json")
             records_dir = (json.load(open(config_path))["train"]["records_dir"]
                            if os.path.exists(config_path) else "tfrecords")
+        if FLAGS.output_json and len(FLAGS.split) > 1:
+            raise CommandError("--output_json names the file of a single --split")
         try:
             info = records.read_info(records_dir)
-            records.split_files(info, records_dir, FLAGS.split)
+            for split in FLAGS.split:
+                records.split_files(info, records_dir, split)
         except (FileNotFoundError, ValueError) as error:
             raise CommandError(str(error)) from None
         predict, _ = _load(FLAGS.model)
-        total = info["splits"][FLAGS.split]["num_examples"]
-        with tqdm(total=total, unit="plate", desc=f"evaluate {FLAGS.split}") as bar:
-            try:
-                result, misread = evaluate_lib.evaluate_split(
-                    predict, records_dir, FLAGS.split, FLAGS.batch_size, on_batch=bar.update,
-                    skip_corrupt=FLAGS.skip_corrupt)
-            except ValueError as error:
-                raise CommandError(str(error)) from None
-        name = "metrics.json" if FLAGS.split == "test" else f"metrics-{FLAGS.split}.json"
-        output = FLAGS.output_json or os.path.join(model_dir, name)
-        result = dict(result, split=FLAGS.split, records_dir=records_dir, model=FLAGS.model)
-        picture_dir = os.path.join(model_dir, "pictures")
-        result["pictures"] = {"confusion": pictures.confusion_png(
-            result["confusion"], info["alphabet"],
-            os.path.join(picture_dir, f"{FLAGS.split}-confusion.png"),
-            f"{FLAGS.split}: {result['plates']:,} plates")}
-        if misread:
-            images, predictions, truths = zip(*misread)
-            result["pictures"]["misread"] = pictures.save_png(
-                pictures.prediction_grid(images, predictions, truths, columns=6),
-                os.path.join(picture_dir, f"{FLAGS.split}-misread.png"))
-        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-        with open(output, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)
-        print(evaluate_lib.format_table(result))
-        print(f"metrics: {output}; pictures: {', '.join(result['pictures'].values())}")
+        results = {}
+        for split in FLAGS.split:
+            name = "metrics.json" if split == "test" else f"metrics-{split}.json"
+            results[split] = _evaluate_split(predict, records_dir, info, split, model_dir,
+                                             FLAGS.output_json or os.path.join(model_dir, name))
+        if len(results) > 1:
+            print(f"\n{'split':10s} {'plates':>7s} {'plate acc':>10s} {'char acc':>9s} {'CER':>7s}")
+            for split, m in results.items():
+                print(f"{split:10s} {m['plates']:7,d} {m['plate_accuracy']:10.4f} "
+                      f"{m['char_accuracy']:9.4f} {m['cer']:7.4f}")
 
     run_command(main)
 

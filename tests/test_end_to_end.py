@@ -21,8 +21,10 @@ def test_make_records_to_predict(tmp_path):
     out = run("train", f"--flagfile={PROJECT_DIR}/configs/smoke.cfg", f"--records_dir={records}",
               f"--model_dir={model}", "--steps_per_epoch=6")
     assert "done: 2 epochs, 12 steps" in out
-    out = run("evaluate", f"--model={model}", "--split=heldout")
-    assert "split heldout: 32 plates" in out
+    out = run("evaluate", f"--model={model}", "--split=heldout,test_aug")
+    assert "split heldout: 32 plates" in out and "split test_aug: 64 plates" in out
+    assert out.splitlines()[-3].split() == ["split", "plates", "plate", "acc", "char", "acc",
+                                            "CER"]
     metrics = json.load(open(model / "metrics-heldout.json"))
     assert metrics["plates"] == 32 and 0 <= metrics["plate_accuracy"] <= 1
     assert os.path.exists(metrics["pictures"]["confusion"])
