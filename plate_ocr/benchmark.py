@@ -1,14 +1,17 @@
 """Speed and memory of each pipeline stage on this machine: one function per stage, one table.
 
 A stage function takes plain arguments and returns {figure: value}, each the median over
-repeats; FIGURES says how each figure prints and the target it is held to. Stages that need
-TensorFlow import it inside their function: the records stage and its workers never load it.
+repeats after a warm-up; FIGURES says how each figure prints and the target it is held to.
+Stages that need TensorFlow import it inside their function: the records stage and its workers
+never load it. Each TensorFlow measurement runs alone in a fresh process (run_measured), so its
+peak RSS is its own and not the high-water mark of everything measured before it.
 """
 
 import concurrent.futures
 import dataclasses
 import multiprocessing
 import os
+import resource
 import shutil
 import statistics
 import time
@@ -22,7 +25,8 @@ from plate_ocr import fonts, records, render, writer
 DEFAULT_DATASET = {"train": 60000, "val": 5000, "test": 10000, "heldout": 2000}
 DEFAULT_SHARDS = {"train": 16, "val": 2, "test": 2, "heldout": 2}
 MIN_FONT_FAMILIES = 22
-STAGES = ("records",)
+STAGES = ("records", "pipeline", "train", "inference")
+BATCH = 256  # the input pipeline's and batched inference's batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +56,36 @@ FIGURES = {
         "dataset_s": Figure("make_records: fonts, labels, 2 workers, metadata", "s", 20, False),
         "dataset_plates_per_s": Figure("make_records: throughput", "plates/s"),
         "dataset_peak_rss_mb_per_worker": Figure("make_records: peak RSS per worker", "MB"),
+    },
+    "pipeline": {
+        "tfrecord_examples_per_s": Figure("TFRecords: shuffle, batch, parse, decode_raw, /255",
+                                          "examples/s", 50000),
+        "png_examples_per_s": Figure("PNG folder: list_files, read_file + decode_png, batch, "
+                                     "/255", "examples/s"),
+        "tfrecord_over_png": Figure("TFRecords / PNG folder", "x", 5),
+        "tfrecord_peak_rss_mb": Figure("peak RSS of the TFRecord pipeline's process", "MB"),
+        "png_peak_rss_mb": Figure("peak RSS of the PNG pipeline's process", "MB"),
+    },
+    # One group of rows per config: the stage prints as "train <config name>".
+    "train": {
+        "batch_size": Figure("batch (the config's)", "examples"),
+        "parameters": Figure("model parameters", "weights"),
+        "custom_examples_per_s": Figure("custom loop: Trainer.train_loop (+ greedy decode, "
+                                        "metrics), OneDevice", "examples/s"),
+        "fit_examples_per_s": Figure("model.fit: keras.losses.CTC, same model, Adam, batch, "
+                                     "data", "examples/s"),
+        "custom_over_fit": Figure("custom loop / model.fit", "x", 1.0),
+        "pipeline_over_custom": Figure("input pipeline (TFRecords) / custom loop", "x", 10),
+        "custom_peak_rss_mb": Figure("peak RSS of the custom loop's process", "MB"),
+        "fit_peak_rss_mb": Figure("peak RSS of model.fit's process", "MB"),
+    },
+    "inference": {
+        "batch_plates_per_s": Figure("SavedModel (uint8 in, text out), batch 256", "plates/s",
+                                     2000),
+        "single_p50_ms": Figure("SavedModel, 1 plate per call: median latency", "ms", 10,
+                                False),
+        "single_p99_ms": Figure("SavedModel, 1 plate per call: 99th percentile", "ms"),
+        "peak_rss_mb": Figure("peak RSS of the inference process", "MB"),
     },
 }
 
@@ -202,16 +236,315 @@ def records_stage(font_dir: str, num_plates: int, repeats: int, dataset_scale: f
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
 
+# ---------------------------------------------------------------- TensorFlow stages
+
+def _measured(function, args: tuple) -> tuple[dict, float, float]:
+    import keras  # noqa: F401 (loaded before the baseline, as every stage loads it)
+    import tensorflow  # noqa: F401
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    figures = function(*args)
+    return figures, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, baseline
+
+
+def run_measured(function, *args) -> tuple[dict, float, float]:
+    """Runs function(*args) alone in a fresh (spawned) process.
+
+    Returns:
+      (its figures, the process's peak RSS in MB, its RSS in MB after importing TensorFlow and
+       Keras, before any work).
+    """
+    context = multiprocessing.get_context("spawn")  # forking a process with TF loaded can hang
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(_measured, function, args).result()
+
+
+def _median_seconds(run, repeats: int) -> float:
+    """Calls run() once to warm up, then `repeats` times: the median seconds of those."""
+    run()
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        seconds.append(time.perf_counter() - started)
+    return statistics.median(seconds)
+
+
+def _normalized(dataset):
+    """Both pipelines end the same way: float32 pixels in 0..1, in parallel, prefetched."""
+    import tensorflow as tf
+    return (dataset.map(lambda images, *rest: (tf.cast(images, tf.float32) / 255.0, *rest),
+                        num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def _pipeline_rate(dataset, examples: int, repeats: int) -> float:
+    """Examples/s of pulling batches of BATCH from a dataset (one untimed pass first)."""
+    iterator = iter(dataset)
+    batches = max(1, examples // BATCH)
+
+    def run():
+        for _ in range(batches):
+            next(iterator)
+    return batches * BATCH / _median_seconds(run, repeats)
+
+
+def _tfrecord_pipeline(records_dir: str, examples: int, repeats: int) -> dict:
+    from plate_ocr import input_pipeline
+    info = records.read_info(records_dir)
+    dataset = input_pipeline.make_dataset(
+        records.split_files(info, records_dir, "train"), BATCH, True, info["image_height"],
+        info["image_width"], info["plate_length"], seed=0)
+    return {"tfrecord_examples_per_s": _pipeline_rate(_normalized(dataset), examples, repeats)}
+
+
+def _png_pipeline(png_dir: str, info: dict, examples: int, repeats: int) -> dict:
+    import tensorflow as tf
+    shape = [info["image_height"], info["image_width"]]
+    alphabet = tf.constant(list(info["alphabet"]))
+
+    def load(path):
+        image = tf.ensure_shape(tf.io.decode_png(tf.io.read_file(path), channels=1)[..., 0],
+                                shape)
+        # The label is in the name, <index>_<text>.png.
+        text = tf.strings.split(tf.strings.split(path, os.sep)[-1], "_")[-1]
+        chars = tf.strings.bytes_split(tf.strings.substr(text, 0, info["plate_length"]))
+        label = tf.argmax(tf.cast(chars[:, None] == alphabet[None, :], tf.int32), axis=1,
+                          output_type=tf.int32)
+        return image, label
+
+    dataset = (tf.data.Dataset.list_files(os.path.join(png_dir, "*.png"), shuffle=True, seed=0)
+               .repeat()
+               .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+               .batch(BATCH, drop_remainder=True))
+    return {"png_examples_per_s": _pipeline_rate(_normalized(dataset), examples, repeats)}
+
+
+def write_png_folder(records_dir: str, png_dir: str, count: int) -> dict:
+    """Writes `count` plates of the val split (cycled if it has fewer) as <index>_<text>.png.
+
+    Returns:
+      the records' dataset_info.
+    """
+    from PIL import Image
+    from plate_ocr import evaluate
+    info = records.read_info(records_dir)
+    if not info["splits"].get("val", {}).get("num_examples"):
+        raise ValueError(f"{records_dir} has no val plates to write as PNGs")
+    os.makedirs(png_dir)
+    written = 0
+    while written < count:
+        for batch in evaluate.read_split(records_dir, "val"):
+            for image, text in zip(batch["image"], batch["text"]):
+                if written == count:
+                    break
+                Image.fromarray(image).save(os.path.join(png_dir, f"{written:06d}_{text}.png"))
+                written += 1
+    return info
+
+
+def pipeline_stage(records_dir: str, examples: int, png_files: int, repeats: int,
+                   work_dir: str) -> tuple[dict[str, float], dict]:
+    """Examples/s of our input pipeline and of a folder of PNGs, batch 256, from page cache.
+
+    Ours is input_pipeline.make_dataset on the train split (shuffled, as in training). The
+    other reads the val plates the way the original project stored them, one PNG per plate
+    (written here first, then read through once so both come from the page cache). Both end
+    in the same float32 /255 map, so neither is spared the normalization.
+
+    Args:
+      records_dir: the records (train split, and val for the PNGs).
+      examples: examples per timed pass of our pipeline.
+      png_files: PNG files written; each timed pass of the PNG pipeline reads them all.
+      repeats: timed passes of each; each figure is the median.
+      work_dir: an existing folder for the PNGs (removed afterwards).
+    Returns:
+      ({figure: value} of FIGURES["pipeline"], {"rss_mb_after_import": of TF and Keras}).
+    """
+    png_dir = os.path.join(work_dir, "png")
+    try:
+        info = run_measured(write_png_folder, records_dir, png_dir, png_files)[0]
+        ours, ours_rss, baseline = run_measured(_tfrecord_pipeline, records_dir, examples,
+                                                repeats)
+        png, png_rss, _ = run_measured(_png_pipeline, png_dir, info, max(png_files, BATCH),
+                                       repeats)
+    finally:
+        shutil.rmtree(png_dir, ignore_errors=True)
+    figures = {**ours, **png, "tfrecord_over_png": ours["tfrecord_examples_per_s"]
+               / png["png_examples_per_s"], "tfrecord_peak_rss_mb": ours_rss,
+               "png_peak_rss_mb": png_rss}
+    return figures, {"rss_mb_after_import": baseline}
+
+
+def _train_setup(flagfile: str, records_dir: str):
+    import tensorflow as tf
+    from plate_ocr import cli_train
+    config = cli_train.config_from(flagfile, f"--records_dir={records_dir}")
+    return config, records.read_info(records_dir), tf.distribute.OneDeviceStrategy("/cpu:0")
+
+
+def _custom_loop(flagfile: str, records_dir: str, steps: int, repeats: int) -> dict:
+    """Examples/s of Trainer.train_loop, called as train_and_evaluate calls it."""
+    import tensorflow as tf
+    from plate_ocr import train
+    config, info, strategy = _train_setup(flagfile, records_dir)
+    trainer = train.Trainer(config, info, strategy, (repeats + 1) * steps,
+                            files={"train": records.split_files(info, records_dir, "train")},
+                            lost={"train": 0})
+    iterator = iter(trainer.dataset("train", training=True, seed=config.seed))
+
+    def run():
+        done = 0
+        while done < steps:
+            count = min(config.steps_per_loop, steps - done)
+            sums, _ = trainer.train_loop(iterator, tf.constant(count))
+            float(sums["loss"])  # wait for the result
+            done += count
+    seconds = _median_seconds(run, repeats)
+    return {"batch_size": config.batch_size, "parameters": trainer.model.count_params(),
+            "custom_examples_per_s": steps * config.batch_size / seconds}
+
+
+def _fit(flagfile: str, records_dir: str, steps: int, repeats: int) -> dict:
+    """Examples/s of model.fit on the same model, optimizer, batch and tf.data pipeline."""
+    import keras
+    import tensorflow as tf
+    from plate_ocr import input_pipeline, model as model_lib, train
+    config, info, strategy = _train_setup(flagfile, records_dir)
+    with strategy.scope():
+        model = model_lib.build_crnn(config.model, info["image_height"], info["image_width"],
+                                     len(info["alphabet"]) + 1)
+        optimizer = train.make_optimizer(config, (repeats + 1) * steps)
+        optimizer.build(model.trainable_variables)
+        # keras.losses.CTC's blank is class 0 and it counts a label's length as its nonzero
+        # entries: labels move up by one, and in this model class 0 is the blank. Same shapes
+        # and work as ours (blank last), the classes permuted.
+        model.compile(optimizer=optimizer, loss=keras.losses.CTC())
+    dataset = input_pipeline.make_dataset(
+        records.split_files(info, records_dir, "train"), config.batch_size, True,
+        info["image_height"], info["image_width"], info["plate_length"],
+        shuffle_buffer=config.shuffle_buffer, seed=config.seed)
+    dataset = dataset.map(lambda images, labels, _: (tf.cast(images, tf.float32), labels + 1),
+                          num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+    class EpochTimes(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds, self.started = [], 0.0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self.started)
+
+    timer = EpochTimes()
+    # One call: the iterator (and its full shuffle buffer) lives on across epochs; the first
+    # epoch is the warm-up (tracing, buffer fill).
+    model.fit(dataset, epochs=repeats + 1, steps_per_epoch=steps, verbose=0, callbacks=[timer])
+    return {"fit_examples_per_s": steps * config.batch_size
+            / statistics.median(timer.seconds[1:]), "fit_jit_compile": bool(model.jit_compile)}
+
+
+def train_stage(flagfile: str, records_dir: str, steps: int, repeats: int,
+                pipeline_examples_per_s: float | None = None) -> tuple[dict[str, float], dict]:
+    """Training examples/s of one config: our custom loop, and model.fit on the same model.
+
+    Each runs under OneDeviceStrategy in its own process: one untimed run of `steps` steps
+    (tracing, shuffle buffer), then `repeats` timed runs of `steps` steps on the same iterator.
+
+    Args:
+      flagfile: a training config (configs/cpu.cfg); its records_dir is replaced.
+      records_dir: the records to train on.
+      steps: training steps per timed run.
+      repeats: timed runs; each figure is the median.
+      pipeline_examples_per_s: the input pipeline's figure, for the ratio (None: left out).
+    Returns:
+      ({figure: value} of FIGURES["train"],
+       {"fit_jit_compile": what compile's "auto" chose, "rss_mb_after_import": of TF, Keras}).
+    """
+    custom, custom_rss, baseline = run_measured(_custom_loop, flagfile, records_dir, steps,
+                                                repeats)
+    fit, fit_rss, _ = run_measured(_fit, flagfile, records_dir, steps, repeats)
+    jit = fit.pop("fit_jit_compile")
+    figures = {**custom, **fit, "custom_over_fit": custom["custom_examples_per_s"]
+               / fit["fit_examples_per_s"]}
+    if pipeline_examples_per_s is not None:
+        figures["pipeline_over_custom"] = (pipeline_examples_per_s
+                                           / custom["custom_examples_per_s"])
+    figures.update(custom_peak_rss_mb=custom_rss, fit_peak_rss_mb=fit_rss)
+    return ({key: figures[key] for key in FIGURES["train"] if key in figures},
+            {"fit_jit_compile": jit, "rss_mb_after_import": baseline})
+
+
+def _inference(model_path: str, records_dir: str, batches: int, calls: int,
+               repeats: int) -> dict:
+    import itertools
+    from plate_ocr import evaluate
+    predict, shape = evaluate.load_predictor(model_path)
+    info = records.read_info(records_dir)
+    if tuple(shape) != (info["image_height"], info["image_width"]):
+        raise ValueError(f"the model reads {shape[0]}x{shape[1]} plates, the records in "
+                         f"{records_dir} are {info['image_height']}x{info['image_width']}")
+    val = np.concatenate([batch["image"] for batch in itertools.islice(
+        evaluate.read_split(records_dir, "val", BATCH), batches)])
+    plates = np.resize(val, (batches * BATCH, *shape))  # the val plates, cycled if too few
+
+    def batched():
+        for i in range(batches):
+            predict(plates[i * BATCH:(i + 1) * BATCH])
+    batch_seconds = _median_seconds(batched, repeats)
+
+    latencies = []
+
+    def single():
+        latencies.append([])
+        for i in range(calls):
+            started = time.perf_counter()
+            predict(plates[i % len(plates)][None])
+            latencies[-1].append(1000 * (time.perf_counter() - started))
+    _median_seconds(single, repeats)
+    timed = latencies[1:]  # the first run warmed up
+    return {"batch_plates_per_s": batches * BATCH / batch_seconds,
+            "single_p50_ms": statistics.median(np.percentile(run, 50) for run in timed),
+            "single_p99_ms": statistics.median(np.percentile(run, 99) for run in timed)}
+
+
+def inference_stage(model_path: str, records_dir: str, batches: int, calls: int,
+                    repeats: int) -> tuple[dict[str, float], dict]:
+    """Plates/s of the SavedModel at batch 256, and its latency on one plate per call.
+
+    The model is loaded as bin/evaluate and bin/predict load it (evaluate.load_predictor:
+    uint8 plates in, Python strings and confidences out), and reads val plates.
+
+    Args:
+      model_path: a model dir, its SavedModel, .keras or .tflite file.
+      records_dir: records with a val split of the model's image size.
+      batches: batches of 256 per timed run.
+      calls: one-plate calls per timed run (p50 and p99 over these).
+      repeats: timed runs, after an untimed one; each figure is the median.
+    Returns:
+      ({figure: value} of FIGURES["inference"], {"rss_mb_after_import": of TF and Keras}).
+    """
+    figures, rss, baseline = run_measured(_inference, model_path, records_dir, batches, calls,
+                                          repeats)
+    return {**figures, "peak_rss_mb": rss}, {"rss_mb_after_import": baseline}
+
+
+# ---------------------------------------------------------------- table
+
 def _format_value(value: float) -> str:
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
+    return f"{value:,.0f}" if abs(value) >= 100 or float(value).is_integer() else f"{value:.2f}"
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:
-    """The figures of every stage measured, one row each, with its target and verdict."""
+    """The figures of every stage measured, one row each, with its target and verdict.
+
+    A stage named "train <config>" prints with the figures of "train".
+    """
     rows = [("stage", "figure", "value", "unit", "target")]
     for stage, figures in results.items():
         for key, value in figures.items():
-            figure = FIGURES[stage][key]
+            figure = FIGURES[stage.split()[0]][key]
             target = ""
             if figure.target is not None:
                 met = value >= figure.target if figure.at_least else value < figure.target

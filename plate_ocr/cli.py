@@ -87,7 +87,21 @@ def gather_fonts() -> None:
 _MAKE_RECORDS_FLAGS = (
     "output_dir", "num_train", "num_val", "num_test", "num_heldout", "shards", "eval_shards",
     "seed", "workers", "font_dir", "min_font_families", "font_size_min", "font_size_max",
-    "spacing_min", "spacing_max", "alphabet", "plate_length", "overwrite")
+    "spacing_min", "spacing_max", "alphabet", "plate_length", "overwrite", "num_test_aug",
+    "augment_train")
+
+
+def _define_augment_flags() -> list[str]:
+    """One --aug_<name> flag per AugmentConfig field, its default the dataclass's."""
+    import dataclasses
+    from plate_ocr import augment
+    names = []
+    for field in dataclasses.fields(augment.AugmentConfig):
+        define = flags.DEFINE_integer if field.type in (int, "int") else flags.DEFINE_float
+        define(f"aug_{field.name}", field.default, f"Augmentation: {field.name.replace('_', ' ')}"
+               " (probabilities 0-1).", lower_bound=0)
+        names.append(f"aug_{field.name}")
+    return names
 
 
 def make_records() -> None:
@@ -114,6 +128,11 @@ def make_records() -> None:
     flags.DEFINE_string("alphabet", "0123456789", "Characters of the plates.")
     flags.DEFINE_integer("plate_length", 5, "Characters per plate.", lower_bound=1)
     flags.DEFINE_boolean("overwrite", False, "Replace records already in --output_dir.")
+    flags.DEFINE_integer("num_test_aug", 2000, "Augmented plates of test labels (the "
+                         "augmented test split).", lower_bound=0)
+    flags.DEFINE_boolean("augment_train", False, "Augment the training plates too (blur, "
+                         "noise, tilt, lighting...: see the --aug_* flags).")
+    augment_flags = _define_augment_flags()
 
     def main(argv):
         from tqdm import tqdm
@@ -134,16 +153,24 @@ def make_records() -> None:
             # of the flags, so writing again gives what the finished run would have.
             print(f"removing {len(existing)} shards of an unfinished run in {FLAGS.output_dir}",
                   file=sys.stderr)
-        counts = {"train": FLAGS.num_train, "val": FLAGS.num_val, "test": FLAGS.num_test,
-                  "heldout": FLAGS.num_heldout}
+        counts = {"train": FLAGS.num_train, "val": FLAGS.num_val, "test": FLAGS.num_test}
+        for split in ("heldout", "test_aug"):
+            # They reuse test labels: left at their defaults, they shrink with a small test split.
+            flag = FLAGS[f"num_{split}"]
+            counts[split] = flag.value if flag.present else min(flag.value, FLAGS.num_test)
         try:
             labels = records.draw_labels(counts, FLAGS.alphabet, FLAGS.plate_length, FLAGS.seed)
             train_faces, rejected = fonts.usable_faces(
                 FLAGS.font_dir, FLAGS.alphabet, fonts.TRAIN, FLAGS.min_font_families)
             heldout_faces, rejected_heldout = fonts.usable_faces(
                 FLAGS.font_dir, FLAGS.alphabet, fonts.HELDOUT, 1 if FLAGS.num_heldout else 0)
-            style = writer.PlateStyle(FLAGS.alphabet, FLAGS.plate_length, FLAGS.font_size_min,
-                                      FLAGS.font_size_max, FLAGS.spacing_min, FLAGS.spacing_max)
+            from plate_ocr import augment
+            augment_config = augment.AugmentConfig(
+                **{name[len("aug_"):]: FLAGS[name].value for name in augment_flags})
+            style = writer.PlateStyle(
+                FLAGS.alphabet, FLAGS.plate_length, FLAGS.font_size_min, FLAGS.font_size_max,
+                FLAGS.spacing_min, FLAGS.spacing_max, augment=augment_config,
+                augmented_splits=("test_aug", "train") if FLAGS.augment_train else ("test_aug",))
             writer.check_fit(train_faces + heldout_faces, style)
         except (ValueError, fonts.FontError) as error:
             raise CommandError(str(error)) from None
@@ -151,12 +178,16 @@ def make_records() -> None:
             print(f"left out font {file}: {reason}", file=sys.stderr)
         total = sum(counts.values())
         with tqdm(total=total, unit="plate", desc="make_records", smoothing=0.1) as bar:
-            info = writer.write_dataset(
-                FLAGS.output_dir, labels,
-                {"train": FLAGS.shards, "val": FLAGS.eval_shards, "test": FLAGS.eval_shards,
-                 "heldout": FLAGS.eval_shards},
-                {"train": train_faces, "heldout": heldout_faces}, style, FLAGS.seed,
-                FLAGS.workers, bar.update, {"flags": _flag_values(_MAKE_RECORDS_FLAGS)})
+            try:
+                info = writer.write_dataset(
+                    FLAGS.output_dir, labels,
+                    {"train": FLAGS.shards, "val": FLAGS.eval_shards, "test": FLAGS.eval_shards,
+                     "heldout": FLAGS.eval_shards, "test_aug": FLAGS.eval_shards},
+                    {"train": train_faces, "heldout": heldout_faces}, style, FLAGS.seed,
+                    FLAGS.workers, bar.update, {"flags": _flag_values(_MAKE_RECORDS_FLAGS + tuple(augment_flags))})
+            except OSError as error:  # disk full, permissions: no shard is left half-written
+                raise CommandError(f"writing records to {FLAGS.output_dir} failed: "
+                                   f"{error.strerror or error}") from None
         seconds = info["write_seconds"]
         print(f"wrote {total:,} plates ({', '.join(f'{s} {n:,}' for s, n in counts.items())}) "
               f"to {FLAGS.output_dir} in {seconds:.1f} s ({total / seconds:,.0f} plates/s, "
@@ -169,7 +200,10 @@ def make_records() -> None:
 
 def benchmark() -> None:
     """Measures the speed and memory of the pipeline's stages on this machine."""
-    flags.DEFINE_list("stages", ["records"], "Stages to measure, comma-separated: records.")
+    # Before TensorFlow loads (here and in the stages' processes): keep its warnings.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    flags.DEFINE_list("stages", ["records", "pipeline", "train", "inference"],
+                      "Stages to measure, comma-separated: records, pipeline, train, inference.")
     flags.DEFINE_integer("num_plates", 20000, "Plates per worker in each timed records run.",
                          lower_bound=10)
     flags.DEFINE_float("dataset_scale", 1.0, "Size of the timed make_records run, as a "
@@ -180,7 +214,42 @@ def benchmark() -> None:
     flags.DEFINE_string("font_dir", project_path("fonts"), "Gathered fonts and manifest.tsv.")
     flags.DEFINE_string("work_dir", "", "Folder for the files the timed runs write "
                         "(default: the system's temporary folder).")
+    flags.DEFINE_string("records_dir", project_path("tfrecords"), "Records the pipeline, "
+                        "train and inference stages read (train and val splits).")
+    flags.DEFINE_integer("pipeline_examples", 100000, "Examples per timed pass of the TFRecord "
+                         "input pipeline.", lower_bound=1)
+    flags.DEFINE_integer("png_examples", 5000, "Val plates written as PNG files; each timed "
+                         "pass of the PNG pipeline reads them all.", lower_bound=1)
+    flags.DEFINE_list("configs", [project_path("configs", "cpu.cfg"),
+                                  project_path("configs", "default.cfg")],
+                      "Training configs (flagfiles) of the train stage, comma-separated.")
+    flags.DEFINE_integer("train_steps", 10, "Training steps per timed run.", lower_bound=1)
+    flags.DEFINE_string("model", project_path("runs", "cpu"), "Model of the inference stage: "
+                        "a model dir, its SavedModel, .keras or .tflite file.")
+    flags.DEFINE_integer("inference_batches", 20, "Batches of 256 per timed inference run.",
+                         lower_bound=1)
+    flags.DEFINE_integer("latency_calls", 200, "One-plate calls per timed latency run.",
+                         lower_bound=1)
     flags.DEFINE_boolean("json", False, "Print one JSON object instead of the table.")
+
+    def config_name(path: str) -> str:
+        return os.path.splitext(os.path.basename(path))[0]
+
+    def check_inputs() -> None:
+        """Fails before minutes of measuring when an input of a chosen stage is missing."""
+        from plate_ocr import records
+        if {"pipeline", "train", "inference"} & set(FLAGS.stages):
+            records.read_info(FLAGS.records_dir)
+        if "train" in FLAGS.stages:
+            missing = [path for path in FLAGS.configs if not os.path.isfile(path)]
+            if missing or not FLAGS.configs:
+                raise CommandError("--configs: no such file "
+                                   + (", ".join(missing) or "(none given)"))
+            names = [config_name(path) for path in FLAGS.configs]
+            if len(set(names)) < len(names):
+                raise CommandError(f"--configs must have distinct names, got {', '.join(names)}")
+        if "inference" in FLAGS.stages and not os.path.exists(FLAGS.model):
+            raise CommandError(f"--model: no such file or folder {FLAGS.model}")
 
     def main(argv):
         import json
@@ -190,6 +259,10 @@ def benchmark() -> None:
         if unknown or not FLAGS.stages:
             raise CommandError(f"--stages must name some of {','.join(benchmark_lib.STAGES)}"
                                f" (unknown: {','.join(unknown) or 'none given'})")
+        try:
+            check_inputs()
+        except (FileNotFoundError, ValueError) as error:
+            raise CommandError(str(error)) from None
         # Other processes on the machine skew every figure: the load average tells.
         settings = {"cpus": os.cpu_count(), "repeats": FLAGS.repeats,
                     "load_average_at_start": round(os.getloadavg()[0], 2)}
@@ -198,29 +271,71 @@ def benchmark() -> None:
             os.makedirs(FLAGS.work_dir, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="plate_ocr_benchmark_",
                                          dir=FLAGS.work_dir or None) as work_dir:
-            if "records" in FLAGS.stages:
-                settings["records"] = {
-                    "plates_per_worker": FLAGS.num_plates,
-                    "short_run_plates": max(1, FLAGS.num_plates // 10),
-                    "dataset_scale": FLAGS.dataset_scale, "work_dir": work_dir}
-                try:
+            try:
+                if "records" in FLAGS.stages:
+                    settings["records"] = {
+                        "plates_per_worker": FLAGS.num_plates,
+                        "short_run_plates": max(1, FLAGS.num_plates // 10),
+                        "dataset_scale": FLAGS.dataset_scale, "work_dir": work_dir}
                     results["records"] = benchmark_lib.records_stage(
                         FLAGS.font_dir, FLAGS.num_plates, FLAGS.repeats, FLAGS.dataset_scale,
                         work_dir)
-                except (ValueError, fonts.FontError) as error:
-                    raise CommandError(str(error)) from None
+                if "pipeline" in FLAGS.stages:
+                    results["pipeline"], notes = benchmark_lib.pipeline_stage(
+                        FLAGS.records_dir, FLAGS.pipeline_examples, FLAGS.png_examples,
+                        FLAGS.repeats, work_dir)
+                    settings["pipeline"] = {
+                        "records_dir": FLAGS.records_dir, "batch": benchmark_lib.BATCH,
+                        "examples_per_pass": FLAGS.pipeline_examples,
+                        "png_files": FLAGS.png_examples, **notes}
+                for path in FLAGS.configs if "train" in FLAGS.stages else ():
+                    stage = f"train {config_name(path)}"
+                    results[stage], notes = benchmark_lib.train_stage(
+                        path, FLAGS.records_dir, FLAGS.train_steps, FLAGS.repeats,
+                        results.get("pipeline", {}).get("tfrecord_examples_per_s"))
+                    settings[stage] = {"config": path, "steps_per_run": FLAGS.train_steps,
+                                       **notes}
+                if "inference" in FLAGS.stages:
+                    results["inference"], notes = benchmark_lib.inference_stage(
+                        FLAGS.model, FLAGS.records_dir, FLAGS.inference_batches,
+                        FLAGS.latency_calls, FLAGS.repeats)
+                    settings["inference"] = {
+                        "model": FLAGS.model, "batch": benchmark_lib.BATCH,
+                        "batches_per_run": FLAGS.inference_batches,
+                        "latency_calls_per_run": FLAGS.latency_calls, **notes}
+            except (ValueError, FileNotFoundError, fonts.FontError) as error:
+                raise CommandError(str(error).splitlines()[0]) from None
         settings["load_average_at_end"] = round(os.getloadavg()[0], 2)
         if FLAGS.json:
             print(json.dumps({"settings": settings, **results}, indent=1))
             return
         print(f"{settings['cpus']} CPUs, load average {settings['load_average_at_start']:.2f} "
               f"at start and {settings['load_average_at_end']:.2f} at end; each figure the "
-              f"median of {FLAGS.repeats} runs")
+              f"median of {FLAGS.repeats} runs after a warm-up")
         if "records" in results:
             print(f"records: {FLAGS.num_plates:,} plates per worker per timed run, short run "
                   f"{settings['records']['short_run_plates']:,}" + (
                       f"; make_records run of {results['records']['dataset_plates']:,.0f} "
                       "plates" if "dataset_plates" in results["records"] else ""))
+        if "pipeline" in results:
+            print(f"pipeline: {FLAGS.records_dir}, batch {benchmark_lib.BATCH}, "
+                  f"{FLAGS.pipeline_examples:,} TFRecord examples and {FLAGS.png_examples:,} "
+                  "PNG files per run, both from the page cache, both ending in float32 /255")
+        for path in FLAGS.configs if "train" in FLAGS.stages else ():
+            stage = f"train {config_name(path)}"
+            jit = settings[stage]["fit_jit_compile"]
+            print(f"{stage}: {path}, {FLAGS.train_steps} steps per run, OneDeviceStrategy; "
+                  f"model.fit with Keras' defaults (jit_compile {'on' if jit else 'off'}, "
+                  "steps_per_execution 1)")
+        if "inference" in results:
+            print(f"inference: {FLAGS.model} through evaluate.load_predictor, val plates; "
+                  f"{FLAGS.inference_batches} batches and {FLAGS.latency_calls} one-plate "
+                  "calls per run")
+        baselines = [notes["rss_mb_after_import"] for notes in settings.values()
+                     if isinstance(notes, dict) and "rss_mb_after_import" in notes]
+        if baselines:
+            print("peak RSS: of a process that ran that one measurement alone, so it includes "
+                  f"Python, TensorFlow and Keras ({min(baselines):,.0f} MB before any work)")
         print(benchmark_lib.format_table(results))
 
     run_command(main)

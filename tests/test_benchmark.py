@@ -4,10 +4,24 @@ import json
 import os
 import subprocess
 
-from conftest import PROJECT_DIR
+import pytest
+
+from conftest import ALPHABET, PROJECT_DIR
 from plate_ocr import benchmark
 
 BENCHMARK = os.path.join(PROJECT_DIR, "bin", "benchmark")
+SMOKE_CONFIG = os.path.join(PROJECT_DIR, "configs", "smoke.cfg")
+
+
+@pytest.fixture(scope="module")
+def untrained_model(tmp_path_factory) -> str:
+    """A model dir with an exported SavedModel of the smoke config's CRNN, untrained."""
+    from plate_ocr import cli_train, export, model
+    config = cli_train.config_from(SMOKE_CONFIG).model
+    model_dir = str(tmp_path_factory.mktemp("untrained"))
+    export.export_model(model.build_crnn(config, 64, 128, len(ALPHABET) + 1), config, model_dir,
+                        ALPHABET, 64, 128)
+    return model_dir
 
 
 def test_records_stage_reports_every_figure(tmp_path, font_dir):
@@ -30,6 +44,39 @@ def test_records_stage_reports_every_figure(tmp_path, font_dir):
     for line, figure in zip(table[1:], benchmark.FIGURES["records"].values()):
         assert line.startswith("records  " + figure.label)
         assert (" met" in line or " MISSED" in line) == (figure.target is not None)
+
+
+def test_tensorflow_stages_report_every_figure(tmp_path, tiny_records, untrained_model):
+    work_dir = tmp_path / "work"
+    result = subprocess.run(
+        [BENCHMARK, "--stages=pipeline,train,inference", "--records_dir", tiny_records,
+         "--configs", SMOKE_CONFIG, "--model", untrained_model, "--pipeline_examples", "256",
+         "--png_examples", "30", "--train_steps", "2", "--inference_batches", "1",
+         "--latency_calls", "3", "--repeats", "1", "--work_dir", str(work_dir), "--json"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    output = json.loads(result.stdout)
+    settings = output.pop("settings")
+    expected = {"pipeline": "pipeline", "train smoke": "train", "inference": "inference"}
+    assert sorted(output) == sorted(expected)
+    for stage, kind in expected.items():
+        assert sorted(output[stage]) == sorted(benchmark.FIGURES[kind]), stage
+        assert {key: value for key, value in output[stage].items() if not value > 0} == {}
+        assert settings[stage]["rss_mb_after_import"] > 0
+    assert os.listdir(work_dir) == []  # the PNG folder is removed
+
+    table = benchmark.format_table(output).splitlines()
+    assert len(table) == 1 + sum(len(figures) for figures in output.values())
+    assert any(line.startswith("train smoke  custom loop / model.fit") for line in table)
+
+
+def test_missing_records_dir_fails_before_measuring(tmp_path):
+    result = subprocess.run([BENCHMARK, "--stages=pipeline", "--records_dir",
+                             str(tmp_path / "nothing")], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith("benchmark: error: no dataset_info.json in")
 
 
 def test_unknown_stage_is_a_one_line_error():
