@@ -219,7 +219,8 @@ def benchmark() -> None:
     flags.DEFINE_integer("pipeline_examples", 100000, "Examples per timed pass of the TFRecord "
                          "input pipeline.", lower_bound=1)
     flags.DEFINE_integer("png_examples", 5000, "Val plates written as PNG files; each timed "
-                         "pass of the PNG pipeline reads them all.", lower_bound=1)
+                         "pass of the PNG pipeline reads as many, in whole batches of 256.",
+                         lower_bound=1)
     flags.DEFINE_list("configs", [project_path("configs", "cpu.cfg"),
                                   project_path("configs", "default.cfg")],
                       "Training configs (flagfiles) of the train stage, comma-separated.")
