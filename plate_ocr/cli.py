@@ -207,7 +207,7 @@ def benchmark() -> None:
     flags.DEFINE_integer("num_plates", 20000, "Plates per worker in each timed records run.",
                          lower_bound=10)
     flags.DEFINE_float("dataset_scale", 1.0, "Size of the timed make_records run, as a "
-                       "fraction of its default dataset (77,000 plates); 0 skips it.",
+                       "fraction of its default dataset (79,000 plates); 0 skips it.",
                        lower_bound=0)
     flags.DEFINE_integer("repeats", 3, "Runs per figure; the median is reported.",
                          lower_bound=1)
