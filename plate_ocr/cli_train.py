@@ -10,15 +10,6 @@ from absl import flags
 from plate_ocr.cli import FLAGS, CommandError, run_command
 
 
-_TRAIN_FLAGS = (
-    "records_dir", "model_dir", "strategy", "num_cpu_devices", "tpu", "batch_size",
-    "eval_batch_size", "learning_rate", "lr_schedule", "warmup_steps", "decay_steps",
-    "min_lr_ratio", "clip_norm", "epochs", "steps_per_epoch", "steps_per_loop", "patience",
-    "min_delta", "shuffle_buffer", "seed", "max_minutes", "profile_steps",
-    "num_image_summaries", "conv_filters", "pool_widths", "dense_units", "rnn_units", "rnn",
-    "dropout", "skip_corrupt")
-
-
 def _int_list(values: flags.FlagValues, name: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in values[name].value)
@@ -51,9 +42,14 @@ def train_config(values: flags.FlagValues = FLAGS):
         num_image_summaries=values.num_image_summaries, skip_corrupt=values.skip_corrupt)
 
 
-def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> None:
-    """Defines the training flags, on FLAGS or on a FlagValues of one's own (see config_from)."""
+def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
+    """Defines the training flags, on FLAGS or on a FlagValues of one's own (see config_from).
+
+    Returns:
+      their names, in order (what the effective-flags file of a run lists).
+    """
     from plate_ocr import distribute
+    before = set(flag_values)
     on = {"flag_values": flag_values}
     flags.DEFINE_string("records_dir", "tfrecords", "Records written by bin/make_records.", **on)
     flags.DEFINE_string("model_dir", "runs/default", "Checkpoints, logs and exports; a run "
@@ -105,6 +101,7 @@ def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     flags.DEFINE_boolean("skip_corrupt", False, "Leave out shards that are missing or whose "
                          "sha256 differs from dataset_info.json (and report the records lost) "
                          "instead of stopping.", **on)
+    return [name for name in flag_values if name not in before]
 
 
 def config_from(flagfile: str, *overrides: str):
@@ -127,7 +124,7 @@ def train() -> None:
     # Before TensorFlow loads: keep its C++ warnings and errors, drop its info chatter.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     from plate_ocr import distribute
-    define_train_flags()
+    train_flags = define_train_flags()
 
     def main(argv):
         import tensorflow as tf
@@ -145,7 +142,7 @@ def train() -> None:
                                    f"the {replicas} replicas")
             out_dir = distribute.writer_dir(FLAGS.model_dir, strategy)
             os.makedirs(out_dir, exist_ok=True)
-            _write_flagfile(os.path.join(out_dir, "flags.cfg"), _TRAIN_FLAGS, "train")
+            _write_flagfile(os.path.join(out_dir, "flags.cfg"), train_flags, "train")
             print(f"training under {type(strategy).__name__} with {replicas} replica(s); "
                   f"tensorboard --logdir {FLAGS.model_dir}")
             result = train_lib.train_and_evaluate(config, FLAGS.model_dir, strategy)

@@ -79,7 +79,8 @@ def evaluate() -> None:
         model_dir = model_dir[:-len("/export")] if model_dir.endswith("/export") else model_dir
         records_dir = FLAGS.records_dir
         if records_dir is None:
-            config_path = os.path.join(model_dir, "config.json")
+            from plate_ocr import export as export_lib
+            config_path = os.path.join(model_dir, export_lib.CONFIG_FILE)
             records_dir = (json.load(open(config_path))["train"]["records_dir"]
                            if os.path.exists(config_path) else "tfrecords")
         if FLAGS.output_json and len(FLAGS.split) > 1:
@@ -170,14 +171,14 @@ def export() -> None:
     def main(argv):
         import keras
         from plate_ocr import export as export_lib, model
-        config_path = os.path.join(FLAGS.model_dir, "config.json")
+        config_path = os.path.join(FLAGS.model_dir, export_lib.CONFIG_FILE)
         keras_path = os.path.join(FLAGS.model_dir, export_lib.KERAS_MODEL)
         if not (os.path.exists(config_path) and os.path.exists(keras_path)):
             raise CommandError(f"{FLAGS.model_dir} has no finished training run "
-                               f"({export_lib.KERAS_MODEL} and config.json)")
+                               f"({export_lib.KERAS_MODEL} and "
+                               f"{export_lib.CONFIG_FILE})")
         config = json.load(open(config_path))
-        model_config = model.ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                            for k, v in config["model"].items()})
+        model_config = model.config_from_dict(config["model"])
         path = export_lib.export_tflite(keras.models.load_model(keras_path), model_config,
                                         os.path.join(FLAGS.model_dir, export_lib.TFLITE_MODEL))
         print(f"wrote {path}")

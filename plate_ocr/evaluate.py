@@ -16,9 +16,10 @@ from plate_ocr import export, input_pipeline, records
 
 
 def _alphabet_beside(path: str) -> str:
-    config = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
+    config = os.path.join(os.path.dirname(os.path.abspath(path)), export.CONFIG_FILE)
     if not os.path.exists(config):
-        raise FileNotFoundError(f"no config.json beside {path}: it names the alphabet")
+        raise FileNotFoundError(f"no {export.CONFIG_FILE} beside {path}: it names the "
+                                "alphabet")
     with open(config, encoding="utf-8") as f:
         return json.load(f)["alphabet"]
 

@@ -15,6 +15,7 @@ SAVED_MODEL = "export"
 KERAS_MODEL = "model.keras"
 KERAS_WEIGHTS = "model.weights.h5"
 TFLITE_MODEL = "model.tflite"
+CONFIG_FILE = "config.json"  # written by training: image size, alphabet, model shape
 
 
 def serving_function(model: keras.Model, alphabet: str | None, height: int, width: int):

@@ -26,6 +26,12 @@ class ModelConfig:
     dropout: float = 0.2
 
 
+def config_from_dict(values: dict) -> ModelConfig:
+    """A ModelConfig from its JSON form (lists back to tuples)."""
+    return ModelConfig(**{key: tuple(value) if isinstance(value, list) else value
+                          for key, value in values.items()})
+
+
 def time_steps(width: int, config: ModelConfig) -> int:
     """Time steps of the logits for images of this width."""
     return width // math.prod(config.pool_widths)

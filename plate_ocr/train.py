@@ -23,7 +23,6 @@ from plate_ocr import pictures
 
 SUM = tf.distribute.ReduceOp.SUM
 BEST_WEIGHTS = "best"  # a TensorFlow checkpoint prefix in the model dir
-CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
 
 
@@ -74,7 +73,7 @@ def make_optimizer(config: TrainConfig, total_steps: int) -> keras.optimizers.Op
 
 def _check_model_dir(model_dir: str, description: dict) -> None:
     """Refuses a model dir written for another model or image size."""
-    path = os.path.join(model_dir, CONFIG_FILE)
+    path = os.path.join(model_dir, export.CONFIG_FILE)
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             old = json.load(f)

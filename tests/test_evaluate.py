@@ -55,8 +55,7 @@ def trained(tiny_records, tmp_path_factory):
 def test_saved_model_keras_and_tflite_give_the_same_predictions(trained, tiny_records):
     model_dir, result = trained
     config = json.load(open(f"{model_dir}/config.json"))
-    model_config = model.ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                        for k, v in config["model"].items()})
+    model_config = model.config_from_dict(config["model"])
     export.export_tflite(keras.models.load_model(f"{model_dir}/{export.KERAS_MODEL}"),
                          model_config, f"{model_dir}/{export.TFLITE_MODEL}")
     readings = {}
