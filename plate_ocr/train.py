@@ -106,6 +106,9 @@ class Trainer:
         self.files, self.lost = files, lost
         self.shape = (info["image_height"], info["image_width"])
         num_classes = len(info["alphabet"]) + 1
+        # The initial weights and dropout masks follow the seed, so a resumed run and an
+        # uninterrupted one are the same computation.
+        keras.utils.set_random_seed(config.seed)
         with strategy.scope():
             self.model = model_lib.build_crnn(config.model, *self.shape, num_classes)
             self.optimizer = make_optimizer(config, total_steps)
@@ -119,7 +122,10 @@ class Trainer:
         self.checkpoint = tf.train.Checkpoint(
             model=self.model, optimizer=self.optimizer, step=self.step, epoch=self.epoch,
             best_val_loss=self.best_val_loss, bad_epochs=self.bad_epochs,
-            train_seconds=self.train_seconds)
+            train_seconds=self.train_seconds,
+            # Keras 3 keeps the dropout RNG states out of a tf.train.Checkpoint of the model.
+            rng_states=[v for v in self.model.non_trainable_variables
+                        if v.path.endswith("seed_generator_state")])
         self.train_loop = tf.function(self._train_loop)
         self.eval_step = tf.function(self._eval_step)
 
@@ -293,13 +299,16 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
     train_writer = tf.summary.create_file_writer(os.path.join(out_dir, "train"))
     val_writer = tf.summary.create_file_writer(os.path.join(out_dir, "val"))
     sample = _summary_sample(info, files["val"], config.num_image_summaries)
-    iterator = iter(trainer.dataset("train", training=True, seed=config.seed + int(trainer.epoch)))
 
     def finished() -> bool:
         return (int(trainer.epoch) >= config.epochs or int(trainer.bad_epochs) >= config.patience
                 or (config.max_minutes and float(trainer.train_seconds) >= 60 * config.max_minutes))
 
     while not finished():
+        # A fresh iterator per epoch, seeded by the epoch: the data a resumed run sees is the
+        # data the uninterrupted run saw, without checkpointing a shuffle buffer.
+        iterator = iter(trainer.dataset("train", training=True,
+                                        seed=config.seed + int(trainer.epoch)))
         try:
             train = _train_epoch(trainer, iterator, steps_per_epoch, out_dir, chief)
         except tf.errors.DataLossError as error:

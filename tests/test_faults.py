@@ -93,7 +93,9 @@ def test_training_killed_mid_epoch_resumes_from_its_last_checkpoint(tiny_records
               for run in ("killed", "whole")]
     history = json.load(open(tmp_path / "killed" / "history.json"))
     assert [h["step"] for h in history] == [6, 12, 18]
-    assert losses[0] < 1.25 * losses[1], losses
+    # Same seed, same data order, same RNG states: the runs differ only by the float
+    # nondeterminism of multi-threaded CPU kernels (about 2% here after 18 steps).
+    assert abs(losses[0] - losses[1]) < 0.1 * losses[1], losses
 
 
 @contextlib.contextmanager
