@@ -6,6 +6,7 @@ geometric effects are undone (shrunk, then dropped) when they would move ink out
 """
 
 import dataclasses
+import functools
 import io
 
 import numpy as np
@@ -44,19 +45,30 @@ CLEAN = AugmentConfig(**{f.name: 0.0 for f in dataclasses.fields(AugmentConfig)
                          if f.name.endswith("_prob")})
 
 
+@functools.cache
+def _noise_bank(height: int, width: int) -> np.ndarray:
+    """Standard normal noise for twice the plate in each direction, the same in every process.
+
+    A plate's noise is a window of it at offsets from the plate's generator: a slice instead
+    of 8,192 fresh normal draws, which took a sixth of an augmented plate's time.
+    """
+    return np.random.default_rng(0).standard_normal((2 * height, 2 * width), dtype=np.float32)
+
+
 def _ink_box(ink: np.ndarray) -> tuple[int, int, int, int]:
     rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
     return rows[0], rows[-1], cols[0], cols[-1]
 
 
-def _perspective_coefficients(source, target) -> list[float]:
-    """PIL's 8 coefficients mapping target points back to source points."""
-    matrix, vector = [], []
-    for (x, y), (u, v) in zip(target, source):
-        matrix.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
-        matrix.append([0, 0, 0, x, y, 1, -v * x, -v * y])
-        vector += [u, v]
-    return np.linalg.solve(np.array(matrix, float), np.array(vector, float)).tolist()
+def _perspective_coefficients(source: np.ndarray, target: np.ndarray) -> list[float]:
+    """PIL's 8 coefficients mapping target points back to source points ([4, 2] each)."""
+    x, y = target[:, 0], target[:, 1]
+    u, v = source[:, 0], source[:, 1]
+    ones, zeros = np.ones(4), np.zeros(4)
+    matrix = np.empty((8, 8))
+    matrix[0::2] = np.stack([x, y, ones, zeros, zeros, zeros, -u * x, -u * y], axis=1)
+    matrix[1::2] = np.stack([zeros, zeros, zeros, x, y, ones, -v * x, -v * y], axis=1)
+    return np.linalg.solve(matrix, source.reshape(-1)).tolist()
 
 
 def _warp(ink: np.ndarray, config: AugmentConfig, rng: np.random.Generator,
@@ -75,20 +87,34 @@ def _warp(ink: np.ndarray, config: AugmentConfig, rng: np.random.Generator,
     if not angle and not shear and not jitter.any():
         return ink
     top, bottom, left, right = _ink_box(ink)
-    box = np.array([[left, top], [right + 1, top], [right + 1, bottom + 1], [left, bottom + 1]],
-                   float)
-    centre = box.mean(axis=0)
+    box_width, box_height = right + 1 - left, bottom + 1 - top
+    # The ink box's corners and centre in the coordinates of the box plus a pixel all round
+    # (the source of the resampling: bilinear needs the zeros beyond the edge), and its
+    # centre on the plate.
+    corners = np.array([[0, 0], [box_width, 0], [box_width, box_height], [0, box_height]],
+                       float) + 1
+    half = np.array([box_width / 2, box_height / 2]) + 1
+    centre = half - 1 + [left, top]
     for scale in (1.0, 0.5, 0.25):
-        cos, sin = np.cos(angle * scale), np.sin(angle * scale)
-        linear = np.array([[cos, -sin], [sin, cos]]) @ np.array([[1, shear * scale], [0, 1]])
-        target = (box - centre) @ linear.T + centre + jitter * scale
+        cos, sin, slant = np.cos(angle * scale), np.sin(angle * scale), shear * scale
+        linear = np.array([[cos, cos * slant - sin], [sin, sin * slant + cos]])  # rotate @ shear
+        target = (corners - half) @ linear.T + centre + jitter * scale
         x0, y0 = np.floor(target.min(axis=0)).astype(int)
         x1, y1 = np.ceil(target.max(axis=0)).astype(int)
         if x0 > margin and y0 > margin and x1 < width - margin - 1 and y1 < height - margin - 1:
-            # Resample only the target's box; coordinates relative to its corner.
-            patch = Image.fromarray(ink).transform(
-                (x1 - x0, y1 - y0), Image.PERSPECTIVE,
-                _perspective_coefficients(box, target - [x0, y0]), Image.BILINEAR)
+            # Resample from the ink's box into the target's box, each in its own coordinates.
+            # Without perspective the map is affine: its inverse in closed form (determinant
+            # 1) costs a tenth of solving for a homography.
+            if jitter.any():
+                method = Image.PERSPECTIVE
+                coefficients = _perspective_coefficients(corners, target - [x0, y0])
+            else:
+                method = Image.AFFINE
+                a, b, c, d = linear[1, 1], -linear[0, 1], -linear[1, 0], linear[0, 0]
+                dx, dy = x0 - centre[0], y0 - centre[1]
+                coefficients = (a, b, a * dx + b * dy + half[0], c, d, c * dx + d * dy + half[1])
+            patch = Image.fromarray(ink[top - 1:bottom + 2, left - 1:right + 2]).transform(
+                (x1 - x0, y1 - y0), method, coefficients, Image.BILINEAR)
             warped = np.zeros_like(ink)
             warped[y0:y1, x0:x1] = np.asarray(patch)
             return warped
@@ -97,7 +123,8 @@ def _warp(ink: np.ndarray, config: AugmentConfig, rng: np.random.Generator,
 
 def _neighbourhood(ink: np.ndarray, grow: bool) -> np.ndarray:
     """3x3 maximum (grow) or minimum (shrink) of the ink: numpy shifts, no rank filter."""
-    padded = np.pad(ink, 1)
+    padded = np.zeros((ink.shape[0] + 2, ink.shape[1] + 2), ink.dtype)  # np.pad is 10x slower
+    padded[1:-1, 1:-1] = ink
     reduce = np.maximum if grow else np.minimum
     out = padded[1:-1, 1:-1].copy()
     for dy in range(3):
@@ -109,10 +136,17 @@ def _neighbourhood(ink: np.ndarray, grow: bool) -> np.ndarray:
 def _binomial_blur(plate: np.ndarray, passes: int) -> np.ndarray:
     """[1, 2, 1] / 4 along both axes, `passes` times (about a Gaussian of sigma 0.7 each)."""
     for _ in range(passes):
-        padded = np.pad(plate, 1, mode="edge")
-        plate = (padded[:, :-2] + 2 * padded[:, 1:-1] + padded[:, 2:]) / 4
-        plate = (plate[:-2] + 2 * plate[1:-1] + plate[2:]) / 4
+        plate = _blur_axis(_blur_axis(plate.T).T)
     return plate
+
+
+def _blur_axis(plate: np.ndarray) -> np.ndarray:
+    """[1, 2, 1] / 4 down the rows, edge rows repeated (np.pad's "edge" at a tenth the cost)."""
+    out = np.empty_like(plate)
+    out[1:-1] = (plate[:-2] + 2 * plate[1:-1] + plate[2:]) / 4
+    out[0] = (3 * plate[0] + plate[1]) / 4
+    out[-1] = (plate[-2] + 3 * plate[-1]) / 4
+    return out
 
 
 def augment(ink: np.ndarray, config: AugmentConfig, rng: np.random.Generator,
@@ -158,12 +192,13 @@ def augment(ink: np.ndarray, config: AugmentConfig, rng: np.random.Generator,
     if rng.random() < config.blur_prob:
         plate = _binomial_blur(plate, 1 + int(rng.random() < (config.blur_sigma - 0.7) / 0.3))
     if rng.random() < config.noise_prob:
-        plate += rng.standard_normal(plate.shape, dtype=np.float32) * rng.uniform(
-            0, config.noise_sigma)
+        bank = _noise_bank(height, width)
+        top, left = rng.integers(height), rng.integers(width)
+        plate += bank[top:top + height, left:left + width] * rng.uniform(0, config.noise_sigma)
     plate = np.clip(np.rint(plate), 0, 255).astype(np.uint8)
     if rng.random() < config.jpeg_prob:
         buffer = io.BytesIO()
         quality = int(rng.integers(config.jpeg_quality_min, 96))
         Image.fromarray(plate).save(buffer, format="JPEG", quality=quality)
-        plate = np.asarray(Image.open(buffer).convert("L"))
+        plate = np.asarray(Image.open(buffer, formats=["JPEG"]))
     return plate

@@ -8,12 +8,15 @@ peak RSS is its own and not the high-water mark of everything measured before it
 """
 
 import concurrent.futures
+import contextlib
 import dataclasses
+import math
 import multiprocessing
 import os
 import resource
 import shutil
 import statistics
+import sys
 import time
 from typing import Sequence
 
@@ -25,7 +28,7 @@ from plate_ocr import fonts, records, render, writer
 DEFAULT_DATASET = {"train": 60000, "val": 5000, "test": 10000, "heldout": 2000, "test_aug": 2000}
 DEFAULT_SHARDS = {"train": 16, "val": 2, "test": 2, "heldout": 2, "test_aug": 2}
 MIN_FONT_FAMILIES = 22
-STAGES = ("records", "pipeline", "train", "inference")
+STAGES = ("records", "pipeline", "train", "inference", "time_to_accuracy")
 BATCH = 256  # the input pipeline's and batched inference's batch
 
 
@@ -86,6 +89,22 @@ FIGURES = {
                                 False),
         "single_p99_ms": Figure("SavedModel, 1 plate per call: 99th percentile", "ms"),
         "peak_rss_mb": Figure("peak RSS of the inference process", "MB"),
+    },
+    "time_to_accuracy": {
+        "parameters": Figure("model parameters", "weights"),
+        "examples_per_s": Figure("training examples/s (all epochs, first included)",
+                                 "examples/s"),
+        "minutes_to_99": Figure("training minutes to 99% val plate accuracy", "min"),
+        "minutes_to_99.5": Figure("training minutes to 99.5% val plate accuracy", "min"),
+        "minutes_to_99.9": Figure("training minutes to 99.9% val plate accuracy", "min", 3,
+                                  False),
+        "examples_to_99.9": Figure("training examples to 99.9% val plate accuracy",
+                                   "examples"),
+        "train_minutes": Figure("training minutes, whole run", "min"),
+        "wall_minutes": Figure("wall minutes, whole run (evaluations, export included)", "min"),
+        "test_plate_accuracy": Figure("test plate accuracy, best weights", "", 0.999),
+        "heldout_plate_accuracy": Figure("held-out fonts plate accuracy", ""),
+        "test_aug_plate_accuracy": Figure("augmented test plate accuracy", ""),
     },
 }
 
@@ -531,9 +550,65 @@ def inference_stage(model_path: str, records_dir: str, batches: int, calls: int,
     return {**figures, "peak_rss_mb": rss}, {"rss_mb_after_import": baseline}
 
 
+def _time_to_accuracy(flagfile: str, records_dir: str, model_dir: str, curve_path: str) -> dict:
+    import json
+    from plate_ocr import cli_train, distribute, evaluate, model as model_lib, train
+    config = cli_train.config_from(flagfile, f"--records_dir={records_dir}")
+    started = time.perf_counter()
+    # The run's progress lines go to stderr: stdout is the table (or the JSON).
+    with contextlib.redirect_stdout(sys.stderr):
+        result = train.train_and_evaluate(config, model_dir, distribute.make_strategy("auto"))
+    wall = time.perf_counter() - started
+    shutil.copyfile(os.path.join(model_dir, train.CURVE_FILE), curve_path)
+    history = json.load(open(os.path.join(model_dir, train.HISTORY_FILE)))
+    info = records.read_info(records_dir)
+    figures = {"parameters": model_lib.build_crnn(
+        config.model, info["image_height"], info["image_width"],
+        len(info["alphabet"]) + 1).count_params()}
+    figures["examples_per_s"] = history[-1]["examples"] / history[-1]["train_seconds"]
+    for target, entry in train.time_to_accuracy(history).items():
+        name = f"{100 * target:g}"
+        figures[f"minutes_to_{name}"] = entry["minutes"] if entry else math.inf
+        if target == train.TARGETS[-1]:
+            figures[f"examples_to_{name}"] = entry["examples"] if entry else math.inf
+    figures["train_minutes"] = result["train_seconds"] / 60
+    figures["wall_minutes"] = wall / 60
+    figures["test_plate_accuracy"] = result["test"]["plate_accuracy"]
+    predict = evaluate.load_predictor(model_dir)[0]
+    for split in ("heldout", "test_aug"):
+        if info["splits"].get(split, {}).get("num_examples"):
+            report, _ = evaluate.evaluate_split(predict, records_dir, split)
+            figures[f"{split}_plate_accuracy"] = report["plate_accuracy"]
+    return figures
+
+
+def time_to_accuracy_stage(flagfile: str, records_dir: str, model_dir: str,
+                           curve_path: str) -> tuple[dict[str, float], dict]:
+    """Trains a config from scratch through bin/train's code path and times its accuracy.
+
+    The run is train.train_and_evaluate under the default strategy (records, tf.data, the
+    custom loop), in its own process; the milestones are the first validations at or above
+    99%, 99.5% and 99.9% (training time, evaluation excluded).
+
+    Args:
+      flagfile: the training config (configs/fast.cfg); its records_dir is replaced.
+      records_dir: the records to train on.
+      model_dir: an empty folder for the run.
+      curve_path: where the run's time-to-accuracy PNG is copied.
+    Returns:
+      ({figure: value} of FIGURES["time_to_accuracy"]; a target never reached is inf),
+      {"rss_mb_after_import": of TF and Keras, "peak_rss_mb"}).
+    """
+    figures, rss, baseline = run_measured(_time_to_accuracy, flagfile, records_dir, model_dir,
+                                          curve_path)
+    return figures, {"rss_mb_after_import": baseline, "peak_rss_mb": rss}
+
+
 # ---------------------------------------------------------------- table
 
 def _format_value(value: float) -> str:
+    if math.isinf(value):
+        return "not reached"
     return f"{value:,.0f}" if abs(value) >= 100 or float(value).is_integer() else f"{value:.2f}"
 
 
@@ -553,7 +628,8 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
                           f"{'met' if met else 'MISSED'}")
                 # 0.996 must not print as 1.00 beside ">= 1 MISSED": more decimals until it shows.
                 decimals = 3
-                while float(shown.replace(",", "")) == figure.target != value and decimals < 9:
+                while (math.isfinite(value) and decimals < 9
+                       and float(shown.replace(",", "")) == figure.target != value):
                     shown, decimals = f"{value:,.{decimals}f}", decimals + 1
             rows.append((stage, figure.label, shown, figure.unit, target))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]

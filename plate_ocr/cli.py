@@ -203,7 +203,13 @@ def benchmark() -> None:
     # Before TensorFlow loads (here and in the stages' processes): keep its warnings.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     flags.DEFINE_list("stages", ["records", "pipeline", "train", "inference"],
-                      "Stages to measure, comma-separated: records, pipeline, train, inference.")
+                      "Stages to measure, comma-separated: records, pipeline, train, inference, "
+                      "time_to_accuracy.")
+    flags.DEFINE_boolean("time_to_accuracy", False, "Measure only the time_to_accuracy stage: "
+                         "train --tta_config from scratch and print the minutes to 99%, 99.5% "
+                         "and 99.9% validation plate accuracy.")
+    flags.DEFINE_string("tta_config", project_path("configs", "fast.cfg"),
+                        "Training config (flagfile) of the time_to_accuracy stage.")
     flags.DEFINE_integer("num_plates", 20000, "Plates per worker in each timed records run.",
                          lower_bound=10)
     flags.DEFINE_float("dataset_scale", 1.0, "Size of the timed make_records run, as a "
@@ -239,7 +245,7 @@ def benchmark() -> None:
     def check_inputs() -> None:
         """Fails before minutes of measuring when an input of a chosen stage is missing."""
         from plate_ocr import records
-        if {"pipeline", "train", "inference"} & set(FLAGS.stages):
+        if {"pipeline", "train", "inference", "time_to_accuracy"} & set(FLAGS.stages):
             records.read_info(FLAGS.records_dir)
         if "train" in FLAGS.stages:
             missing = [path for path in FLAGS.configs if not os.path.isfile(path)]
@@ -249,6 +255,8 @@ def benchmark() -> None:
             names = [config_name(path) for path in FLAGS.configs]
             if len(set(names)) < len(names):
                 raise CommandError(f"--configs must have distinct names, got {', '.join(names)}")
+        if "time_to_accuracy" in FLAGS.stages and not os.path.isfile(FLAGS.tta_config):
+            raise CommandError(f"--tta_config: no such file {FLAGS.tta_config}")
         if "inference" in FLAGS.stages and not os.path.exists(FLAGS.model):
             raise CommandError(f"--model: no such file or folder {FLAGS.model}")
 
@@ -256,6 +264,8 @@ def benchmark() -> None:
         import json
         import tempfile
         from plate_ocr import benchmark as benchmark_lib, fonts
+        if FLAGS.time_to_accuracy:
+            FLAGS.stages = ["time_to_accuracy"]
         unknown = sorted(set(FLAGS.stages) - set(benchmark_lib.STAGES))
         if unknown or not FLAGS.stages:
             raise CommandError(f"--stages must name some of {','.join(benchmark_lib.STAGES)}"
@@ -304,6 +314,14 @@ def benchmark() -> None:
                         "model": FLAGS.model, "batch": benchmark_lib.BATCH,
                         "batches_per_run": FLAGS.inference_batches,
                         "latency_calls_per_run": FLAGS.latency_calls, **notes}
+                if "time_to_accuracy" in FLAGS.stages:
+                    curve = os.path.join(os.path.abspath(FLAGS.work_dir or "."),
+                                         f"time_to_accuracy-{config_name(FLAGS.tta_config)}.png")
+                    results["time_to_accuracy"], notes = benchmark_lib.time_to_accuracy_stage(
+                        FLAGS.tta_config, FLAGS.records_dir,
+                        os.path.join(work_dir, "time_to_accuracy"), curve)
+                    settings["time_to_accuracy"] = {"config": FLAGS.tta_config, "curve": curve,
+                                                    **notes}
             except (ValueError, FileNotFoundError, fonts.FontError) as error:
                 raise CommandError(str(error).splitlines()[0]) from None
         settings["load_average_at_end"] = round(os.getloadavg()[0], 2)
@@ -328,6 +346,10 @@ def benchmark() -> None:
             print(f"{stage}: {path}, {FLAGS.train_steps} steps per run, OneDeviceStrategy; "
                   f"model.fit with Keras' defaults (jit_compile {'on' if jit else 'off'}, "
                   "steps_per_execution 1)")
+        if "time_to_accuracy" in results:
+            print(f"time_to_accuracy: {FLAGS.tta_config} from scratch on {FLAGS.records_dir} "
+                  "under the default strategy; minutes are training time (evaluation excluded); "
+                  f"curve: {settings['time_to_accuracy']['curve']}")
         if "inference" in results:
             print(f"inference: {FLAGS.model} through evaluate.load_predictor, val plates; "
                   f"{FLAGS.inference_batches} batches and {FLAGS.latency_calls} one-plate "

@@ -26,10 +26,11 @@ def train_config(values: flags.FlagValues = FLAGS):
         if len(profile) != 2 or not 0 <= profile[0] < profile[1]:
             raise CommandError("--profile_steps must be START,STOP with 0 <= START < STOP")
     model_config = model.ModelConfig(
-        conv_filters=_int_list(values, "conv_filters"),
+        stem_filters=values.stem_filters, conv_filters=_int_list(values, "conv_filters"),
         pool_widths=_int_list(values, "pool_widths"),
         dense_units=values.dense_units, rnn_units=values.rnn_units, rnn=values.rnn,
-        dropout=values.dropout)
+        dropout=values.dropout, batch_norm_momentum=values.batch_norm_momentum,
+        frames_per_step=values.frames_per_step)
     return train.TrainConfig(
         records_dir=values.records_dir, model=model_config, batch_size=values.batch_size,
         eval_batch_size=values.eval_batch_size, learning_rate=values.learning_rate,
@@ -88,6 +89,8 @@ def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
     flags.DEFINE_list("profile_steps", [], "START,STOP: profiler trace of these steps.", **on)
     flags.DEFINE_integer("num_image_summaries", 16, "Validation plates drawn per epoch.",
                          lower_bound=1, **on)
+    flags.DEFINE_integer("stem_filters", 0, "Filters of a stride-2 convolution before the "
+                         "conv blocks (0: no stem).", lower_bound=0, **on)
     flags.DEFINE_list("conv_filters", ["32", "64", "128", "128"], "Filters per conv block.",
                       **on)
     flags.DEFINE_list("pool_widths", ["2", "2", "1", "1"], "Width pooling per conv block "
@@ -98,6 +101,10 @@ def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
                          lower_bound=1, **on)
     flags.DEFINE_enum("rnn", "lstm", ["lstm", "gru"], "Recurrent layer.", **on)
     flags.DEFINE_float("dropout", 0.2, "Dropout rate.", lower_bound=0, upper_bound=0.9, **on)
+    flags.DEFINE_integer("frames_per_step", 1, "Frames of logits per RNN time step (CTC's "
+                         "frames: width / pooling * this).", lower_bound=1, **on)
+    flags.DEFINE_float("batch_norm_momentum", 0.99, "Momentum of BatchNorm's moving statistics.",
+                       lower_bound=0, upper_bound=1, **on)
     flags.DEFINE_boolean("skip_corrupt", False, "Leave out shards that are missing or whose "
                          "sha256 differs from dataset_info.json (and report the records lost) "
                          "instead of stopping.", **on)

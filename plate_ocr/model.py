@@ -17,6 +17,9 @@ import numpy as np
 class ModelConfig:
     """Shape of the CRNN."""
 
+    # Filters of a 3x3 stride-2 convolution before the blocks (0: none). It halves both axes
+    # for a quarter of the cost of a full-resolution convolution then a pooling.
+    stem_filters: int = 0
     conv_filters: tuple[int, ...] = (32, 64, 128, 128)
     # Width pooling per block (height always halves): their product sets the time steps.
     pool_widths: tuple[int, ...] = (2, 2, 1, 1)
@@ -24,6 +27,14 @@ class ModelConfig:
     rnn_units: int = 64
     rnn: str = "lstm"  # "lstm" or "gru"
     dropout: float = 0.2
+    # Keras' default 0.99 averages the statistics over ~100 steps: with a high learning rate
+    # they lag the weights and inference-mode accuracy swings; 0.9 follows within ~10 steps.
+    batch_norm_momentum: float = 0.99
+    # Output frames per RNN time step: the last Dense layer gives this many frames of logits
+    # for each column. CTC needs a frame per character plus a blank between repeats; digits
+    # of a condensed face span one or two 4-pixel columns, so more frames stop them merging
+    # without running the convolutions or the RNN at a finer width.
+    frames_per_step: int = 1
 
 
 def config_from_dict(values: dict) -> ModelConfig:
@@ -34,7 +45,16 @@ def config_from_dict(values: dict) -> ModelConfig:
 
 def time_steps(width: int, config: ModelConfig) -> int:
     """Time steps of the logits for images of this width."""
-    return width // math.prod(config.pool_widths)
+    return width // _stem_stride(config) // math.prod(config.pool_widths)
+
+
+def num_frames(width: int, config: ModelConfig) -> int:
+    """Frames of logits (CTC's time axis) for images of this width."""
+    return time_steps(width, config) * config.frames_per_step
+
+
+def _stem_stride(config: ModelConfig) -> int:
+    return 2 if config.stem_filters else 1
 
 
 def build_crnn(config: ModelConfig, height: int, width: int, num_classes: int,
@@ -57,7 +77,7 @@ def build_crnn(config: ModelConfig, height: int, width: int, num_classes: int,
     if len(config.pool_widths) != len(config.conv_filters):
         raise ValueError(f"{len(config.conv_filters)} conv blocks but "
                          f"{len(config.pool_widths)} pool widths")
-    rows = height // 2 ** len(config.conv_filters)
+    rows = height // _stem_stride(config) // 2 ** len(config.conv_filters)
     steps = time_steps(width, config)
     if rows < 1 or steps < 1:
         raise ValueError(f"{len(config.conv_filters)} conv blocks leave no rows or columns of a "
@@ -65,10 +85,18 @@ def build_crnn(config: ModelConfig, height: int, width: int, num_classes: int,
     images = keras.Input((height, width), name="images")
     x = keras.layers.Reshape((height, width, 1))(images)
     x = keras.layers.Rescaling(1 / 255.0)(x)
+    if config.stem_filters:
+        x = keras.layers.Conv2D(config.stem_filters, 3, strides=2, padding="same",
+                                use_bias=folded, name="conv_stem")(x)
+        if not folded:
+            x = keras.layers.BatchNormalization(momentum=config.batch_norm_momentum,
+                                                name="batch_norm_stem")(x)
+        x = keras.layers.ReLU()(x)
     for block, (filters, pool_width) in enumerate(zip(config.conv_filters, config.pool_widths)):
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=folded, name=f"conv{block}")(x)
         if not folded:
-            x = keras.layers.BatchNormalization(name=f"batch_norm{block}")(x)
+            x = keras.layers.BatchNormalization(momentum=config.batch_norm_momentum,
+                                                name=f"batch_norm{block}")(x)
         x = keras.layers.ReLU()(x)
         x = keras.layers.MaxPooling2D((2, pool_width))(x)
     # [B, rows, steps, C] -> [B, steps, rows * C]: each time step sees a whole column.
@@ -81,7 +109,12 @@ def build_crnn(config: ModelConfig, height: int, width: int, num_classes: int,
                                    name="rnn")(x)
     x = keras.layers.Dropout(config.dropout)(x)
     # float32 logits even under a mixed-precision policy: CTC needs them.
-    logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
+    logits = keras.layers.Dense(num_classes * config.frames_per_step, dtype="float32",
+                                name="logits")(x)
+    if config.frames_per_step > 1:
+        # [B, steps, frames * classes] -> [B, steps * frames, classes], frames in column order.
+        logits = keras.layers.Reshape((steps * config.frames_per_step, num_classes),
+                                      dtype="float32")(logits)
     return keras.Model(images, logits, name="crnn")
 
 

@@ -74,3 +74,39 @@ def confusion_png(matrix: np.ndarray, alphabet: str, path: str, title: str) -> s
     figure.savefig(path)
     pyplot.close(figure)
     return path
+
+
+def time_to_accuracy_png(history: Sequence[dict], path: str, targets: Sequence[float],
+                         title: str) -> str:
+    """Plots validation plate accuracy against minutes of training, with the target lines.
+
+    Args:
+      history: the run's history.json entries ("train_seconds", "val": {"plate_accuracy"}).
+      path: the PNG to write.
+      targets: accuracies drawn as dotted lines.
+      title: the plot's title.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    minutes = [entry["train_seconds"] / 60 for entry in history]
+    # Plotted as error, log scale: 99% and 99.9% are a decade apart instead of a pixel.
+    errors = [max(1 - entry["val"]["plate_accuracy"], 1e-4) for entry in history]
+    figure, axes = pyplot.subplots(figsize=(7, 4.5), dpi=100, layout="constrained")
+    axes.plot(minutes, errors, marker="o", markersize=3)
+    for target in targets:
+        axes.axhline(1 - target, linestyle=":", color="gray")
+        # x in axes coordinates (right edge), y in data: the label stays inside the plot.
+        axes.text(0.99, 1 - target, f"{100 * target:g}%", transform=axes.get_yaxis_transform(),
+                  ha="right", va="bottom", fontsize=8, color="gray")
+    axes.set_yscale("log")
+    axes.set_xlim(left=0)
+    axes.set_xlabel("minutes of training")
+    axes.set_ylabel("validation plate error (1 - accuracy)")
+    axes.set_title(title)
+    axes.grid(True, which="both", alpha=0.3)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    figure.savefig(path)
+    pyplot.close(figure)
+    return path

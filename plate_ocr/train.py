@@ -24,6 +24,8 @@ from plate_ocr import pictures
 SUM = tf.distribute.ReduceOp.SUM
 BEST_WEIGHTS = "best"  # a TensorFlow checkpoint prefix in the model dir
 HISTORY_FILE = "history.json"
+CURVE_FILE = "time_to_accuracy.png"
+TARGETS = (0.99, 0.995, 0.999)  # validation plate accuracies the time-to-accuracy figures name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,6 +256,28 @@ def _train_epoch(trainer: Trainer, iterator, steps_per_epoch: int, model_dir: st
                 examples_per_second=totals["plates"] / seconds)
 
 
+def time_to_accuracy(history: list[dict], targets=TARGETS) -> dict[float, dict | None]:
+    """The first history entry at or above each validation plate accuracy (None: never).
+
+    Returns:
+      {target: {"minutes", "examples", "epoch", "plate_accuracy"} or None}.
+    """
+    reached = {}
+    for target in targets:
+        entry = next((e for e in history if e["val"]["plate_accuracy"] >= target), None)
+        reached[target] = entry and {
+            "minutes": entry["train_seconds"] / 60, "examples": entry["examples"],
+            "epoch": entry["epoch"], "plate_accuracy": entry["val"]["plate_accuracy"]}
+    return reached
+
+
+def format_time_to_accuracy(reached: dict[float, dict | None]) -> str:
+    """One line: minutes and examples to each target."""
+    return "  ".join(f"{100 * target:g}%: " + (
+        f"{entry['minutes']:.2f} min ({entry['examples']:,} ex)" if entry else "not reached")
+        for target, entry in reached.items())
+
+
 def train_and_evaluate(config: TrainConfig, model_dir: str,
                        strategy: tf.distribute.Strategy) -> dict:
     """Trains (or resumes) until the epochs, patience or time run out; exports the best weights.
@@ -335,6 +359,10 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
             "char_accuracy": val["char_accuracy"], "cer": val["cer"]})
         with val_writer.as_default(step=step):
             tf.summary.image("predictions", _image_summary(trainer, sample)[None], max_outputs=1)
+        # The time-to-accuracy curve: TensorBoard's x axis is the step, so this scalar's step is
+        # whole seconds of training (evaluation excluded).
+        with val_writer.as_default(step=round(float(trainer.train_seconds))):
+            tf.summary.scalar("plate_accuracy_by_train_seconds", val["plate_accuracy"])
         history.append({"epoch": epoch, "step": step,
                         "train_seconds": round(float(trainer.train_seconds), 2),
                         "examples": step * config.batch_size, "train": train, "val": val})
@@ -357,6 +385,13 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
     if info["splits"].get("test", {}).get("num_examples"):
         result["test"] = trainer.evaluate("test")
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["time_to_accuracy"] = {str(target): entry
+                                  for target, entry in time_to_accuracy(history).items()}
+    if chief and history:
+        pictures.time_to_accuracy_png(history, os.path.join(out_dir, CURVE_FILE), TARGETS,
+                                      f"{os.path.basename(os.path.abspath(model_dir))}: "
+                                      "validation accuracy against training time")
+        print("time to validation accuracy: " + format_time_to_accuracy(time_to_accuracy(history)))
     result["exports"] = export.export_model(trainer.model, config.model, out_dir,
                                             info["alphabet"], *trainer.shape)
     with open(os.path.join(out_dir, "final_metrics.json"), "w") as f:

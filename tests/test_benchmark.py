@@ -86,3 +86,24 @@ def test_unknown_stage_is_a_one_line_error():
     [line] = result.stderr.splitlines()
     assert line.startswith("benchmark: error: --stages must name some of records")
     assert line.endswith("(unknown: nonsense)")
+
+
+def test_time_to_accuracy_trains_from_scratch_and_draws_the_curve(tmp_path, tiny_records):
+    result = subprocess.run(
+        [BENCHMARK, "--time_to_accuracy", "--tta_config", SMOKE_CONFIG, "--records_dir",
+         tiny_records, "--work_dir", str(tmp_path), "--json"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    output = json.loads(result.stdout)
+    figures = output["time_to_accuracy"]
+    assert sorted(figures) == sorted(benchmark.FIGURES["time_to_accuracy"])
+    # Two epochs of a tiny model reach no target: "not reached" is infinity, not a number.
+    assert figures["minutes_to_99.9"] == figures["examples_to_99.9"] == float("inf")
+    assert 0 < figures["train_minutes"] < figures["wall_minutes"]
+    assert figures["examples_per_s"] > 0 and 0 <= figures["test_plate_accuracy"] <= 1
+    curve = output["settings"]["time_to_accuracy"]["curve"]
+    assert curve == str(tmp_path / "time_to_accuracy-smoke.png")
+    with open(curve, "rb") as png:
+        assert png.read(8) == b"\x89PNG\r\n\x1a\n"
+    table = benchmark.format_table({"time_to_accuracy": figures})
+    assert "not reached" in table and "MISSED" in table

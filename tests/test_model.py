@@ -18,6 +18,33 @@ def test_logits_shape_and_time_steps(rnn):
     assert tuple(logits.shape) == (3, 32, 11) and logits.dtype == "float32"
 
 
+def test_stem_halves_both_axes_and_frames_multiply_the_time_axis():
+    import numpy as np
+    config = model.ModelConfig(stem_filters=4, conv_filters=(8, 8, 16), pool_widths=(2, 1, 1),
+                               dense_units=16, rnn_units=8, frames_per_step=2)
+    crnn = model.build_crnn(config, 64, 128, 11)
+    assert model.time_steps(128, config) == 32 and model.num_frames(128, config) == 64
+    assert tuple(crnn.get_layer("rnn").output.shape) == (None, 32, 16)
+    # 64 // 2 (stem) // 2 ** 3 (blocks) = 4 rows of 16 filters per column
+    assert tuple(crnn.get_layer("columns").input.shape) == (None, 32, 64)
+    assert tuple(crnn(np.zeros((2, 64, 128), np.float32)).shape) == (2, 64, 11)
+
+
+def test_frames_are_in_column_order():
+    """Frame 2t and 2t+1 come from column t: the reshape does not interleave the classes."""
+    import numpy as np
+    config = model.ModelConfig(conv_filters=(4, 4), pool_widths=(2, 2), dense_units=4,
+                               rnn_units=2, frames_per_step=2, dropout=0.0)
+    crnn = model.build_crnn(config, 16, 32, 3)
+    logits_layer = crnn.get_layer("logits")
+    kernel, bias = logits_layer.get_weights()
+    # Frame 0 of each column reads -1 for every class, frame 1 reads +1.
+    logits_layer.set_weights([np.zeros_like(kernel), np.repeat([-1.0, 1.0], 3)])
+    logits = crnn(np.zeros((1, 16, 32), np.float32)).numpy()[0]
+    np.testing.assert_array_equal(logits[0::2], -1)
+    np.testing.assert_array_equal(logits[1::2], 1)
+
+
 def test_default_model_is_small():
     crnn = model.build_crnn(model.ModelConfig(), 64, 128, 11)
     assert 200_000 < crnn.count_params() < 1_000_000
@@ -31,9 +58,12 @@ def test_bad_shapes_raise():
                          64, 128, 11)
 
 
-def test_folding_batch_norm_keeps_the_logits():
+@pytest.mark.parametrize("config", [SMALL, model.ModelConfig(
+    stem_filters=4, conv_filters=(8, 16), pool_widths=(2, 1), dense_units=16, rnn_units=8,
+    frames_per_step=2)], ids=["blocks", "stem"])
+def test_folding_batch_norm_keeps_the_logits(config):
     import numpy as np
-    trained = model.build_crnn(SMALL, 64, 128, 11)
+    trained = model.build_crnn(config, 64, 128, 11)
     # Give BatchNorm statistics that are not the identity, as training would.
     rng = np.random.default_rng(0)
     for layer in trained.layers:
@@ -41,7 +71,7 @@ def test_folding_batch_norm_keeps_the_logits():
             gamma, beta, mean, variance = layer.get_weights()
             layer.set_weights([rng.uniform(0.5, 2, gamma.shape), rng.normal(size=beta.shape),
                                rng.normal(size=mean.shape), rng.uniform(0.5, 2, variance.shape)])
-    folded = model.fold_batch_norm(trained, SMALL)
+    folded = model.fold_batch_norm(trained, config)
     assert not [l for l in folded.layers if "batch_norm" in l.name]
     images = rng.uniform(0, 255, (4, 64, 128)).astype(np.float32)
     np.testing.assert_allclose(folded(images), trained(images, training=False), atol=1e-4)

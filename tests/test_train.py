@@ -36,6 +36,17 @@ def test_train_and_evaluate_writes_checkpoints_logs_and_exports(tiny_records, tm
     for logs in ("train", "val"):
         assert glob.glob(os.path.join(model_dir, logs, "events.out.tfevents.*"))
     assert os.path.exists(os.path.join(model_dir, train.BEST_WEIGHTS + ".index"))
+    # The time-to-accuracy curve: a scalar whose step is seconds of training, and a PNG.
+    curve = [(event.step, tf.make_ndarray(value.tensor)) for path in
+             glob.glob(os.path.join(model_dir, "val", "events.out.tfevents.*"))
+             for event in tf.compat.v1.train.summary_iterator(path)
+             for value in event.summary.value if value.tag == "plate_accuracy_by_train_seconds"]
+    assert [step for step, _ in curve] == [round(h["train_seconds"]) for h in history]
+    assert [float(accuracy) for _, accuracy in curve] == pytest.approx(
+        [h["val"]["plate_accuracy"] for h in history])
+    with open(os.path.join(model_dir, train.CURVE_FILE), "rb") as png:
+        assert png.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert set(result["time_to_accuracy"]) == {"0.99", "0.995", "0.999"}
     for path in result["exports"].values():
         assert os.path.exists(path)
 
@@ -55,6 +66,18 @@ def test_loss_falls(tiny_records, tmp_path):
     history = json.load(open(tmp_path / "run" / train.HISTORY_FILE))
     losses = [h["train"]["loss"] for h in history]
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_time_to_accuracy_names_the_first_validation_at_each_target():
+    history = [{"epoch": epoch, "train_seconds": 30.0 * epoch, "examples": 1000 * epoch,
+                "val": {"plate_accuracy": accuracy}}
+               for epoch, accuracy in enumerate([0.5, 0.992, 0.991, 0.996, 0.998], start=1)]
+    reached = train.time_to_accuracy(history)
+    assert reached[0.99] == {"minutes": 1.0, "examples": 2000, "epoch": 2,
+                             "plate_accuracy": 0.992}
+    assert reached[0.995]["epoch"] == 4 and reached[0.999] is None
+    assert train.format_time_to_accuracy(reached) == (
+        "99%: 1.00 min (2,000 ex)  99.5%: 2.00 min (4,000 ex)  99.9%: not reached")
 
 
 def _checkpoint_value(model_dir: str, suffix: str) -> float:
