@@ -40,7 +40,9 @@ def train_config(values: flags.FlagValues = FLAGS):
         steps_per_loop=values.steps_per_loop, patience=values.patience,
         min_delta=values.min_delta, shuffle_buffer=values.shuffle_buffer, seed=values.seed,
         max_minutes=values.max_minutes, profile_steps=profile,
-        num_image_summaries=values.num_image_summaries, skip_corrupt=values.skip_corrupt)
+        num_image_summaries=values.num_image_summaries, skip_corrupt=values.skip_corrupt,
+        mixed_precision="" if values.mixed_precision == "float32" else values.mixed_precision,
+        jit_compile=values.jit_compile, ema_momentum=values.ema_momentum)
 
 
 def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
@@ -72,6 +74,15 @@ def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
                        lower_bound=0, **on)
     flags.DEFINE_float("clip_norm", 0.0, "Clip gradients to this global norm (0: off).",
                        lower_bound=0, **on)
+    flags.DEFINE_enum("mixed_precision", "float32", ["float32", "bfloat16", "float16"],
+                      "Compute dtype of the layers (Keras mixed_* policy; variables, logits and "
+                      "CTC stay float32; float16 adds loss scaling): bfloat16 on TPUs and CPUs "
+                      "with AVX512-BF16/AMX, float16 on GPUs.", **on)
+    flags.DEFINE_boolean("jit_compile", False, "XLA-compile the per-replica training step "
+                         "(not with a cuDNN LSTM on GPU: it has no XLA kernel).", **on)
+    flags.DEFINE_float("ema_momentum", 0.0, "Validate, keep and export an exponential moving "
+                       "average of the weights with this momentum (0: the weights themselves).",
+                       lower_bound=0, upper_bound=1, **on)
     flags.DEFINE_integer("epochs", 55, "Most epochs.", lower_bound=1, **on)
     flags.DEFINE_integer("steps_per_epoch", 0, "Steps between validations (0: one pass "
                          "over the training split).", lower_bound=0, **on)

@@ -5,6 +5,7 @@ counted in steps; validation every epoch drives early stopping and keeps the bes
 checkpoints hold everything needed to resume (step, weights, optimizer, early-stopping state).
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -53,6 +54,9 @@ class TrainConfig:
     profile_steps: tuple[int, int] | None = None
     num_image_summaries: int = 16
     skip_corrupt: bool = False  # leave corrupt shards out (counting their records), not stop
+    mixed_precision: str = ""  # "", "bfloat16" or "float16": Keras' mixed_* policy
+    jit_compile: bool = False  # XLA-compile the per-replica step
+    ema_momentum: float = 0.0  # evaluate, keep and export an average of the weights (0: off)
 
 
 class TrainingError(Exception):
@@ -112,10 +116,26 @@ class Trainer:
         # uninterrupted one are the same computation.
         keras.utils.set_random_seed(config.seed)
         with strategy.scope():
-            self.model = model_lib.build_crnn(config.model, *self.shape, num_classes)
+            # Layers take the policy in force when they are made (variables stay float32,
+            # the logits are float32 by construction); it is reset at once so that
+            # evaluation and export models made later are plain float32.
+            if config.mixed_precision:
+                keras.mixed_precision.set_global_policy(f"mixed_{config.mixed_precision}")
+            try:
+                self.model = model_lib.build_crnn(config.model, *self.shape, num_classes)
+            finally:
+                keras.mixed_precision.set_global_policy("float32")
             self.optimizer = make_optimizer(config, total_steps)
+            if config.mixed_precision == "float16":
+                # float16 gradients underflow without a loss scale; bfloat16 has float32's range.
+                self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
             # Built eagerly in the scope: Keras 23085 (Adam in a distributed tf.function).
             self.optimizer.build(self.model.trainable_variables)
+            # Updated by every replica with the same value: the first replica's is kept.
+            self.averages = [tf.Variable(tf.convert_to_tensor(variable), trainable=False,
+                                         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+                             for variable in self.model.trainable_variables
+                             ] if config.ema_momentum else []
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.best_val_loss = tf.Variable(math.inf, dtype=tf.float64, trainable=False)
@@ -124,20 +144,38 @@ class Trainer:
         self.checkpoint = tf.train.Checkpoint(
             model=self.model, optimizer=self.optimizer, step=self.step, epoch=self.epoch,
             best_val_loss=self.best_val_loss, bad_epochs=self.bad_epochs,
-            train_seconds=self.train_seconds,
+            train_seconds=self.train_seconds, averages=self.averages,
             # Keras 3 keeps the dropout RNG states out of a tf.train.Checkpoint of the model.
             rng_states=[v for v in self.model.non_trainable_variables
                         if v.path.endswith("seed_generator_state")])
+        # Only the gradient step is XLA-compiled: the loop around it reads the iterator and
+        # the metrics use EditDistance, neither of which XLA has. Off by default: on this CPU
+        # it was slower (see BUILD-notes.md).
+        self.gradient_step = tf.function(self._gradient_step, jit_compile=True) \
+            if config.jit_compile else self._gradient_step
         self.train_loop = tf.function(self._train_loop)
         self.eval_step = tf.function(self._eval_step)
 
-    def _train_replica(self, images, labels, weights):
+    def _gradient_step(self, images, labels):
         with tf.GradientTape() as tape:
             logits = self.model(tf.cast(images, tf.float32), training=True)
             per_example = ctc.per_example_loss(labels, logits)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.config.batch_size)
-        gradients = tape.gradient(loss, self.model.trainable_variables)
+            # The identity but under float16, where the LossScaleOptimizer unscales.
+            scaled_loss = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled_loss, self.model.trainable_variables)
         self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
+        if self.averages:
+            # Debiased early on (as tf.train.ExponentialMovingAverage with num_updates): the
+            # average forgets the random initialization within the first hundred steps.
+            step = tf.cast(self.optimizer.iterations, tf.float32)
+            momentum = tf.minimum(self.config.ema_momentum, (1 + step) / (10 + step))
+            for average, variable in zip(self.averages, self.model.trainable_variables):
+                average.assign(momentum * average + (1 - momentum) * variable)
+        return logits, per_example
+
+    def _train_replica(self, images, labels, weights):
+        logits, per_example = self.gradient_step(images, labels)
         sums = ctc.metric_sums(labels, ctc.greedy_decode(logits)[0], weights)
         sums["loss"] = tf.reduce_sum(per_example)
         return sums
@@ -177,6 +215,22 @@ class Trainer:
                 self.info["plate_length"], input_context=context,
                 shuffle_buffer=self.config.shuffle_buffer, seed=seed)
         return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    @contextlib.contextmanager
+    def averaged_weights(self):
+        """Within: the model holds the weights' moving average (when there is one)."""
+        if not self.averages:
+            yield
+            return
+        variables = self.model.trainable_variables
+        current = [tf.identity(tf.convert_to_tensor(variable)) for variable in variables]
+        for variable, average in zip(variables, self.averages):
+            variable.assign(average)
+        try:
+            yield
+        finally:
+            for variable, value in zip(variables, current):
+                variable.assign(value)
 
     def evaluate(self, split: str) -> dict:
         """Loss and metrics of the current weights over every example of a split."""
@@ -337,15 +391,20 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
             train = _train_epoch(trainer, iterator, steps_per_epoch, out_dir, chief)
         except tf.errors.DataLossError as error:
             raise corrupt_records_error(error, files["train"]) from None
-        val = trainer.evaluate("val")
         trainer.epoch.assign_add(1)
-        improved = val["loss"] < float(trainer.best_val_loss) - config.min_delta
+        # Validated, kept and shown: the weights' average when there is one.
+        with trainer.averaged_weights():
+            val = trainer.evaluate("val")
+            improved = val["loss"] < float(trainer.best_val_loss) - config.min_delta
+            if improved:
+                # A TF checkpoint, not .h5: it is written aside and renamed when whole, and a
+                # full disk raises an error (h5py crashed the process on ENOSPC here).
+                tf.train.Checkpoint(model=trainer.model).write(os.path.join(out_dir,
+                                                                            BEST_WEIGHTS))
+            predictions = _image_summary(trainer, sample)
         if improved:
             trainer.best_val_loss.assign(val["loss"])
             trainer.bad_epochs.assign(0)
-            # A TF checkpoint, not .h5: it is written aside and renamed when whole, and a full
-            # disk raises an error (h5py crashed the process on ENOSPC here).
-            tf.train.Checkpoint(model=trainer.model).write(os.path.join(out_dir, BEST_WEIGHTS))
         else:
             trainer.bad_epochs.assign_add(1)
         step, epoch = int(trainer.step), int(trainer.epoch)
@@ -358,7 +417,7 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
             "loss": val["loss"], "plate_accuracy": val["plate_accuracy"],
             "char_accuracy": val["char_accuracy"], "cer": val["cer"]})
         with val_writer.as_default(step=step):
-            tf.summary.image("predictions", _image_summary(trainer, sample)[None], max_outputs=1)
+            tf.summary.image("predictions", predictions[None], max_outputs=1)
         # The time-to-accuracy curve: TensorBoard's x axis is the step, so this scalar's step is
         # whole seconds of training (evaluation excluded).
         with val_writer.as_default(step=round(float(trainer.train_seconds))):

@@ -59,10 +59,17 @@ def test_train_and_evaluate_writes_checkpoints_logs_and_exports(tiny_records, tm
     assert np.all((outputs["confidence"].numpy() >= 0) & (outputs["confidence"].numpy() <= 1))
 
 
-def test_loss_falls(tiny_records, tmp_path):
+@pytest.mark.parametrize("mixed_precision, jit_compile",
+                         [("", False), ("bfloat16", False), ("", True)],
+                         ids=["float32", "bfloat16", "jit"])
+def test_loss_falls(tiny_records, tmp_path, mixed_precision, jit_compile):
     config = smoke_config(tiny_records, epochs=4, steps_per_epoch=10, steps_per_loop=5,
-                          learning_rate=3e-3)
-    train.train_and_evaluate(config, str(tmp_path / "run"), STRATEGY)
+                          learning_rate=3e-3, mixed_precision=mixed_precision,
+                          jit_compile=jit_compile)
+    result = train.train_and_evaluate(config, str(tmp_path / "run"), STRATEGY)
+    # Whatever the compute dtype, the exported model is float32 and gives float32 logits.
+    serve = export.load_serving(result["exports"]["saved_model"])
+    assert serve(images=tf.zeros((1, 64, 128), tf.uint8))["confidence"].dtype == tf.float32
     history = json.load(open(tmp_path / "run" / train.HISTORY_FILE))
     losses = [h["train"]["loss"] for h in history]
     assert losses[-1] < 0.7 * losses[0], losses
@@ -78,6 +85,35 @@ def test_time_to_accuracy_names_the_first_validation_at_each_target():
     assert reached[0.995]["epoch"] == 4 and reached[0.999] is None
     assert train.format_time_to_accuracy(reached) == (
         "99%: 1.00 min (2,000 ex)  99.5%: 2.00 min (4,000 ex)  99.9%: not reached")
+
+
+def test_float16_steps_through_a_loss_scale(tiny_records, tmp_path):
+    config = smoke_config(tiny_records, epochs=1, mixed_precision="float16")
+    trainer_result = train.train_and_evaluate(config, str(tmp_path / "run"), STRATEGY)
+    history = json.load(open(tmp_path / "run" / train.HISTORY_FILE))
+    assert np.isfinite(history[0]["train"]["loss"]) and trainer_result["steps"] == 3
+
+
+def test_moving_average_is_what_is_validated_kept_and_resumed(tiny_records, tmp_path):
+    model_dir = str(tmp_path / "run")
+    config = smoke_config(tiny_records, epochs=1, ema_momentum=0.9, learning_rate=3e-3)
+    train.train_and_evaluate(config, model_dir, STRATEGY)
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    reader, best = tf.train.load_checkpoint(latest), tf.train.load_checkpoint(
+        os.path.join(model_dir, train.BEST_WEIGHTS))
+    value = "/.ATTRIBUTES/VARIABLE_VALUE"
+    # The training checkpoint holds each weight once, under the optimizer's list; the moving
+    # averages are in the same order.
+    weights = reader.get_tensor("optimizer/_trainable_variables/0" + value)
+    average = reader.get_tensor("averages/0" + value)
+    assert weights.shape == average.shape and not np.array_equal(weights, average)
+    assert np.abs(weights - average).max() < 0.1
+    # One epoch, so it improved: the best weights are the average, not the weights.
+    best_values = [best.get_tensor(name) for name, shape in
+                   tf.train.list_variables(os.path.join(model_dir, train.BEST_WEIGHTS))
+                   if tuple(shape) == weights.shape]
+    assert any(np.array_equal(v, average) for v in best_values)
+    assert not any(np.array_equal(v, weights) for v in best_values)
 
 
 def _checkpoint_value(model_dir: str, suffix: str) -> float:
