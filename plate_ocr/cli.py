@@ -231,7 +231,7 @@ def benchmark() -> None:
                                   project_path("configs", "default.cfg")],
                       "Training configs (flagfiles) of the train stage, comma-separated.")
     flags.DEFINE_integer("train_steps", 10, "Training steps per timed run.", lower_bound=1)
-    flags.DEFINE_string("model", project_path("runs", "cpu"), "Model of the inference stage: "
+    flags.DEFINE_string("model", project_path("runs", "fast"), "Model of the inference stage: "
                         "a model dir, its SavedModel, .keras or .tflite file.")
     flags.DEFINE_integer("inference_batches", 20, "Batches of 256 per timed inference run.",
                          lower_bound=1)

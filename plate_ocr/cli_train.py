@@ -29,8 +29,7 @@ def train_config(values: flags.FlagValues = FLAGS):
         stem_filters=values.stem_filters, conv_filters=_int_list(values, "conv_filters"),
         pool_widths=_int_list(values, "pool_widths"),
         dense_units=values.dense_units, rnn_units=values.rnn_units, rnn=values.rnn,
-        dropout=values.dropout, batch_norm_momentum=values.batch_norm_momentum,
-        frames_per_step=values.frames_per_step)
+        dropout=values.dropout, batch_norm_momentum=values.batch_norm_momentum)
     return train.TrainConfig(
         records_dir=values.records_dir, model=model_config, batch_size=values.batch_size,
         eval_batch_size=values.eval_batch_size, learning_rate=values.learning_rate,
@@ -112,8 +111,6 @@ def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
                          lower_bound=1, **on)
     flags.DEFINE_enum("rnn", "lstm", ["lstm", "gru"], "Recurrent layer.", **on)
     flags.DEFINE_float("dropout", 0.2, "Dropout rate.", lower_bound=0, upper_bound=0.9, **on)
-    flags.DEFINE_integer("frames_per_step", 1, "Frames of logits per RNN time step (CTC's "
-                         "frames: width / pooling * this).", lower_bound=1, **on)
     flags.DEFINE_float("batch_norm_momentum", 0.99, "Momentum of BatchNorm's moving statistics.",
                        lower_bound=0, upper_bound=1, **on)
     flags.DEFINE_boolean("skip_corrupt", False, "Leave out shards that are missing or whose "

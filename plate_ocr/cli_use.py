@@ -11,7 +11,7 @@ from absl import flags
 
 from plate_ocr.cli import FLAGS, CommandError, project_path, run_command
 
-_MODEL_HELP = ("A model dir (runs/cpu), its SavedModel (runs/cpu/export), .keras or .tflite "
+_MODEL_HELP = ("A model dir (runs/fast), its SavedModel (runs/fast/export), .keras or .tflite "
                "file.")
 
 
@@ -63,7 +63,7 @@ def _evaluate_split(predict, records_dir: str, info: dict, split: str, model_dir
 def evaluate() -> None:
     """Evaluates a model on records splits: tables, metrics files and pictures."""
     _quiet_tensorflow()
-    flags.DEFINE_string("model", "runs/cpu", _MODEL_HELP)
+    flags.DEFINE_string("model", "runs/fast", _MODEL_HELP)
     flags.DEFINE_list("split", ["test"], "Splits to evaluate, side by side (test, test_aug, "
                       "heldout, val).")
     flags.DEFINE_string("records_dir", None, "Records (default: those the model trained on).")
@@ -111,7 +111,7 @@ def evaluate() -> None:
 def predict() -> None:
     """Reads plates from image files and folders: one line per image."""
     _quiet_tensorflow()
-    flags.DEFINE_string("model", "runs/cpu", _MODEL_HELP)
+    flags.DEFINE_string("model", "runs/fast", _MODEL_HELP)
     flags.DEFINE_integer("batch_size", 256, "Images per prediction call.", lower_bound=1)
     flags.DEFINE_boolean("labels_from_filenames", False, "The label is the last run of digits "
                          "of each file's name: report accuracy.")
@@ -164,7 +164,7 @@ def predict() -> None:
 def export() -> None:
     """Writes another export format of a trained model dir."""
     _quiet_tensorflow()
-    flags.DEFINE_string("model_dir", "runs/cpu", "A finished training run.")
+    flags.DEFINE_string("model_dir", "runs/fast", "A finished training run.")
     flags.DEFINE_enum("format", "tflite", ["tflite"], "Format to write (bin/train already "
                       "wrote the SavedModel, .keras and weights).")
 

@@ -30,11 +30,6 @@ class ModelConfig:
     # Keras' default 0.99 averages the statistics over ~100 steps: with a high learning rate
     # they lag the weights and inference-mode accuracy swings; 0.9 follows within ~10 steps.
     batch_norm_momentum: float = 0.99
-    # Output frames per RNN time step: the last Dense layer gives this many frames of logits
-    # for each column. CTC needs a frame per character plus a blank between repeats; digits
-    # of a condensed face span one or two 4-pixel columns, so more frames stop them merging
-    # without running the convolutions or the RNN at a finer width.
-    frames_per_step: int = 1
 
 
 def config_from_dict(values: dict) -> ModelConfig:
@@ -46,11 +41,6 @@ def config_from_dict(values: dict) -> ModelConfig:
 def time_steps(width: int, config: ModelConfig) -> int:
     """Time steps of the logits for images of this width."""
     return width // _stem_stride(config) // math.prod(config.pool_widths)
-
-
-def num_frames(width: int, config: ModelConfig) -> int:
-    """Frames of logits (CTC's time axis) for images of this width."""
-    return time_steps(width, config) * config.frames_per_step
 
 
 def _stem_stride(config: ModelConfig) -> int:
@@ -109,12 +99,7 @@ def build_crnn(config: ModelConfig, height: int, width: int, num_classes: int,
                                    name="rnn")(x)
     x = keras.layers.Dropout(config.dropout)(x)
     # float32 logits even under a mixed-precision policy: CTC needs them.
-    logits = keras.layers.Dense(num_classes * config.frames_per_step, dtype="float32",
-                                name="logits")(x)
-    if config.frames_per_step > 1:
-        # [B, steps, frames * classes] -> [B, steps * frames, classes], frames in column order.
-        logits = keras.layers.Reshape((steps * config.frames_per_step, num_classes),
-                                      dtype="float32")(logits)
+    logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
     return keras.Model(images, logits, name="crnn")
 
 
