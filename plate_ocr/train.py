@@ -131,14 +131,14 @@ class Trainer:
                 self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
             # Built eagerly in the scope: Keras 23085 (Adam in a distributed tf.function).
             self.optimizer.build(self.model.trainable_variables)
-            # Updated by every replica with the same value: the first replica's is kept.
-            self.averages = [tf.Variable(tf.convert_to_tensor(variable), trainable=False,
             # The weights and BatchNorm's moving statistics are averaged together: averaged
             # weights under the statistics of the current ones read 95% where either pair
             # alone read 99.6% (measured). The dropout RNG states are not averaged.
             self.averaged = [variable for variable in self.model.variables
                              if not variable.path.endswith("seed_generator_state")
                              ] if config.ema_momentum else []
+            # Updated by every replica with the same value: the first replica's is kept.
+            self.averages = [tf.Variable(tf.convert_to_tensor(variable), trainable=False,
                                          aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
                              for variable in self.averaged]
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
