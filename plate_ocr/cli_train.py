@@ -41,7 +41,16 @@ def train_config(values: flags.FlagValues = FLAGS):
         max_minutes=values.max_minutes, profile_steps=profile,
         num_image_summaries=values.num_image_summaries, skip_corrupt=values.skip_corrupt,
         mixed_precision="" if values.mixed_precision == "float32" else values.mixed_precision,
-        jit_compile=values.jit_compile, ema_momentum=values.ema_momentum)
+        jit_compile=values.jit_compile, ema_momentum=values.ema_momentum,
+        data_service=_data_service(values.data_service), data_timeout=values.data_timeout)
+
+
+def _data_service(address: str) -> str:
+    from plate_ocr import data_service
+    try:
+        return data_service.service_target(address) if address else ""
+    except ValueError as error:
+        raise CommandError(f"--data_service: {error}") from None
 
 
 def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
@@ -113,6 +122,16 @@ def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
     flags.DEFINE_float("dropout", 0.2, "Dropout rate.", lower_bound=0, upper_bound=0.9, **on)
     flags.DEFINE_float("batch_norm_momentum", 0.99, "Momentum of BatchNorm's moving statistics.",
                        lower_bound=0, upper_bound=1, **on)
+    flags.DEFINE_string("data_service", "", "grpc://HOST:PORT of a tf.data service dispatcher "
+                        "(bin/data_service): the training input is read and parsed on its "
+                        "workers, each record once per pass (distributed_epoch). Validation "
+                        "and test still read the local --records_dir, every example exactly "
+                        "once; the workers must read the records at the same path. Empty: "
+                        "in this process.", **on)
+    flags.DEFINE_float("data_timeout", 0.0, "Stop the run (one line on stderr, exit status 1, "
+                       "checkpoints kept) when no training batch arrives for this many seconds, "
+                       "e.g. when a data-service worker died (0: wait forever).",
+                       lower_bound=0, **on)
     flags.DEFINE_boolean("skip_corrupt", False, "Leave out shards that are missing or whose "
                          "sha256 differs from dataset_info.json (and report the records lost) "
                          "instead of stopping.", **on)

@@ -7,6 +7,7 @@ still reads every example exactly once.
 
 import hashlib
 import os
+import random
 
 import tensorflow as tf
 
@@ -87,6 +88,75 @@ def make_dataset(files: list[str], batch_size: int, training: bool, height: int,
         dataset = dataset.map(lambda images, labels: _pad_batch(images, labels, batch_size))
     options = tf.data.Options()
     # Files are sharded here by InputContext; the strategy must not shard again.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return dataset.with_options(options).prefetch(AUTOTUNE)
+
+
+def make_service_dataset(files: list[str], batch_size: int, height: int, width: int,
+                         plate_length: int, service: str,
+                         input_context: tf.distribute.InputContext | None = None,
+                         shuffle_buffer: int = 10000, seed: int | None = None) -> tf.data.Dataset:
+    """The training stream of make_dataset, its reading and parsing done by a tf.data service.
+
+    Sharding: distributed_epoch (ShardingPolicy.DYNAMIC). The dispatcher hands the shard
+    names out one at a time to whichever worker asks, so each record is read once per pass
+    however many workers there are, and workers can come and go. (OFF, parallel_epochs, has
+    every worker read every record; the static FILE/DATA policies need a fixed list of
+    workers.) A dead worker's unfinished shards are lost for that pass (at most once).
+
+    Each pass is its own job, and the stream repeats on this side: a pass ends when every
+    record of it was delivered, so an epoch of records is exactly the training split. Each
+    input pipeline (one per host under a strategy) has its own anonymous job over its own
+    files: no records are shared, and no job name can clash with an earlier run's (a named job
+    that a killed run left half read would be joined, not started afresh).
+
+    Args:
+      files: the training split's shard paths; every service worker must read them at these
+        paths (a shared file system or gs://).
+      batch_size: examples per batch of this pipeline (per replica under a strategy).
+      height, width, plate_length: from dataset_info.json.
+      service: the dispatcher, grpc://HOST:PORT.
+      input_context: the strategy's; selects this pipeline's files.
+      shuffle_buffer: examples in each worker's shuffle buffer.
+      seed: the order of the files in each pass, and the workers' shuffling (None: random).
+    Returns:
+      endless batches of (images uint8 [B, H, W], labels int32 [B, L], weights float32 [B]).
+    Raises:
+      ValueError: fewer files than input pipelines.
+    """
+    pipelines = input_context.num_input_pipelines if input_context else 1
+    pipeline_id = input_context.input_pipeline_id if input_context else 0
+    if len(files) < pipelines:
+        # Under dynamic sharding a worker sees only the files it is handed, so a record-level
+        # shard() (make_dataset's fallback) would drop records instead of splitting them.
+        raise ValueError(f"training through the data service with {pipelines} input pipelines "
+                         f"needs at least {pipelines} training shards, the records have "
+                         f"{len(files)}: rewrite them with bin/make_records --shards")
+    # Selected here, not with dataset.shard(): on the service a shard() would see only the
+    # files handed to its worker.
+    files = list(files[pipeline_id::pipelines])
+    # The file order is fixed when the dataset is built (the dispatcher hands out the files in
+    # this order): a Dataset.shuffle of the names would run on each worker and take as many
+    # files as its buffer holds before the other workers get any.
+    random.Random(seed).shuffle(files)
+    dataset = tf.data.Dataset.from_tensor_slices(files)
+    # A short cycle: each worker holds only the files it is reading, so the others get theirs.
+    dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 2),
+                                 num_parallel_calls=AUTOTUNE)
+    dataset = dataset.shuffle(shuffle_buffer, seed=seed)
+    # Batched and parsed on the worker (the work the service is for); the last batch of a
+    # worker's part of a pass is short, and rebatch below makes every batch whole again.
+    dataset = dataset.batch(batch_size)
+    dataset = dataset.map(lambda s: parse_batch(s, height, width, plate_length),
+                          num_parallel_calls=AUTOTUNE)
+    dataset = dataset.apply(tf.data.experimental.service.distribute(
+        processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC, service=service))
+    # Repeat before rebatch: batches run across the end of a pass, so no record is dropped,
+    # and drop_remainder makes the batch shape static.
+    dataset = dataset.repeat().rebatch(batch_size, drop_remainder=True)
+    dataset = dataset.map(lambda images, labels: (images, labels,
+                                                  tf.ones([batch_size], tf.float32)))
+    options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return dataset.with_options(options).prefetch(AUTOTUNE)
 

@@ -19,8 +19,8 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from plate_ocr import ctc, distribute, export, input_pipeline, model as model_lib, records
-from plate_ocr import pictures
+from plate_ocr import ctc, data_service, distribute, export, input_pipeline, model as model_lib
+from plate_ocr import pictures, records
 
 SUM = tf.distribute.ReduceOp.SUM
 BEST_WEIGHTS = "best"  # a TensorFlow checkpoint prefix in the model dir
@@ -57,6 +57,8 @@ class TrainConfig:
     mixed_precision: str = ""  # "", "bfloat16" or "float16": Keras' mixed_* policy
     jit_compile: bool = False  # XLA-compile the per-replica step
     ema_momentum: float = 0.0  # evaluate, keep and export an average of the weights (0: off)
+    data_service: str = ""  # grpc://HOST:PORT: the training input runs on a tf.data service
+    data_timeout: float = 0.0  # stop when no training batch arrives for this long (0: wait)
 
 
 class TrainingError(Exception):
@@ -158,6 +160,9 @@ class Trainer:
         # it was slower (see BUILD-notes.md).
         self.gradient_step = tf.function(self._gradient_step, jit_compile=True) \
             if config.jit_compile else self._gradient_step
+        # Outside the strategy's scope: the guard's stamp is a plain variable of this process.
+        self.stall_guard = (data_service.StallGuard(config.data_timeout)
+                            if config.data_timeout else None)
         self.train_loop = tf.function(self._train_loop)
         self.eval_step = tf.function(self._eval_step)
 
@@ -190,7 +195,9 @@ class Trainer:
                                                   "chars_correct", "edits", "loss")}
         first_bad_step = tf.constant(-1, tf.int64)
         for i in tf.range(num_steps):
-            per_replica = self.strategy.run(self._train_replica, args=next(iterator))
+            inputs = (self.stall_guard.next_batch(iterator, self.strategy) if self.stall_guard
+                      else next(iterator))
+            per_replica = self.strategy.run(self._train_replica, args=inputs)
             # Reduced inside the loop: per-replica values cannot leave a tf.range loop.
             batch = {k: self.strategy.reduce(SUM, v, axis=None) for k, v in per_replica.items()}
             bad = tf.logical_not(tf.math.is_finite(batch["loss"])) & (first_bad_step < 0)
@@ -210,11 +217,20 @@ class Trainer:
         return {k: self.strategy.reduce(SUM, v, axis=None) for k, v in per_replica.items()}
 
     def dataset(self, split: str, training: bool, seed: int = 0):
-        """The split distributed over the strategy's input pipelines."""
+        """The split distributed over the strategy's input pipelines.
+
+        Training reads through the data service when there is one; evaluation always reads
+        the local records, so that it sees every example exactly once.
+        """
         files = self.files[split]
         batch = self.config.batch_size if training else self.config.eval_batch_size
 
         def dataset_fn(context: tf.distribute.InputContext):
+            if training and self.config.data_service:
+                return input_pipeline.make_service_dataset(
+                    files, context.get_per_replica_batch_size(batch), *self.shape,
+                    self.info["plate_length"], self.config.data_service, input_context=context,
+                    shuffle_buffer=self.config.shuffle_buffer, seed=seed)
             return input_pipeline.make_dataset(
                 files, context.get_per_replica_batch_size(batch), training, *self.shape,
                 self.info["plate_length"], input_context=context,
@@ -315,6 +331,20 @@ def _train_epoch(trainer: Trainer, iterator, steps_per_epoch: int, model_dir: st
                 examples_per_second=totals["plates"] / seconds)
 
 
+def _stall_guard(trainer: Trainer, manager: tf.train.CheckpointManager):
+    """Arms the trainer's stall guard (if any) for the training steps of one epoch."""
+    config = trainer.config
+    if not trainer.stall_guard:
+        return contextlib.nullcontext()
+    source = (f"the data service {config.data_service}: are its workers up?"
+              if config.data_service else "the records:")
+    checkpoint = manager.latest_checkpoint  # <dir>/ckpt-<step>
+    kept = (f"the last checkpoint (step {checkpoint.rsplit('-', 1)[-1]}) is kept; re-run to "
+            "resume" if checkpoint else "no checkpoint was written yet; re-run to start again")
+    return trainer.stall_guard.armed(f"no training batch for {config.data_timeout:g} s from "
+                                     f"{source} {kept}")
+
+
 def time_to_accuracy(history: list[dict], targets=TARGETS) -> dict[float, dict | None]:
     """The first history entry at or above each validation plate accuracy (None: never).
 
@@ -393,7 +423,8 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
         iterator = iter(trainer.dataset("train", training=True,
                                         seed=config.seed + int(trainer.epoch)))
         try:
-            train = _train_epoch(trainer, iterator, steps_per_epoch, out_dir, chief)
+            with _stall_guard(trainer, manager):
+                train = _train_epoch(trainer, iterator, steps_per_epoch, out_dir, chief)
         except tf.errors.DataLossError as error:
             raise corrupt_records_error(error, files["train"]) from None
         trainer.epoch.assign_add(1)

@@ -1,0 +1,274 @@
+"""bin/data_service and bin/train --data_service: real servers and trainers on loopback ports.
+
+Every server is a `bin/data_service` process, as a user starts it; a test waits for its
+"serving" line before using it. The faults (a worker killed, the dispatcher restarted) get
+their own service, so that no test inherits a broken one.
+"""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from conftest import PROJECT_DIR
+from test_train_cli import _free_ports, error_lines
+
+DATA_SERVICE = os.path.join(PROJECT_DIR, "bin", "data_service")
+TRAIN = os.path.join(PROJECT_DIR, "bin", "train")
+SMOKE = os.path.join(PROJECT_DIR, "configs", "smoke.cfg")
+READY_SECONDS = 90  # TensorFlow's import alone takes seconds on a loaded 2-core machine
+
+
+class Server:
+    """One bin/data_service process, its output in a log file."""
+
+    def __init__(self, log_dir, role: str, port: int, *args: str):
+        self.role, self.port, self.args = role, port, args
+        self.log_path = os.path.join(log_dir, f"{role}-{port}-{time.monotonic_ns()}.log")
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen(
+                [DATA_SERVICE, f"--role={role}", f"--port={port}", *args],
+                stdout=log, stderr=subprocess.STDOUT, text=True)
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_SECONDS
+        while "data_service: " not in open(self.log_path).read():
+            assert self.process.poll() is None, open(self.log_path).read()[-3000:]
+            assert time.monotonic() < deadline, f"{self.role} on {self.port} never said so"
+            time.sleep(0.2)
+        assert self.process.poll() is None, open(self.log_path).read()[-3000:]
+
+    def restart(self) -> "Server":
+        """The same command again (after a kill): a new Server."""
+        return Server(os.path.dirname(self.log_path), self.role, self.port, *self.args)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class Service:
+    """A dispatcher (journal in work_dir) and workers, all local."""
+
+    def __init__(self, tmp_dir, num_workers: int = 2):
+        self.work_dir = os.path.join(tmp_dir, "dispatcher")
+        ports = _free_ports(1 + num_workers)
+        self.address = f"grpc://localhost:{ports[0]}"
+        self.dispatcher = Server(tmp_dir, "dispatcher", ports[0], f"--work_dir={self.work_dir}")
+        # A 1 s heartbeat: a worker that comes back gets its tasks within a second.
+        self.workers = [Server(tmp_dir, "worker", port, f"--dispatcher=localhost:{ports[0]}",
+                               "--heartbeat_interval=1") for port in ports[1:]]
+        for server in [self.dispatcher, *self.workers]:
+            server.wait_ready()
+
+    def registered_datasets(self) -> int:
+        """Datasets the dispatcher has stored: each training pipeline registers its own."""
+        return len(os.listdir(os.path.join(self.work_dir, "datasets")))
+
+    def stop(self) -> None:
+        for server in [*self.workers, self.dispatcher]:
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    """A dispatcher and two workers shared by the tests that do not break them."""
+    running = Service(str(tmp_path_factory.mktemp("service")))
+    yield running
+    running.stop()
+
+
+def train_args(records_dir, model_dir, address, *args):
+    return [TRAIN, f"--flagfile={SMOKE}", f"--records_dir={records_dir}",
+            f"--model_dir={model_dir}", f"--data_service={address}", *args]
+
+
+def latest_step(model_dir) -> int | None:
+    """The step of the newest whole checkpoint (its index written), or None."""
+    steps = [int(path.rsplit("-", 1)[1].split(".")[0])
+             for path in glob.glob(os.path.join(model_dir, "checkpoints", "ckpt-*.index"))]
+    return max(steps, default=None)
+
+
+def wait_for_checkpoint(process, model_dir, timeout=180) -> int:
+    deadline = time.monotonic() + timeout
+    while latest_step(model_dir) is None:
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.2)
+    return latest_step(model_dir)
+
+
+def test_bad_input_is_one_line(service):
+    port = service.dispatcher.port
+    cases = {(): "--role",
+             ("--role=worker", "--port=1"): "--dispatcher",
+             ("--role=dispatcher", "--port=1", "--work_dir=/tmp/x", "--dispatcher=a:1"):
+                 "--dispatcher is a flag of --role=worker",
+             ("--role=dispatcher", f"--port={port}", "--work_dir=/tmp/x"): "in use"}
+    for args, expected in cases.items():
+        result = subprocess.run([DATA_SERVICE, *args], capture_output=True, text=True,
+                                timeout=120)
+        lines = [line for line in result.stderr.splitlines()
+                 if line.startswith("data_service: error:")]
+        assert result.returncode == 2 and len(lines) == 1 and expected in lines[0], (
+            args, result.stderr[-2000:])
+    result = subprocess.run(train_args("tfrecords", "/tmp/unused", "http://localhost:1"),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and len(error_lines(result)) == 1
+    assert "--data_service" in error_lines(result)[0]
+
+
+def test_stall_guard_fires_only_while_armed_and_waiting():
+    script = textwrap.dedent('''
+        import sys, time
+        from plate_ocr import data_service
+        sys.argv[0] = "train"
+        guard = data_service.StallGuard(0.5)
+        guard.waiting_since.assign(time.time() - 100)  # a wait that began long ago...
+        time.sleep(1.5)  # ...but not armed (evaluation, checkpoints): nothing happens
+        with guard.armed("never printed"):
+            guard.waiting_since.assign(0.0)  # armed, a step computing: nothing happens
+            time.sleep(1.5)
+        print("alive", flush=True)
+        with guard.armed("stalled"):
+            guard.waiting_since.assign(time.time())
+            time.sleep(10)
+        print("not reached", flush=True)
+    ''')
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120, cwd=PROJECT_DIR)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.stdout == "alive\n"
+    assert [line for line in result.stderr.splitlines() if line.startswith("train:")] == [
+        "train: error: stalled"]
+    assert time.monotonic() - started < 10
+
+
+def test_smoke_training_reads_through_the_service(service, tiny_records, tmp_path):
+    before = service.registered_datasets()
+    # Two replicas share the one input pipeline; the guard stamps every batch, and never fires.
+    result = subprocess.run(train_args(tiny_records, tmp_path / "run", service.address,
+                                       "--strategy=mirrored", "--num_cpu_devices=2",
+                                       "--data_timeout=60"),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MirroredStrategy with 2 replica(s)" in result.stdout
+    assert "done: 2 epochs, 8 steps" in result.stdout
+    # One pipeline, a fresh iterator per epoch: two datasets went to the dispatcher.
+    assert service.registered_datasets() - before == 2
+    history = json.load(open(tmp_path / "run" / "history.json"))
+    assert [entry["step"] for entry in history] == [4, 8]
+    assert history[-1]["train"]["loss"] < history[0]["train"]["loss"]
+
+
+def test_a_pass_through_the_service_delivers_each_training_record_once(
+        service, tiny_records, read_examples):
+    import tensorflow as tf
+    from plate_ocr import input_pipeline, records
+    info = records.read_info(tiny_records)
+    files = records.split_files(info, tiny_records, "train")
+    labels = [tuple(example["label"]) for example in read_examples(files)]
+    assert len(set(labels)) == len(labels) == 200  # every training label is distinct
+    batch = 16  # 200 is not a multiple: batches run across the end of a pass
+    dataset = input_pipeline.make_service_dataset(files, batch, info["image_height"],
+                                                  info["image_width"], info["plate_length"],
+                                                  service.address, shuffle_buffer=64, seed=1)
+    assert dataset.element_spec[0].shape == (batch, 64, 128)
+    delivered = []
+    for images, batch_labels, weights in dataset.take(-(-3 * 200 // batch)):
+        assert float(tf.reduce_sum(weights)) == batch
+        delivered += [tuple(label) for label in batch_labels.numpy().tolist()]
+    # Each pass is its own job: every record exactly once, pass after pass.
+    for start in (0, 200, 400):
+        assert sorted(delivered[start:start + 200]) == sorted(labels)
+
+
+def test_multi_worker_mirrored_trainers_read_from_the_service(service, tiny_records, tmp_path):
+    before = service.registered_datasets()
+    trainers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    processes = []
+    for index in range(2):
+        env = dict(os.environ, TF_CONFIG=json.dumps(
+            {"cluster": {"worker": trainers}, "task": {"type": "worker", "index": index}}))
+        processes.append(subprocess.Popen(
+            train_args(tiny_records, tmp_path / "run", service.address,
+                       "--strategy=multi_worker_mirrored", "--data_timeout=60"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    outputs = [process.communicate(timeout=400) for process in processes]
+    for process, (stdout, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr[-3000:]
+    assert "CollectiveAllReduceStrategy with 2 replica(s)" in outputs[0][0]
+    assert "done: 2 epochs, 8 steps" in outputs[0][0]
+    # Two input pipelines (one per trainer), each with its own dataset every epoch.
+    assert service.registered_datasets() - before == 4
+    assert (tmp_path / "run" / "export" / "saved_model.pb").exists()
+
+
+def test_killed_worker_stops_training_in_one_line_and_a_rerun_resumes(tiny_records, tmp_path):
+    running = Service(str(tmp_path))
+    try:
+        model_dir = tmp_path / "run"
+        # An epoch of 320 plates is more than a pass (200), so every epoch waits for the end
+        # of a pass, which a dead worker's task never reaches.
+        args = train_args(tiny_records, model_dir, running.address, "--epochs=5",
+                          "--steps_per_epoch=10", "--data_timeout=10")
+        training = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True)
+        wait_for_checkpoint(training, model_dir)
+        running.workers[1].process.kill()
+        stdout, stderr = training.communicate(timeout=300)
+        assert training.returncode == 1, stderr[-3000:]
+        step = latest_step(model_dir)
+        lines = [line for line in stderr.splitlines() if line.startswith("train: error:")]
+        assert lines == [
+            f"train: error: no training batch for 10 s from the data service {running.address}:"
+            f" are its workers up? the last checkpoint (step {step}) is kept; re-run to resume"]
+        assert step < 50 and not (model_dir / "final_metrics.json").exists()
+
+        running.workers[1] = running.workers[1].restart()  # the worker is back, same address
+        running.workers[1].wait_ready()
+        resumed = subprocess.run(args[:-1] + ["--data_timeout=120"], capture_output=True,
+                                 text=True, timeout=300)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert f"resumed from {model_dir / 'checkpoints'}/ckpt-{step} " in resumed.stdout
+        assert "done: 5 epochs, 50 steps" in resumed.stdout
+    finally:
+        running.stop()
+
+
+def test_restarted_dispatcher_lets_training_go_on(tiny_records, tmp_path):
+    running = Service(str(tmp_path))
+    try:
+        model_dir = tmp_path / "run"
+        training = subprocess.Popen(
+            train_args(tiny_records, model_dir, running.address, "--epochs=5",
+                       "--steps_per_epoch=10", "--data_timeout=120"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        step_at_crash = wait_for_checkpoint(training, model_dir)
+        running.dispatcher.process.kill()
+        running.dispatcher.process.wait()
+        # Every epoch starts a job, which needs the dispatcher: training waits for it.
+        running.dispatcher = running.dispatcher.restart()
+        running.dispatcher.wait_ready()
+        assert training.poll() is None  # it cannot finish without the dispatcher
+        stdout, stderr = training.communicate(timeout=300)
+        assert training.returncode == 0, stderr[-3000:]
+        assert "done: 5 epochs, 50 steps" in stdout
+        history = json.load(open(model_dir / "history.json"))
+        assert [entry["step"] for entry in history] == list(range(10, 51, 10))
+        assert step_at_crash < 50 and "resumed from" not in stdout
+    finally:
+        running.stop()
