@@ -15,7 +15,9 @@ import multiprocessing
 import os
 import resource
 import shutil
+import socket
 import statistics
+import subprocess
 import sys
 import time
 from typing import Sequence
@@ -66,6 +68,12 @@ FIGURES = {
         "png_examples_per_s": Figure("PNG folder: list_files, read_file + decode_png, batch, "
                                      "/255", "examples/s"),
         "tfrecord_over_png": Figure("TFRecords / PNG folder", "x", 5),
+        "service_1_worker_examples_per_s": Figure("TFRecords through a tf.data service, 1 local "
+                                                  "worker process", "examples/s"),
+        "service_2_workers_examples_per_s": Figure("TFRecords through a tf.data service, 2 "
+                                                   "local worker processes", "examples/s"),
+        "tfrecord_over_service_1_worker": Figure("in process / through the service, 1 worker",
+                                                 "x"),
         "tfrecord_peak_rss_mb": Figure("peak RSS of the TFRecord pipeline's process", "MB"),
         "png_peak_rss_mb": Figure("peak RSS of the PNG pipeline's process", "MB"),
     },
@@ -338,6 +346,77 @@ def _png_pipeline(png_dir: str, info: dict, examples: int, repeats: int) -> dict
     return {"png_examples_per_s": _pipeline_rate(_normalized(dataset), examples, repeats)}
 
 
+def _service_pipeline(records_dir: str, service: str, examples: int, repeats: int) -> dict:
+    from plate_ocr import input_pipeline
+    info = records.read_info(records_dir)
+    dataset = input_pipeline.make_service_dataset(
+        records.split_files(info, records_dir, "train"), BATCH, info["image_height"],
+        info["image_width"], info["plate_length"], service, seed=0)
+    return {"examples_per_s": _pipeline_rate(_normalized(dataset), examples, repeats)}
+
+
+def _start_data_service(log_dir: str, role: str, *args: str) -> tuple[subprocess.Popen, int]:
+    """Starts `plate_ocr data_service` on a free port and waits for its "serving" line."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log_path = os.path.join(log_dir, f"{role}-{port}.log")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "plate_ocr", "data_service", f"--role={role}",
+             f"--port={port}", *args], stdout=log, stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONPATH=root))
+    deadline = time.monotonic() + 120
+    while "data_service: " not in open(log_path).read():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"data_service --role={role} did not start: "
+                               + open(log_path).read()[-500:])
+        time.sleep(0.2)
+    return process, port
+
+
+def service_pipeline_stage(records_dir: str, examples: int, repeats: int,
+                           work_dir: str) -> dict[str, float]:
+    """Examples/s of the training pipeline through a tf.data service on this machine.
+
+    A dispatcher and one, then two, worker processes (bin/data_service) on loopback; the
+    client (input_pipeline.make_service_dataset, distributed_epoch) in a fresh process, ending
+    in the same float32 /255 map as the in-process figure. On one machine the workers share
+    the cores with the client: this is the service's overhead, not a scale-out figure.
+
+    Args:
+      records_dir: the records (train split).
+      examples: examples per timed pass.
+      repeats: timed passes; each figure is the median.
+      work_dir: an existing folder for the servers' logs (removed afterwards).
+    Returns:
+      {"service_1_worker_examples_per_s", "service_2_workers_examples_per_s"}.
+    """
+    log_dir = os.path.join(work_dir, "data_service")
+    os.makedirs(log_dir)
+    servers, figures = [], {}
+    try:
+        dispatcher, port = _start_data_service(log_dir, "dispatcher",
+                                               f"--work_dir={os.path.join(log_dir, 'journal')}")
+        servers.append(dispatcher)
+        for count, key in ((1, "service_1_worker_examples_per_s"),
+                           (2, "service_2_workers_examples_per_s")):
+            while len(servers) < 1 + count:
+                servers.append(_start_data_service(log_dir, "worker",
+                                                   f"--dispatcher=localhost:{port}")[0])
+            figures[key] = run_measured(_service_pipeline, records_dir,
+                                        f"grpc://localhost:{port}", examples,
+                                        repeats)[0]["examples_per_s"]
+    finally:
+        for server in reversed(servers):
+            server.terminate()
+            server.wait()
+        shutil.rmtree(log_dir, ignore_errors=True)
+    return figures
+
+
 def write_png_folder(records_dir: str, png_dir: str, count: int) -> dict:
     """Writes `count` plates of the val split (cycled if it has fewer) as <index>_<text>.png.
 
@@ -368,7 +447,8 @@ def pipeline_stage(records_dir: str, examples: int, png_files: int, repeats: int
     Ours is input_pipeline.make_dataset on the train split (shuffled, as in training). The
     other reads the val plates the way the original project stored them, one PNG per plate
     (written here first, then read through once so both come from the page cache). Both end
-    in the same float32 /255 map, so neither is spared the normalization.
+    in the same float32 /255 map, so neither is spared the normalization. The training
+    pipeline is measured through a local tf.data service too (service_pipeline_stage).
 
     Args:
       records_dir: the records (train split, and val for the PNGs).
@@ -389,9 +469,12 @@ def pipeline_stage(records_dir: str, examples: int, png_files: int, repeats: int
                                        repeats)
     finally:
         shutil.rmtree(png_dir, ignore_errors=True)
+    service = service_pipeline_stage(records_dir, examples, repeats, work_dir)
     figures = {**ours, **png, "tfrecord_over_png": ours["tfrecord_examples_per_s"]
                / png["png_examples_per_s"], "tfrecord_peak_rss_mb": ours_rss,
-               "png_peak_rss_mb": png_rss}
+               "png_peak_rss_mb": png_rss, **service,
+               "tfrecord_over_service_1_worker": ours["tfrecord_examples_per_s"]
+               / service["service_1_worker_examples_per_s"]}
     return figures, {"rss_mb_after_import": baseline}
 
 
