@@ -19,6 +19,10 @@ PROTOCOL = "grpc"
 def parse_address(address: str) -> str:
     """HOST:PORT of a service address, with or without the grpc:// prefix.
 
+    Args:
+      address: HOST:PORT or grpc://HOST:PORT.
+    Returns:
+      HOST:PORT.
     Raises:
       ValueError: not HOST:PORT, another protocol, or a port outside 1-65535.
     """
@@ -35,7 +39,15 @@ def parse_address(address: str) -> str:
 
 
 def service_target(address: str) -> str:
-    """The grpc://HOST:PORT that `distribute` takes, from HOST:PORT or grpc://HOST:PORT."""
+    """The grpc://HOST:PORT that `distribute` takes.
+
+    Args:
+      address: HOST:PORT or grpc://HOST:PORT.
+    Returns:
+      grpc://HOST:PORT.
+    Raises:
+      ValueError: as parse_address.
+    """
     return f"{PROTOCOL}://{parse_address(address)}"
 
 
@@ -82,7 +94,7 @@ class StallGuard:
 
     When a data-service worker dies, the client retries it forever inside IteratorGetNext, a C++
     call that Python cannot interrupt (seen for minutes with TF 2.21). So the training loop
-    stamps a variable when it starts waiting for a batch (stamp_wait) and clears it when the
+    stamps a variable when it starts waiting for a batch (next_batch) and clears it when the
     batch is there; a thread watches the stamp while the guard is armed, and on a stall prints
     one line and leaves with os._exit. It cannot fire during evaluation or while a checkpoint
     is written: the guard is armed around training steps only, and the stamp is set only while
@@ -104,6 +116,9 @@ class StallGuard:
     def next_batch(self, iterator, strategy: tf.distribute.Strategy):
         """next(iterator) in a tf.function, stamped for the watcher.
 
+        Args:
+          iterator: the distributed training iterator.
+          strategy: its strategy (to list each replica's tensors of the batch).
         Returns:
           the batch.
         """
