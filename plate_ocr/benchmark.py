@@ -692,6 +692,8 @@ def time_to_accuracy_stage(flagfile: str, records_dir: str, model_dir: str,
 def _format_value(value: float) -> str:
     if math.isinf(value):
         return "not reached"
+    if 0 < abs(value) < 1:
+        return f"{value:.4f}"  # accuracies: 0.9992 must not print as 1.00
     return f"{value:,.0f}" if abs(value) >= 100 or float(value).is_integer() else f"{value:.2f}"
 
 
