@@ -17,7 +17,7 @@ import time
 import pytest
 
 from conftest import PROJECT_DIR
-from test_train_cli import _free_ports, error_lines
+from test_train_cli import _free_ports, error_lines, run_multi_worker
 
 DATA_SERVICE = os.path.join(PROJECT_DIR, "bin", "data_service")
 TRAIN = os.path.join(PROJECT_DIR, "bin", "train")
@@ -198,18 +198,9 @@ def test_a_pass_through_the_service_delivers_each_training_record_once(
 
 def test_multi_worker_mirrored_trainers_read_from_the_service(service, tiny_records, tmp_path):
     before = service.registered_datasets()
-    trainers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
-    processes = []
-    for index in range(2):
-        env = dict(os.environ, TF_CONFIG=json.dumps(
-            {"cluster": {"worker": trainers}, "task": {"type": "worker", "index": index}}))
-        processes.append(subprocess.Popen(
-            train_args(tiny_records, tmp_path / "run", service.address,
-                       "--strategy=multi_worker_mirrored", "--data_timeout=60"),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
-    outputs = [process.communicate(timeout=400) for process in processes]
-    for process, (stdout, stderr) in zip(processes, outputs):
-        assert process.returncode == 0, stderr[-3000:]
+    outputs = run_multi_worker(train_args(tiny_records, tmp_path / "run", service.address,
+                                          "--strategy=multi_worker_mirrored",
+                                          "--data_timeout=60"))
     assert "CollectiveAllReduceStrategy with 2 replica(s)" in outputs[0][0]
     assert "done: 2 epochs, 8 steps" in outputs[0][0]
     # Two input pipelines (one per trainer), each with its own dataset every epoch.

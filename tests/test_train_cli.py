@@ -9,7 +9,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 
 from conftest import PROJECT_DIR
 
@@ -84,19 +83,28 @@ def _free_ports(count):
     return ports
 
 
-def test_multi_worker_mirrored_with_two_local_workers(tiny_records, tmp_path):
-    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
-    processes = []
-    for index in range(2):
-        env = dict(os.environ, TF_CONFIG=json.dumps(
-            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
-        processes.append(subprocess.Popen(
-            [TRAIN, f"--flagfile={SMOKE}", f"--records_dir={tiny_records}",
-             f"--model_dir={tmp_path / 'run'}", "--strategy=multi_worker_mirrored"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
-    outputs = [p.communicate(timeout=400) for p in processes]
+def run_multi_worker(args: list[str], count: int = 2) -> list[tuple[str, str]]:
+    """Runs `count` processes of args, each worker `index` of a loopback TF_CONFIG cluster.
+
+    Returns:
+      (stdout, stderr) of each, after asserting that each exited 0.
+    """
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(count)]
+    processes = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, env=dict(os.environ, TF_CONFIG=json.dumps(
+                                      {"cluster": {"worker": workers},
+                                       "task": {"type": "worker", "index": index}})))
+                 for index in range(count)]
+    outputs = [process.communicate(timeout=400) for process in processes]
     for process, (stdout, stderr) in zip(processes, outputs):
         assert process.returncode == 0, stderr[-3000:]
+    return outputs
+
+
+def test_multi_worker_mirrored_with_two_local_workers(tiny_records, tmp_path):
+    outputs = run_multi_worker([TRAIN, f"--flagfile={SMOKE}", f"--records_dir={tiny_records}",
+                                f"--model_dir={tmp_path / 'run'}",
+                                "--strategy=multi_worker_mirrored"])
     # MultiWorkerMirroredStrategy is CollectiveAllReduceStrategy under its own name.
     assert "CollectiveAllReduceStrategy with 2 replica(s)" in outputs[0][0]
     assert (tmp_path / "run" / "export" / "saved_model.pb").exists()
