@@ -1,5 +1,8 @@
 """Speed and memory of each pipeline stage on this machine: one function per stage, one table.
 
+This file holds the figures and their targets, the table, the measuring helpers and the records
+stage; benchmark_input.py and benchmark_model.py hold the TensorFlow stages.
+
 A stage function takes plain arguments and returns {figure: value}, each the median over
 repeats after a warm-up; FIGURES says how each figure prints and the target it is held to.
 Stages that need TensorFlow import it inside their function: the records stage and its workers
@@ -8,17 +11,13 @@ peak RSS is its own and not the high-water mark of everything measured before it
 """
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import math
 import multiprocessing
 import os
 import resource
 import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import time
 from typing import Sequence
 
@@ -263,7 +262,7 @@ def records_stage(font_dir: str, num_plates: int, repeats: int, dataset_scale: f
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
 
-# ---------------------------------------------------------------- TensorFlow stages
+# ---------------------------------------------------------------- measuring
 
 def _measured(function, args: tuple) -> tuple[dict, float, float]:
     import keras  # noqa: F401 (loaded before the baseline, as every stage loads it)
@@ -285,7 +284,7 @@ def run_measured(function, *args) -> tuple[dict, float, float]:
         return pool.submit(_measured, function, args).result()
 
 
-def _median_seconds(run, repeats: int) -> float:
+def median_seconds(run, repeats: int) -> float:
     """Calls run() once to warm up, then `repeats` times: the median seconds of those."""
     run()
     seconds = []
@@ -294,397 +293,6 @@ def _median_seconds(run, repeats: int) -> float:
         run()
         seconds.append(time.perf_counter() - started)
     return statistics.median(seconds)
-
-
-def _normalized(dataset):
-    """Both pipelines end the same way: float32 pixels in 0..1, in parallel, prefetched."""
-    import tensorflow as tf
-    return (dataset.map(lambda images, *rest: (tf.cast(images, tf.float32) / 255.0, *rest),
-                        num_parallel_calls=tf.data.AUTOTUNE)
-            .prefetch(tf.data.AUTOTUNE))
-
-
-def _pipeline_rate(dataset, examples: int, repeats: int) -> float:
-    """Examples/s of pulling batches of BATCH from a dataset (one untimed pass first)."""
-    iterator = iter(dataset)
-    batches = max(1, examples // BATCH)
-
-    def run():
-        for _ in range(batches):
-            next(iterator)
-    return batches * BATCH / _median_seconds(run, repeats)
-
-
-def _tfrecord_pipeline(records_dir: str, examples: int, repeats: int) -> dict:
-    from plate_ocr import input_pipeline
-    info = records.read_info(records_dir)
-    dataset = input_pipeline.make_dataset(
-        records.split_files(info, records_dir, "train"), BATCH, True, info["image_height"],
-        info["image_width"], info["plate_length"], seed=0)
-    return {"tfrecord_examples_per_s": _pipeline_rate(_normalized(dataset), examples, repeats)}
-
-
-def _png_pipeline(png_dir: str, info: dict, examples: int, repeats: int) -> dict:
-    import tensorflow as tf
-    shape = [info["image_height"], info["image_width"]]
-    alphabet = tf.constant(list(info["alphabet"]))
-
-    def load(path):
-        image = tf.ensure_shape(tf.io.decode_png(tf.io.read_file(path), channels=1)[..., 0],
-                                shape)
-        # The label is in the name, <index>_<text>.png.
-        text = tf.strings.split(tf.strings.split(path, os.sep)[-1], "_")[-1]
-        chars = tf.strings.bytes_split(tf.strings.substr(text, 0, info["plate_length"]))
-        label = tf.argmax(tf.cast(chars[:, None] == alphabet[None, :], tf.int32), axis=1,
-                          output_type=tf.int32)
-        return image, label
-
-    dataset = (tf.data.Dataset.list_files(os.path.join(png_dir, "*.png"), shuffle=True, seed=0)
-               .repeat()
-               .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-               .batch(BATCH, drop_remainder=True))
-    return {"png_examples_per_s": _pipeline_rate(_normalized(dataset), examples, repeats)}
-
-
-def _service_pipeline(records_dir: str, service: str, examples: int, repeats: int) -> dict:
-    from plate_ocr import input_pipeline
-    info = records.read_info(records_dir)
-    dataset = input_pipeline.make_service_dataset(
-        records.split_files(info, records_dir, "train"), BATCH, info["image_height"],
-        info["image_width"], info["plate_length"], service, seed=0)
-    return {"examples_per_s": _pipeline_rate(_normalized(dataset), examples, repeats)}
-
-
-def _start_data_service(log_dir: str, role: str, *args: str) -> tuple[subprocess.Popen, int]:
-    """Starts `plate_ocr data_service` on a free port and waits for its "serving" line."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log_path = os.path.join(log_dir, f"{role}-{port}.log")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "plate_ocr", "data_service", f"--role={role}",
-             f"--port={port}", *args], stdout=log, stderr=subprocess.STDOUT,
-            env=dict(os.environ, PYTHONPATH=root))
-    deadline = time.monotonic() + 120
-    while "data_service: " not in open(log_path).read():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"data_service --role={role} did not start: "
-                               + open(log_path).read()[-500:])
-        time.sleep(0.2)
-    return process, port
-
-
-def service_pipeline_stage(records_dir: str, examples: int, repeats: int,
-                           work_dir: str) -> dict[str, float]:
-    """Examples/s of the training pipeline through a tf.data service on this machine.
-
-    A dispatcher and one, then two, worker processes (bin/data_service) on loopback; the
-    client (input_pipeline.make_service_dataset, distributed_epoch) in a fresh process, ending
-    in the same float32 /255 map as the in-process figure. On one machine the workers share
-    the cores with the client: this is the service's overhead, not a scale-out figure.
-
-    Args:
-      records_dir: the records (train split).
-      examples: examples per timed pass.
-      repeats: timed passes; each figure is the median.
-      work_dir: an existing folder for the servers' logs (removed afterwards).
-    Returns:
-      {"service_1_worker_examples_per_s", "service_2_workers_examples_per_s"}.
-    """
-    log_dir = os.path.join(work_dir, "data_service")
-    os.makedirs(log_dir)
-    servers, figures = [], {}
-    try:
-        dispatcher, port = _start_data_service(log_dir, "dispatcher",
-                                               f"--work_dir={os.path.join(log_dir, 'journal')}")
-        servers.append(dispatcher)
-        for count, key in ((1, "service_1_worker_examples_per_s"),
-                           (2, "service_2_workers_examples_per_s")):
-            while len(servers) < 1 + count:
-                servers.append(_start_data_service(log_dir, "worker",
-                                                   f"--dispatcher=localhost:{port}")[0])
-            figures[key] = run_measured(_service_pipeline, records_dir,
-                                        f"grpc://localhost:{port}", examples,
-                                        repeats)[0]["examples_per_s"]
-    finally:
-        for server in reversed(servers):
-            server.terminate()
-            server.wait()
-        shutil.rmtree(log_dir, ignore_errors=True)
-    return figures
-
-
-def write_png_folder(records_dir: str, png_dir: str, count: int) -> dict:
-    """Writes `count` plates of the val split (cycled if it has fewer) as <index>_<text>.png.
-
-    Returns:
-      the records' dataset_info.
-    """
-    from PIL import Image
-    from plate_ocr import evaluate
-    info = records.read_info(records_dir)
-    if not info["splits"].get("val", {}).get("num_examples"):
-        raise ValueError(f"{records_dir} has no val plates to write as PNGs")
-    os.makedirs(png_dir)
-    written = 0
-    while written < count:
-        for batch in evaluate.read_split(records_dir, "val"):
-            for image, text in zip(batch["image"], batch["text"]):
-                if written == count:
-                    break
-                Image.fromarray(image).save(os.path.join(png_dir, f"{written:06d}_{text}.png"))
-                written += 1
-    return info
-
-
-def pipeline_stage(records_dir: str, examples: int, png_files: int, repeats: int,
-                   work_dir: str) -> tuple[dict[str, float], dict]:
-    """Examples/s of our input pipeline and of a folder of PNGs, batch 256, from page cache.
-
-    Ours is input_pipeline.make_dataset on the train split (shuffled, as in training). The
-    other reads the val plates the way the original project stored them, one PNG per plate
-    (written here first, then read through once so both come from the page cache). Both end
-    in the same float32 /255 map, so neither is spared the normalization. The training
-    pipeline is measured through a local tf.data service too (service_pipeline_stage).
-
-    Args:
-      records_dir: the records (train split, and val for the PNGs).
-      examples: examples per timed pass of our pipeline.
-      png_files: PNG files written; each timed pass of the PNG pipeline reads as many, in
-        whole batches (at least one).
-      repeats: timed passes of each; each figure is the median.
-      work_dir: an existing folder for the PNGs (removed afterwards).
-    Returns:
-      ({figure: value} of FIGURES["pipeline"], {"rss_mb_after_import": of TF and Keras}).
-    """
-    png_dir = os.path.join(work_dir, "png")
-    try:
-        info = run_measured(write_png_folder, records_dir, png_dir, png_files)[0]
-        ours, ours_rss, baseline = run_measured(_tfrecord_pipeline, records_dir, examples,
-                                                repeats)
-        png, png_rss, _ = run_measured(_png_pipeline, png_dir, info, max(png_files, BATCH),
-                                       repeats)
-    finally:
-        shutil.rmtree(png_dir, ignore_errors=True)
-    service = service_pipeline_stage(records_dir, examples, repeats, work_dir)
-    figures = {**ours, **png, "tfrecord_over_png": ours["tfrecord_examples_per_s"]
-               / png["png_examples_per_s"], "tfrecord_peak_rss_mb": ours_rss,
-               "png_peak_rss_mb": png_rss, **service,
-               "tfrecord_over_service_1_worker": ours["tfrecord_examples_per_s"]
-               / service["service_1_worker_examples_per_s"]}
-    return figures, {"rss_mb_after_import": baseline}
-
-
-def _train_setup(flagfile: str, records_dir: str):
-    import tensorflow as tf
-    from plate_ocr import cli_train
-    config = cli_train.config_from(flagfile, f"--records_dir={records_dir}")
-    return config, records.read_info(records_dir), tf.distribute.OneDeviceStrategy("/cpu:0")
-
-
-def _custom_loop(flagfile: str, records_dir: str, steps: int, repeats: int) -> dict:
-    """Examples/s of Trainer.train_loop, called as train_and_evaluate calls it."""
-    import tensorflow as tf
-    from plate_ocr import train
-    config, info, strategy = _train_setup(flagfile, records_dir)
-    trainer = train.Trainer(config, info, strategy, (repeats + 1) * steps,
-                            files={"train": records.split_files(info, records_dir, "train")},
-                            lost={"train": 0})
-    iterator = iter(trainer.dataset("train", training=True, seed=config.seed))
-
-    def run():
-        done = 0
-        while done < steps:
-            count = min(config.steps_per_loop, steps - done)
-            sums, _ = trainer.train_loop(iterator, tf.constant(count))
-            float(sums["loss"])  # wait for the result
-            done += count
-    seconds = _median_seconds(run, repeats)
-    return {"batch_size": config.batch_size, "parameters": trainer.model.count_params(),
-            "custom_examples_per_s": steps * config.batch_size / seconds}
-
-
-def _fit(flagfile: str, records_dir: str, steps: int, repeats: int) -> dict:
-    """Examples/s of model.fit on the same model, optimizer, batch and tf.data pipeline."""
-    import keras
-    import tensorflow as tf
-    from plate_ocr import input_pipeline, model as model_lib, train
-    config, info, strategy = _train_setup(flagfile, records_dir)
-    with strategy.scope():
-        model = model_lib.build_crnn(config.model, info["image_height"], info["image_width"],
-                                     len(info["alphabet"]) + 1)
-        optimizer = train.make_optimizer(config, (repeats + 1) * steps)
-        optimizer.build(model.trainable_variables)
-        # keras.losses.CTC's blank is class 0 and it counts a label's length as its nonzero
-        # entries: labels move up by one, and in this model class 0 is the blank. Same shapes
-        # and work as ours (blank last), the classes permuted.
-        model.compile(optimizer=optimizer, loss=keras.losses.CTC())
-    dataset = input_pipeline.make_dataset(
-        records.split_files(info, records_dir, "train"), config.batch_size, True,
-        info["image_height"], info["image_width"], info["plate_length"],
-        shuffle_buffer=config.shuffle_buffer, seed=config.seed)
-    dataset = dataset.map(lambda images, labels, _: (tf.cast(images, tf.float32), labels + 1),
-                          num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-
-    class EpochTimes(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.seconds, self.started = [], 0.0
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.started = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.seconds.append(time.perf_counter() - self.started)
-
-    timer = EpochTimes()
-    # One call: the iterator (and its full shuffle buffer) lives on across epochs; the first
-    # epoch is the warm-up (tracing, buffer fill).
-    model.fit(dataset, epochs=repeats + 1, steps_per_epoch=steps, verbose=0, callbacks=[timer])
-    return {"fit_examples_per_s": steps * config.batch_size
-            / statistics.median(timer.seconds[1:]), "fit_jit_compile": bool(model.jit_compile)}
-
-
-def train_stage(flagfile: str, records_dir: str, steps: int, repeats: int,
-                pipeline_examples_per_s: float | None = None) -> tuple[dict[str, float], dict]:
-    """Training examples/s of one config: our custom loop, and model.fit on the same model.
-
-    Each runs under OneDeviceStrategy in its own process: one untimed run of `steps` steps
-    (tracing, shuffle buffer), then `repeats` timed runs of `steps` steps on the same iterator.
-
-    Args:
-      flagfile: a training config (configs/cpu.cfg); its records_dir is replaced.
-      records_dir: the records to train on.
-      steps: training steps per timed run.
-      repeats: timed runs; each figure is the median.
-      pipeline_examples_per_s: the input pipeline's figure, for the ratio (None: left out).
-    Returns:
-      ({figure: value} of FIGURES["train"],
-       {"fit_jit_compile": what compile's "auto" chose, "rss_mb_after_import": of TF, Keras}).
-    """
-    custom, custom_rss, baseline = run_measured(_custom_loop, flagfile, records_dir, steps,
-                                                repeats)
-    fit, fit_rss, _ = run_measured(_fit, flagfile, records_dir, steps, repeats)
-    jit = fit.pop("fit_jit_compile")
-    figures = {**custom, **fit, "custom_over_fit": custom["custom_examples_per_s"]
-               / fit["fit_examples_per_s"]}
-    if pipeline_examples_per_s is not None:
-        figures["pipeline_over_custom"] = (pipeline_examples_per_s
-                                           / custom["custom_examples_per_s"])
-    figures.update(custom_peak_rss_mb=custom_rss, fit_peak_rss_mb=fit_rss)
-    return ({key: figures[key] for key in FIGURES["train"] if key in figures},
-            {"fit_jit_compile": jit, "rss_mb_after_import": baseline})
-
-
-def _inference(model_path: str, records_dir: str, batches: int, calls: int,
-               repeats: int) -> dict:
-    import itertools
-    from plate_ocr import evaluate
-    predict, shape = evaluate.load_predictor(model_path)
-    info = records.read_info(records_dir)
-    if tuple(shape) != (info["image_height"], info["image_width"]):
-        raise ValueError(f"the model reads {shape[0]}x{shape[1]} plates, the records in "
-                         f"{records_dir} are {info['image_height']}x{info['image_width']}")
-    val = np.concatenate([batch["image"] for batch in itertools.islice(
-        evaluate.read_split(records_dir, "val", BATCH), batches)])
-    plates = np.resize(val, (batches * BATCH, *shape))  # the val plates, cycled if too few
-
-    def batched():
-        for i in range(batches):
-            predict(plates[i * BATCH:(i + 1) * BATCH])
-    batch_seconds = _median_seconds(batched, repeats)
-
-    latencies = []
-
-    def single():
-        latencies.append([])
-        for i in range(calls):
-            started = time.perf_counter()
-            predict(plates[i % len(plates)][None])
-            latencies[-1].append(1000 * (time.perf_counter() - started))
-    _median_seconds(single, repeats)
-    timed = latencies[1:]  # the first run warmed up
-    return {"batch_plates_per_s": batches * BATCH / batch_seconds,
-            "single_p50_ms": statistics.median(np.percentile(run, 50) for run in timed),
-            "single_p99_ms": statistics.median(np.percentile(run, 99) for run in timed)}
-
-
-def inference_stage(model_path: str, records_dir: str, batches: int, calls: int,
-                    repeats: int) -> tuple[dict[str, float], dict]:
-    """Plates/s of the SavedModel at batch 256, and its latency on one plate per call.
-
-    The model is loaded as bin/evaluate and bin/predict load it (evaluate.load_predictor:
-    uint8 plates in, Python strings and confidences out), and reads val plates.
-
-    Args:
-      model_path: a model dir, its SavedModel, .keras or .tflite file.
-      records_dir: records with a val split of the model's image size.
-      batches: batches of 256 per timed run.
-      calls: one-plate calls per timed run (p50 and p99 over these).
-      repeats: timed runs, after an untimed one; each figure is the median.
-    Returns:
-      ({figure: value} of FIGURES["inference"], {"rss_mb_after_import": of TF and Keras}).
-    """
-    figures, rss, baseline = run_measured(_inference, model_path, records_dir, batches, calls,
-                                          repeats)
-    return {**figures, "peak_rss_mb": rss}, {"rss_mb_after_import": baseline}
-
-
-def _time_to_accuracy(flagfile: str, records_dir: str, model_dir: str, curve_path: str) -> dict:
-    import json
-    from plate_ocr import cli_train, distribute, evaluate, model as model_lib, train
-    config = cli_train.config_from(flagfile, f"--records_dir={records_dir}")
-    started = time.perf_counter()
-    # The run's progress lines go to stderr: stdout is the table (or the JSON).
-    with contextlib.redirect_stdout(sys.stderr):
-        result = train.train_and_evaluate(config, model_dir, distribute.make_strategy("auto"))
-    wall = time.perf_counter() - started
-    shutil.copyfile(os.path.join(model_dir, train.CURVE_FILE), curve_path)
-    history = json.load(open(os.path.join(model_dir, train.HISTORY_FILE)))
-    info = records.read_info(records_dir)
-    figures = {"parameters": model_lib.build_crnn(
-        config.model, info["image_height"], info["image_width"],
-        len(info["alphabet"]) + 1).count_params()}
-    figures["examples_per_s"] = history[-1]["examples"] / history[-1]["train_seconds"]
-    for target, entry in train.time_to_accuracy(history).items():
-        name = f"{100 * target:g}"
-        figures[f"minutes_to_{name}"] = entry["minutes"] if entry else math.inf
-        if target == train.TARGETS[-1]:
-            figures[f"examples_to_{name}"] = entry["examples"] if entry else math.inf
-    figures["train_minutes"] = result["train_seconds"] / 60
-    figures["wall_minutes"] = wall / 60
-    figures["test_plate_accuracy"] = result["test"]["plate_accuracy"]
-    predict = evaluate.load_predictor(model_dir)[0]
-    for split in ("heldout", "test_aug"):
-        if info["splits"].get(split, {}).get("num_examples"):
-            report, _ = evaluate.evaluate_split(predict, records_dir, split)
-            figures[f"{split}_plate_accuracy"] = report["plate_accuracy"]
-    return figures
-
-
-def time_to_accuracy_stage(flagfile: str, records_dir: str, model_dir: str,
-                           curve_path: str) -> tuple[dict[str, float], dict]:
-    """Trains a config from scratch through bin/train's code path and times its accuracy.
-
-    The run is train.train_and_evaluate under the default strategy (records, tf.data, the
-    custom loop), in its own process; the milestones are the first validations at or above
-    99%, 99.5% and 99.9% (training time, evaluation excluded).
-
-    Args:
-      flagfile: the training config (configs/fast.cfg); its records_dir is replaced.
-      records_dir: the records to train on.
-      model_dir: an empty folder for the run.
-      curve_path: where the run's time-to-accuracy PNG is copied.
-    Returns:
-      ({figure: value} of FIGURES["time_to_accuracy"]; a target never reached is inf),
-      {"rss_mb_after_import": of TF and Keras, "peak_rss_mb"}).
-    """
-    figures, rss, baseline = run_measured(_time_to_accuracy, flagfile, records_dir, model_dir,
-                                          curve_path)
-    return figures, {"rss_mb_after_import": baseline, "peak_rss_mb": rss}
 
 
 # ---------------------------------------------------------------- table

@@ -263,7 +263,7 @@ def benchmark() -> None:
     def main(argv):
         import json
         import tempfile
-        from plate_ocr import benchmark as benchmark_lib, fonts
+        from plate_ocr import benchmark as benchmark_lib, benchmark_input, benchmark_model, fonts
         if FLAGS.time_to_accuracy:
             FLAGS.stages = ["time_to_accuracy"]
         unknown = sorted(set(FLAGS.stages) - set(benchmark_lib.STAGES))
@@ -292,7 +292,7 @@ def benchmark() -> None:
                         FLAGS.font_dir, FLAGS.num_plates, FLAGS.repeats, FLAGS.dataset_scale,
                         work_dir)
                 if "pipeline" in FLAGS.stages:
-                    results["pipeline"], notes = benchmark_lib.pipeline_stage(
+                    results["pipeline"], notes = benchmark_input.pipeline_stage(
                         FLAGS.records_dir, FLAGS.pipeline_examples, FLAGS.png_examples,
                         FLAGS.repeats, work_dir)
                     settings["pipeline"] = {
@@ -301,13 +301,13 @@ def benchmark() -> None:
                         "png_files": FLAGS.png_examples, **notes}
                 for path in FLAGS.configs if "train" in FLAGS.stages else ():
                     stage = f"train {config_name(path)}"
-                    results[stage], notes = benchmark_lib.train_stage(
+                    results[stage], notes = benchmark_model.train_stage(
                         path, FLAGS.records_dir, FLAGS.train_steps, FLAGS.repeats,
                         results.get("pipeline", {}).get("tfrecord_examples_per_s"))
                     settings[stage] = {"config": path, "steps_per_run": FLAGS.train_steps,
                                        **notes}
                 if "inference" in FLAGS.stages:
-                    results["inference"], notes = benchmark_lib.inference_stage(
+                    results["inference"], notes = benchmark_model.inference_stage(
                         FLAGS.model, FLAGS.records_dir, FLAGS.inference_batches,
                         FLAGS.latency_calls, FLAGS.repeats)
                     settings["inference"] = {
@@ -317,7 +317,7 @@ def benchmark() -> None:
                 if "time_to_accuracy" in FLAGS.stages:
                     curve = os.path.join(os.path.abspath(FLAGS.work_dir or "."),
                                          f"time_to_accuracy-{config_name(FLAGS.tta_config)}.png")
-                    results["time_to_accuracy"], notes = benchmark_lib.time_to_accuracy_stage(
+                    results["time_to_accuracy"], notes = benchmark_model.time_to_accuracy_stage(
                         FLAGS.tta_config, FLAGS.records_dir,
                         os.path.join(work_dir, "time_to_accuracy"), curve)
                     settings["time_to_accuracy"] = {"config": FLAGS.tta_config, "curve": curve,

@@ -1,0 +1,226 @@
+"""The model stages of bin/benchmark: training examples/s (custom loop against model.fit),
+SavedModel throughput and latency, and time to accuracy. TensorFlow is imported inside the
+functions, which run in their own processes (benchmark.run_measured).
+"""
+
+import contextlib
+import math
+import os
+import shutil
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from plate_ocr import records
+from plate_ocr.benchmark import BATCH, FIGURES, median_seconds, run_measured
+
+
+def _train_setup(flagfile: str, records_dir: str):
+    import tensorflow as tf
+    from plate_ocr import cli_train
+    config = cli_train.config_from(flagfile, f"--records_dir={records_dir}")
+    return config, records.read_info(records_dir), tf.distribute.OneDeviceStrategy("/cpu:0")
+
+
+def _custom_loop(flagfile: str, records_dir: str, steps: int, repeats: int) -> dict:
+    """Examples/s of Trainer.train_loop, called as train_and_evaluate calls it."""
+    import tensorflow as tf
+    from plate_ocr import train
+    config, info, strategy = _train_setup(flagfile, records_dir)
+    trainer = train.Trainer(config, info, strategy, (repeats + 1) * steps,
+                            files={"train": records.split_files(info, records_dir, "train")},
+                            lost={"train": 0})
+    iterator = iter(trainer.dataset("train", training=True, seed=config.seed))
+
+    def run():
+        done = 0
+        while done < steps:
+            count = min(config.steps_per_loop, steps - done)
+            sums, _ = trainer.train_loop(iterator, tf.constant(count))
+            float(sums["loss"])  # wait for the result
+            done += count
+    seconds = median_seconds(run, repeats)
+    return {"batch_size": config.batch_size, "parameters": trainer.model.count_params(),
+            "custom_examples_per_s": steps * config.batch_size / seconds}
+
+
+def _fit(flagfile: str, records_dir: str, steps: int, repeats: int) -> dict:
+    """Examples/s of model.fit on the same model, optimizer, batch and tf.data pipeline."""
+    import keras
+    import tensorflow as tf
+    from plate_ocr import input_pipeline, model as model_lib, train
+    config, info, strategy = _train_setup(flagfile, records_dir)
+    with strategy.scope():
+        model = model_lib.build_crnn(config.model, info["image_height"], info["image_width"],
+                                     len(info["alphabet"]) + 1)
+        optimizer = train.make_optimizer(config, (repeats + 1) * steps)
+        optimizer.build(model.trainable_variables)
+        # keras.losses.CTC's blank is class 0 and it counts a label's length as its nonzero
+        # entries: labels move up by one, and in this model class 0 is the blank. Same shapes
+        # and work as ours (blank last), the classes permuted.
+        model.compile(optimizer=optimizer, loss=keras.losses.CTC())
+    dataset = input_pipeline.make_dataset(
+        records.split_files(info, records_dir, "train"), config.batch_size, True,
+        info["image_height"], info["image_width"], info["plate_length"],
+        shuffle_buffer=config.shuffle_buffer, seed=config.seed)
+    dataset = dataset.map(lambda images, labels, _: (tf.cast(images, tf.float32), labels + 1),
+                          num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+    class EpochTimes(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds, self.started = [], 0.0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self.started)
+
+    timer = EpochTimes()
+    # One call: the iterator (and its full shuffle buffer) lives on across epochs; the first
+    # epoch is the warm-up (tracing, buffer fill).
+    model.fit(dataset, epochs=repeats + 1, steps_per_epoch=steps, verbose=0, callbacks=[timer])
+    return {"fit_examples_per_s": steps * config.batch_size
+            / statistics.median(timer.seconds[1:]), "fit_jit_compile": bool(model.jit_compile)}
+
+
+def train_stage(flagfile: str, records_dir: str, steps: int, repeats: int,
+                pipeline_examples_per_s: float | None = None) -> tuple[dict[str, float], dict]:
+    """Training examples/s of one config: our custom loop, and model.fit on the same model.
+
+    Each runs under OneDeviceStrategy in its own process: one untimed run of `steps` steps
+    (tracing, shuffle buffer), then `repeats` timed runs of `steps` steps on the same iterator.
+
+    Args:
+      flagfile: a training config (configs/cpu.cfg); its records_dir is replaced.
+      records_dir: the records to train on.
+      steps: training steps per timed run.
+      repeats: timed runs; each figure is the median.
+      pipeline_examples_per_s: the input pipeline's figure, for the ratio (None: left out).
+    Returns:
+      ({figure: value} of FIGURES["train"],
+       {"fit_jit_compile": what compile's "auto" chose, "rss_mb_after_import": of TF, Keras}).
+    """
+    custom, custom_rss, baseline = run_measured(_custom_loop, flagfile, records_dir, steps,
+                                                repeats)
+    fit, fit_rss, _ = run_measured(_fit, flagfile, records_dir, steps, repeats)
+    jit = fit.pop("fit_jit_compile")
+    figures = {**custom, **fit, "custom_over_fit": custom["custom_examples_per_s"]
+               / fit["fit_examples_per_s"]}
+    if pipeline_examples_per_s is not None:
+        figures["pipeline_over_custom"] = (pipeline_examples_per_s
+                                           / custom["custom_examples_per_s"])
+    figures.update(custom_peak_rss_mb=custom_rss, fit_peak_rss_mb=fit_rss)
+    return ({key: figures[key] for key in FIGURES["train"] if key in figures},
+            {"fit_jit_compile": jit, "rss_mb_after_import": baseline})
+
+
+def _inference(model_path: str, records_dir: str, batches: int, calls: int,
+               repeats: int) -> dict:
+    import itertools
+    from plate_ocr import evaluate
+    predict, shape = evaluate.load_predictor(model_path)
+    info = records.read_info(records_dir)
+    if tuple(shape) != (info["image_height"], info["image_width"]):
+        raise ValueError(f"the model reads {shape[0]}x{shape[1]} plates, the records in "
+                         f"{records_dir} are {info['image_height']}x{info['image_width']}")
+    val = np.concatenate([batch["image"] for batch in itertools.islice(
+        evaluate.read_split(records_dir, "val", BATCH), batches)])
+    plates = np.resize(val, (batches * BATCH, *shape))  # the val plates, cycled if too few
+
+    def batched():
+        for i in range(batches):
+            predict(plates[i * BATCH:(i + 1) * BATCH])
+    batch_seconds = median_seconds(batched, repeats)
+
+    latencies = []
+
+    def single():
+        latencies.append([])
+        for i in range(calls):
+            started = time.perf_counter()
+            predict(plates[i % len(plates)][None])
+            latencies[-1].append(1000 * (time.perf_counter() - started))
+    median_seconds(single, repeats)
+    timed = latencies[1:]  # the first run warmed up
+    return {"batch_plates_per_s": batches * BATCH / batch_seconds,
+            "single_p50_ms": statistics.median(np.percentile(run, 50) for run in timed),
+            "single_p99_ms": statistics.median(np.percentile(run, 99) for run in timed)}
+
+
+def inference_stage(model_path: str, records_dir: str, batches: int, calls: int,
+                    repeats: int) -> tuple[dict[str, float], dict]:
+    """Plates/s of the SavedModel at batch 256, and its latency on one plate per call.
+
+    The model is loaded as bin/evaluate and bin/predict load it (evaluate.load_predictor:
+    uint8 plates in, Python strings and confidences out), and reads val plates.
+
+    Args:
+      model_path: a model dir, its SavedModel, .keras or .tflite file.
+      records_dir: records with a val split of the model's image size.
+      batches: batches of 256 per timed run.
+      calls: one-plate calls per timed run (p50 and p99 over these).
+      repeats: timed runs, after an untimed one; each figure is the median.
+    Returns:
+      ({figure: value} of FIGURES["inference"], {"rss_mb_after_import": of TF and Keras}).
+    """
+    figures, rss, baseline = run_measured(_inference, model_path, records_dir, batches, calls,
+                                          repeats)
+    return {**figures, "peak_rss_mb": rss}, {"rss_mb_after_import": baseline}
+
+
+def _time_to_accuracy(flagfile: str, records_dir: str, model_dir: str, curve_path: str) -> dict:
+    import json
+    from plate_ocr import cli_train, distribute, evaluate, model as model_lib, train
+    config = cli_train.config_from(flagfile, f"--records_dir={records_dir}")
+    started = time.perf_counter()
+    # The run's progress lines go to stderr: stdout is the table (or the JSON).
+    with contextlib.redirect_stdout(sys.stderr):
+        result = train.train_and_evaluate(config, model_dir, distribute.make_strategy("auto"))
+    wall = time.perf_counter() - started
+    shutil.copyfile(os.path.join(model_dir, train.CURVE_FILE), curve_path)
+    history = json.load(open(os.path.join(model_dir, train.HISTORY_FILE)))
+    info = records.read_info(records_dir)
+    figures = {"parameters": model_lib.build_crnn(
+        config.model, info["image_height"], info["image_width"],
+        len(info["alphabet"]) + 1).count_params()}
+    figures["examples_per_s"] = history[-1]["examples"] / history[-1]["train_seconds"]
+    for target, entry in train.time_to_accuracy(history).items():
+        name = f"{100 * target:g}"
+        figures[f"minutes_to_{name}"] = entry["minutes"] if entry else math.inf
+        if target == train.TARGETS[-1]:
+            figures[f"examples_to_{name}"] = entry["examples"] if entry else math.inf
+    figures["train_minutes"] = result["train_seconds"] / 60
+    figures["wall_minutes"] = wall / 60
+    figures["test_plate_accuracy"] = result["test"]["plate_accuracy"]
+    predict = evaluate.load_predictor(model_dir)[0]
+    for split in ("heldout", "test_aug"):
+        if info["splits"].get(split, {}).get("num_examples"):
+            report, _ = evaluate.evaluate_split(predict, records_dir, split)
+            figures[f"{split}_plate_accuracy"] = report["plate_accuracy"]
+    return figures
+
+
+def time_to_accuracy_stage(flagfile: str, records_dir: str, model_dir: str,
+                           curve_path: str) -> tuple[dict[str, float], dict]:
+    """Trains a config from scratch through bin/train's code path and times its accuracy.
+
+    The run is train.train_and_evaluate under the default strategy (records, tf.data, the
+    custom loop), in its own process; the milestones are the first validations at or above
+    99%, 99.5% and 99.9% (training time, evaluation excluded).
+
+    Args:
+      flagfile: the training config (configs/fast.cfg); its records_dir is replaced.
+      records_dir: the records to train on.
+      model_dir: an empty folder for the run.
+      curve_path: where the run's time-to-accuracy PNG is copied.
+    Returns:
+      ({figure: value} of FIGURES["time_to_accuracy"]; a target never reached is inf),
+      {"rss_mb_after_import": of TF and Keras, "peak_rss_mb"}).
+    """
+    figures, rss, baseline = run_measured(_time_to_accuracy, flagfile, records_dir, model_dir,
+                                          curve_path)
+    return figures, {"rss_mb_after_import": baseline, "peak_rss_mb": rss}
