@@ -4,6 +4,7 @@ Each test starts real processes: MirroredStrategy needs logical CPUs set before 
 starts, and MultiWorkerMirroredStrategy needs two workers talking over loopback.
 """
 
+import glob
 import json
 import os
 import shutil
@@ -66,11 +67,13 @@ def test_corrupt_shard_is_one_line_naming_the_file(tiny_records, tmp_path):
 def test_mirrored_strategy_on_two_logical_cpus(tiny_records, tmp_path):
     # Adam inside a distributed tf.function broke on Keras 3.15 (issue 23085): keep this path.
     result = run_train(f"--records_dir={tiny_records}", f"--model_dir={tmp_path / 'run'}",
-                       "--strategy=mirrored", "--num_cpu_devices=2")
+                       "--strategy=mirrored", "--num_cpu_devices=2", "--profile_steps=2,4")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MirroredStrategy with 2 replica(s)" in result.stdout
     history = json.load(open(tmp_path / "run" / "history.json"))
     assert history[-1]["train"]["loss"] < history[0]["train"]["loss"]
+    # The profiler window works unchanged under the strategy.
+    assert glob.glob(str(tmp_path / "run" / "plugins" / "profile" / "*" / "*.xplane.pb"))
 
 
 def _free_ports(count):
@@ -104,9 +107,10 @@ def run_multi_worker(args: list[str], count: int = 2) -> list[tuple[str, str]]:
 def test_multi_worker_mirrored_with_two_local_workers(tiny_records, tmp_path):
     outputs = run_multi_worker([TRAIN, f"--flagfile={SMOKE}", f"--records_dir={tiny_records}",
                                 f"--model_dir={tmp_path / 'run'}",
-                                "--strategy=multi_worker_mirrored"])
+                                "--strategy=multi_worker_mirrored", "--profile_steps=2,4"])
     # MultiWorkerMirroredStrategy is CollectiveAllReduceStrategy under its own name.
     assert "CollectiveAllReduceStrategy with 2 replica(s)" in outputs[0][0]
     assert (tmp_path / "run" / "export" / "saved_model.pb").exists()
+    assert glob.glob(str(tmp_path / "run" / "plugins" / "profile" / "*" / "*.xplane.pb"))
     # The second worker wrote only into its scratch dir, and removed it.
     assert not list((tmp_path / "run").glob(".worker-*"))
