@@ -55,6 +55,24 @@ def _noise_bank(height: int, width: int) -> np.ndarray:
     return np.random.default_rng(0).standard_normal((2 * height, 2 * width), dtype=np.float32)
 
 
+@functools.cache
+def _centred_coordinates(size: int) -> np.ndarray:
+    """Pixel positions as fractions of the size, centred on 0: -0.5 .. 0.5."""
+    return np.arange(size, dtype=np.float32) / size - 0.5
+
+
+@functools.cache
+def _bilinear_matrix(size: int, coarse_size: int) -> np.ndarray:
+    """[size, coarse_size] weights that upsample a coarse axis bilinearly (pixel centres)."""
+    source = np.clip((np.arange(size) + 0.5) * coarse_size / size - 0.5, 0, coarse_size - 1)
+    low = np.floor(source).astype(int)
+    high = np.minimum(low + 1, coarse_size - 1)
+    matrix = np.zeros((size, coarse_size), np.float32)
+    np.add.at(matrix, (np.arange(size), low), 1 - (source - low))
+    np.add.at(matrix, (np.arange(size), high), source - low)
+    return matrix
+
+
 def _ink_box(ink: np.ndarray) -> tuple[int, int, int, int]:
     rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
     return rows[0], rows[-1], cols[0], cols[-1]
@@ -175,13 +193,16 @@ def augment(ink: np.ndarray, config: AugmentConfig, rng: np.random.Generator,
     plate = np.full((height, width), background, np.float32)
     if rng.random() < config.gradient_prob:
         direction = rng.uniform(0, 2 * np.pi)
-        ramp = (np.cos(direction) * (np.arange(width, dtype=np.float32) / width - 0.5)[None, :]
-                + np.sin(direction) * (np.arange(height, dtype=np.float32) / height - 0.5)[:, None])
-        plate += ramp * rng.uniform(0, config.gradient)
+        strength = rng.uniform(0, config.gradient)
+        plate += (np.float32(np.cos(direction) * strength) * _centred_coordinates(width)[None, :]
+                  + np.float32(np.sin(direction) * strength) * _centred_coordinates(height)[:, None])
     if rng.random() < config.texture_prob:
         coarse = rng.standard_normal((height // 8, width // 8), dtype=np.float32)
-        plate += np.asarray(Image.fromarray(coarse).resize((width, height), Image.BILINEAR)) \
-            * rng.uniform(0, config.texture)
+        # Bilinear upsampling as two small products with cached weights (PIL's resize of a
+        # float image cost several times as much).
+        texture = (_bilinear_matrix(height, height // 8) @ coarse
+                   @ _bilinear_matrix(width, width // 8).T)
+        plate += texture * np.float32(rng.uniform(0, config.texture))
     coverage = ink.astype(np.float32) / 255.0
     plate += (ink_level - plate) * coverage
     if rng.random() < config.border_prob:
