@@ -78,15 +78,14 @@ def _ink_box(ink: np.ndarray) -> tuple[int, int, int, int]:
     return rows[0], rows[-1], cols[0], cols[-1]
 
 
-def _perspective_coefficients(source: np.ndarray, target: np.ndarray) -> list[float]:
-    """PIL's 8 coefficients mapping target points back to source points ([4, 2] each)."""
-    x, y = target[:, 0], target[:, 1]
-    u, v = source[:, 0], source[:, 1]
-    ones, zeros = np.ones(4), np.zeros(4)
-    matrix = np.empty((8, 8))
-    matrix[0::2] = np.stack([x, y, ones, zeros, zeros, zeros, -u * x, -u * y], axis=1)
-    matrix[1::2] = np.stack([zeros, zeros, zeros, x, y, ones, -v * x, -v * y], axis=1)
-    return np.linalg.solve(matrix, source.reshape(-1)).tolist()
+def _perspective_coefficients(source, target) -> list[float]:
+    """PIL's 8 coefficients mapping target points back to source points."""
+    matrix, vector = [], []
+    for (x, y), (u, v) in zip(target, source):
+        matrix.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
+        matrix.append([0, 0, 0, x, y, 1, -v * x, -v * y])
+        vector += [u, v]
+    return np.linalg.solve(np.array(matrix, float), np.array(vector, float)).tolist()
 
 
 def _warp(ink: np.ndarray, config: AugmentConfig, rng: np.random.Generator,

@@ -75,19 +75,20 @@ def build_crnn(config: ModelConfig, height: int, width: int, num_classes: int,
     images = keras.Input((height, width), name="images")
     x = keras.layers.Reshape((height, width, 1))(images)
     x = keras.layers.Rescaling(1 / 255.0)(x)
+
+    def conv_norm_relu(x, filters: int, strides: int, suffix: str):
+        # Named conv<suffix> / batch_norm<suffix>: fold_batch_norm pairs them by name.
+        x = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=folded,
+                                name=f"conv{suffix}")(x)
+        if not folded:
+            x = keras.layers.BatchNormalization(momentum=config.batch_norm_momentum,
+                                                name=f"batch_norm{suffix}")(x)
+        return keras.layers.ReLU()(x)
+
     if config.stem_filters:
-        x = keras.layers.Conv2D(config.stem_filters, 3, strides=2, padding="same",
-                                use_bias=folded, name="conv_stem")(x)
-        if not folded:
-            x = keras.layers.BatchNormalization(momentum=config.batch_norm_momentum,
-                                                name="batch_norm_stem")(x)
-        x = keras.layers.ReLU()(x)
+        x = conv_norm_relu(x, config.stem_filters, 2, "_stem")
     for block, (filters, pool_width) in enumerate(zip(config.conv_filters, config.pool_widths)):
-        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=folded, name=f"conv{block}")(x)
-        if not folded:
-            x = keras.layers.BatchNormalization(momentum=config.batch_norm_momentum,
-                                                name=f"batch_norm{block}")(x)
-        x = keras.layers.ReLU()(x)
+        x = conv_norm_relu(x, filters, 1, str(block))
         x = keras.layers.MaxPooling2D((2, pool_width))(x)
     # [B, rows, steps, C] -> [B, steps, rows * C]: each time step sees a whole column.
     x = keras.layers.Permute((2, 1, 3))(x)

@@ -51,13 +51,25 @@ def save_png(image: np.ndarray, path: str) -> str:
     return path
 
 
-def confusion_png(matrix: np.ndarray, alphabet: str, path: str, title: str) -> str:
-    """Draws a character confusion matrix (rows: truth, columns: prediction) as a PNG."""
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend (no display), imported only when drawing."""
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib import pyplot
+    return pyplot
 
-    figure, axes = pyplot.subplots(figsize=(6, 5.2), dpi=100)
+
+def _save_figure(figure, path: str) -> str:
+    """Writes a figure as PNG (parent folders created) and frees it."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    figure.savefig(path)
+    _pyplot().close(figure)
+    return path
+
+
+def confusion_png(matrix: np.ndarray, alphabet: str, path: str, title: str) -> str:
+    """Draws a character confusion matrix (rows: truth, columns: prediction) as a PNG."""
+    figure, axes = _pyplot().subplots(figsize=(6, 5.2), dpi=100)
     # Log colours: the diagonal holds thousands, the mistakes a handful.
     axes.imshow(np.log1p(matrix), cmap="Blues")
     for (row, column), count in np.ndenumerate(matrix):
@@ -70,10 +82,7 @@ def confusion_png(matrix: np.ndarray, alphabet: str, path: str, title: str) -> s
     axes.set_ylabel("true")
     axes.set_title(title)
     figure.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    figure.savefig(path)
-    pyplot.close(figure)
-    return path
+    return _save_figure(figure, path)
 
 
 def time_to_accuracy_png(history: Sequence[dict], path: str, targets: Sequence[float],
@@ -86,14 +95,10 @@ def time_to_accuracy_png(history: Sequence[dict], path: str, targets: Sequence[f
       targets: accuracies drawn as dotted lines.
       title: the plot's title.
     """
-    import matplotlib
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
     minutes = [entry["train_seconds"] / 60 for entry in history]
     # Plotted as error, log scale: 99% and 99.9% are a decade apart instead of a pixel.
     errors = [max(1 - entry["val"]["plate_accuracy"], 1e-4) for entry in history]
-    figure, axes = pyplot.subplots(figsize=(7, 4.5), dpi=100, layout="constrained")
+    figure, axes = _pyplot().subplots(figsize=(7, 4.5), dpi=100, layout="constrained")
     axes.plot(minutes, errors, marker="o", markersize=3)
     for target in targets:
         axes.axhline(1 - target, linestyle=":", color="gray")
@@ -106,7 +111,4 @@ def time_to_accuracy_png(history: Sequence[dict], path: str, targets: Sequence[f
     axes.set_ylabel("validation plate error (1 - accuracy)")
     axes.set_title(title)
     axes.grid(True, which="both", alpha=0.3)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    figure.savefig(path)
-    pyplot.close(figure)
-    return path
+    return _save_figure(figure, path)

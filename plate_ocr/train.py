@@ -104,6 +104,11 @@ def corrupt_records_error(error: tf.errors.DataLossError, files: list[str]) -> T
                          "rewrite the records with bin/make_records --overwrite")
 
 
+def _is_rng_state(variable) -> bool:
+    """A Keras dropout layer's random-generator state, not a weight or a statistic."""
+    return variable.path.endswith("seed_generator_state")
+
+
 class Trainer:
     """The model, optimizer, compiled steps and state of one run under one strategy."""
 
@@ -137,8 +142,7 @@ class Trainer:
             # weights under the statistics of the current ones read 95% where either pair
             # alone read 99.6% (measured). The dropout RNG states are not averaged.
             self.averaged = [variable for variable in self.model.variables
-                             if not variable.path.endswith("seed_generator_state")
-                             ] if config.ema_momentum else []
+                             if not _is_rng_state(variable)] if config.ema_momentum else []
             # Updated by every replica with the same value: the first replica's is kept.
             self.averages = [tf.Variable(tf.convert_to_tensor(variable), trainable=False,
                                          aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
@@ -153,8 +157,7 @@ class Trainer:
             best_val_loss=self.best_val_loss, bad_epochs=self.bad_epochs,
             train_seconds=self.train_seconds, averages=self.averages,
             # Keras 3 keeps the dropout RNG states out of a tf.train.Checkpoint of the model.
-            rng_states=[v for v in self.model.non_trainable_variables
-                        if v.path.endswith("seed_generator_state")])
+            rng_states=[v for v in self.model.non_trainable_variables if _is_rng_state(v)])
         # Only the gradient step is XLA-compiled: the loop around it reads the iterator and
         # the metrics use EditDistance, neither of which XLA has. Off by default: on this CPU
         # it was slower (see BUILD-notes.md).
@@ -480,13 +483,13 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
     if info["splits"].get("test", {}).get("num_examples"):
         result["test"] = trainer.evaluate("test")
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result["time_to_accuracy"] = {str(target): entry
-                                  for target, entry in time_to_accuracy(history).items()}
+    reached = time_to_accuracy(history)
+    result["time_to_accuracy"] = {str(target): entry for target, entry in reached.items()}
     if chief and history:
         pictures.time_to_accuracy_png(history, os.path.join(out_dir, CURVE_FILE), TARGETS,
                                       f"{os.path.basename(os.path.abspath(model_dir))}: "
                                       "validation accuracy against training time")
-        print("time to validation accuracy: " + format_time_to_accuracy(time_to_accuracy(history)))
+        print("time to validation accuracy: " + format_time_to_accuracy(reached))
     result["exports"] = export.export_model(trainer.model, config.model, out_dir,
                                             info["alphabet"], *trainer.shape)
     with open(os.path.join(out_dir, "final_metrics.json"), "w") as f:
