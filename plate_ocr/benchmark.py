@@ -73,6 +73,15 @@ FIGURES = {
                                                    "local worker processes", "examples/s"),
         "tfrecord_over_service_1_worker": Figure("in process / through the service, 1 worker",
                                                  "x"),
+        "render_examples_per_s": Figure("rendered from the glyph atlas (--source=render): "
+                                        "draw, compose, shuffle, batch, /255", "examples/s"),
+        "render_service_1_worker_examples_per_s": Figure("rendered by a tf.data service, 1 "
+                                                         "local worker process", "examples/s"),
+        "render_service_2_workers_examples_per_s": Figure("rendered by a tf.data service, 2 "
+                                                          "local worker processes",
+                                                          "examples/s"),
+        "render_over_service_1_worker": Figure("rendered: in process / through the service, "
+                                               "1 worker", "x"),
         "tfrecord_peak_rss_mb": Figure("peak RSS of the TFRecord pipeline's process", "MB"),
         "png_peak_rss_mb": Figure("peak RSS of the PNG pipeline's process", "MB"),
     },

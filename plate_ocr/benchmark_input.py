@@ -73,6 +73,15 @@ def _service_pipeline(records_dir: str, service: str, examples: int, repeats: in
     return {"examples_per_s": _pipeline_rate(_normalized(dataset), examples, repeats)}
 
 
+def _render_pipeline(records_dir: str, service: str, examples: int, repeats: int) -> dict:
+    from plate_ocr import render_source
+    info = records.read_info(records_dir)
+    dataset = render_source.make_render_dataset(
+        render_source.atlas_path(info, records_dir), BATCH, info["image_height"],
+        info["image_width"], info["plate_length"], seed=0, first_chunk=0, service=service)
+    return {"examples_per_s": _pipeline_rate(_normalized(dataset), examples, repeats)}
+
+
 def _start_data_service(log_dir: str, role: str, *args: str) -> tuple[subprocess.Popen, int]:
     """Starts `plate_ocr data_service` on a free port and waits for its "serving" line."""
     with socket.socket() as probe:
@@ -97,12 +106,13 @@ def _start_data_service(log_dir: str, role: str, *args: str) -> tuple[subprocess
 
 def service_pipeline_stage(records_dir: str, examples: int, repeats: int,
                            work_dir: str) -> dict[str, float]:
-    """Examples/s of the training pipeline through a tf.data service on this machine.
+    """Examples/s of the training pipelines through a tf.data service on this machine.
 
     A dispatcher and one, then two, worker processes (bin/data_service) on loopback; the
-    client (input_pipeline.make_service_dataset, distributed_epoch) in a fresh process, ending
-    in the same float32 /255 map as the in-process figure. On one machine the workers share
-    the cores with the client: this is the service's overhead, not a scale-out figure.
+    client (input_pipeline.make_service_dataset, distributed_epoch, then the plates rendered
+    from the glyph atlas, render_source.make_render_dataset) in a fresh process, ending in
+    the same float32 /255 map as the in-process figures. On one machine the workers share the
+    cores with the client: this is the service's overhead, not a scale-out figure.
 
     Args:
       records_dir: the records (train split).
@@ -110,7 +120,8 @@ def service_pipeline_stage(records_dir: str, examples: int, repeats: int,
       repeats: timed passes; each figure is the median.
       work_dir: an existing folder for the servers' logs (removed afterwards).
     Returns:
-      {"service_1_worker_examples_per_s", "service_2_workers_examples_per_s"}.
+      {"service_1_worker_examples_per_s", "service_2_workers_examples_per_s",
+       "render_service_1_worker_examples_per_s", "render_service_2_workers_examples_per_s"}.
     """
     log_dir = os.path.join(work_dir, "data_service")
     os.makedirs(log_dir)
@@ -124,9 +135,10 @@ def service_pipeline_stage(records_dir: str, examples: int, repeats: int,
             while len(servers) < 1 + count:
                 servers.append(_start_data_service(log_dir, "worker",
                                                    f"--dispatcher=localhost:{port}")[0])
-            figures[key] = run_measured(_service_pipeline, records_dir,
-                                        f"grpc://localhost:{port}", examples,
-                                        repeats)[0]["examples_per_s"]
+            for pipeline, prefix in ((_service_pipeline, ""), (_render_pipeline, "render_")):
+                figures[prefix + key] = run_measured(pipeline, records_dir,
+                                                     f"grpc://localhost:{port}", examples,
+                                                     repeats)[0]["examples_per_s"]
     finally:
         for server in reversed(servers):
             server.terminate()
@@ -165,8 +177,9 @@ def pipeline_stage(records_dir: str, examples: int, png_files: int, repeats: int
     Ours is input_pipeline.make_dataset on the train split (shuffled, as in training). The
     other reads the val plates the way the original project stored them, one PNG per plate
     (written here first, then read through once so both come from the page cache). Both end
-    in the same float32 /255 map, so neither is spared the normalization. The training
-    pipeline is measured through a local tf.data service too (service_pipeline_stage).
+    in the same float32 /255 map, so neither is spared the normalization. Then the training
+    plates rendered from the glyph atlas (--source=render), and both training pipelines
+    through a local tf.data service (service_pipeline_stage).
 
     Args:
       records_dir: the records (train split, and val for the PNGs).
@@ -187,8 +200,11 @@ def pipeline_stage(records_dir: str, examples: int, png_files: int, repeats: int
                                        repeats)
     finally:
         shutil.rmtree(png_dir, ignore_errors=True)
+    render = run_measured(_render_pipeline, records_dir, "", examples, repeats)[0]
     service = service_pipeline_stage(records_dir, examples, repeats, work_dir)
-    figures = {**ours, **png, "tfrecord_over_png": ours["tfrecord_examples_per_s"]
+    figures = {**ours, **png, "render_examples_per_s": render["examples_per_s"],
+               "render_over_service_1_worker": render["examples_per_s"]
+               / service["render_service_1_worker_examples_per_s"], "tfrecord_over_png": ours["tfrecord_examples_per_s"]
                / png["png_examples_per_s"], "tfrecord_peak_rss_mb": ours_rss,
                "png_peak_rss_mb": png_rss, **service,
                "tfrecord_over_service_1_worker": ours["tfrecord_examples_per_s"]

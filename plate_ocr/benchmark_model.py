@@ -32,7 +32,7 @@ def _custom_loop(flagfile: str, records_dir: str, steps: int, repeats: int) -> d
     trainer = train.Trainer(config, info, strategy, (repeats + 1) * steps,
                             files={"train": records.split_files(info, records_dir, "train")},
                             lost={"train": 0})
-    iterator = iter(trainer.dataset("train", training=True, seed=config.seed))
+    iterator = iter(trainer.dataset("train", training=True))
 
     def run():
         done = 0

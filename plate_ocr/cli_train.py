@@ -42,7 +42,8 @@ def train_config(values: flags.FlagValues = FLAGS):
         num_image_summaries=values.num_image_summaries, skip_corrupt=values.skip_corrupt,
         mixed_precision="" if values.mixed_precision == "float32" else values.mixed_precision,
         jit_compile=values.jit_compile, ema_momentum=values.ema_momentum,
-        data_service=_data_service(values.data_service), data_timeout=values.data_timeout)
+        data_service=_data_service(values.data_service), data_timeout=values.data_timeout,
+        source=values.source)
 
 
 def _data_service(address: str) -> str:
@@ -128,6 +129,11 @@ def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
                         "and test still read the local --records_dir, every example exactly "
                         "once; the workers must read the records at the same path. Empty: "
                         "in this process.", **on)
+    flags.DEFINE_enum("source", "records", ["records", "render"], "Training plates: the "
+                      "training records, or rendered afresh from the glyph atlas written with "
+                      "the records (the same labels; a new font, size, spacing and position "
+                      "for each label each time round; TF ops, so tf.data service workers can "
+                      "render them).", **on)
     flags.DEFINE_float("data_timeout", 0.0, "Stop the run (one line on stderr, exit status 1, "
                        "checkpoints kept) when no training batch arrives for this many seconds, "
                        "e.g. when a data-service worker died (0: wait forever).",

@@ -82,14 +82,40 @@ def make_dataset(files: list[str], batch_size: int, training: bool, height: int,
     dataset = dataset.map(lambda s: parse_batch(s, height, width, plate_length),
                           num_parallel_calls=AUTOTUNE, deterministic=not training)
     if training:
-        dataset = dataset.map(lambda images, labels: (images, labels,
-                                                      tf.ones([batch_size], tf.float32)))
-    else:
-        dataset = dataset.map(lambda images, labels: _pad_batch(images, labels, batch_size))
+        return training_batches(dataset, batch_size)
+    dataset = dataset.map(lambda images, labels: _pad_batch(images, labels, batch_size))
+    return _finish(dataset)
+
+
+def _finish(dataset: tf.data.Dataset) -> tf.data.Dataset:
     options = tf.data.Options()
     # Files are sharded here by InputContext; the strategy must not shard again.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return dataset.with_options(options).prefetch(AUTOTUNE)
+
+
+def training_batches(dataset: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
+    """Endless batches of (images, labels) of one pipeline, each example of weight 1."""
+    return _finish(dataset.map(lambda images, labels: (images, labels,
+                                                       tf.ones([batch_size], tf.float32))))
+
+
+def through_service(dataset: tf.data.Dataset, service: str, batch_size: int) -> tf.data.Dataset:
+    """Runs a pipeline's batches on a tf.data service, handing out its source dynamically.
+
+    Args:
+      dataset: (images, labels) batches; the last of a worker's part may be short.
+      service: grpc://HOST:PORT.
+      batch_size: the batch size of the result.
+    Returns:
+      endless batches of (images, labels, weights), each whole.
+    """
+    dataset = dataset.apply(tf.data.experimental.service.distribute(
+        processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC, service=service))
+    # Repeat before rebatch: batches run across the end of a pass, so no example is dropped,
+    # and drop_remainder makes the batch shape static.
+    return training_batches(dataset.repeat().rebatch(batch_size, drop_remainder=True),
+                            batch_size)
 
 
 def make_service_dataset(files: list[str], batch_size: int, height: int, width: int,
@@ -149,16 +175,7 @@ def make_service_dataset(files: list[str], batch_size: int, height: int, width: 
     dataset = dataset.batch(batch_size)
     dataset = dataset.map(lambda s: parse_batch(s, height, width, plate_length),
                           num_parallel_calls=AUTOTUNE)
-    dataset = dataset.apply(tf.data.experimental.service.distribute(
-        processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC, service=service))
-    # Repeat before rebatch: batches run across the end of a pass, so no record is dropped,
-    # and drop_remainder makes the batch shape static.
-    dataset = dataset.repeat().rebatch(batch_size, drop_remainder=True)
-    dataset = dataset.map(lambda images, labels: (images, labels,
-                                                  tf.ones([batch_size], tf.float32)))
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    return dataset.with_options(options).prefetch(AUTOTUNE)
+    return through_service(dataset, service, batch_size)
 
 
 def find_corrupt_file(files: list[str]) -> str | None:

@@ -49,16 +49,22 @@ def _feature(kind: str, value) -> bytes:
     return _length_delimited(3, _length_delimited(1, packed))
 
 
+def encode_features(values: dict[str, tuple[str, object]]) -> bytes:
+    """Serializes a tf.train.Example from {key: (kind, value)}, kind "bytes", "int64" or
+    "int64_list"."""
+    entries = b"".join(
+        _length_delimited(1, _length_delimited(1, key.encode())
+                          + _length_delimited(2, _feature(kind, value)))
+        for key, (kind, value) in values.items())
+    return _length_delimited(1, entries)  # Example.features = 1 { map feature = 1 }
+
+
 def encode_example(image: np.ndarray, label: list[int], text: str, font: str,
                    font_size: int, spacing: int) -> bytes:
     """Serializes one plate as a tf.train.Example (the FEATURES schema)."""
     values = {"image": image.tobytes(), "label": label, "text": text.encode(),
               "font": font.encode(), "font_size": font_size, "spacing": spacing}
-    entries = b"".join(
-        _length_delimited(1, _length_delimited(1, key.encode())
-                          + _length_delimited(2, _feature(kind, values[key])))
-        for key, kind in FEATURES.items())
-    return _length_delimited(1, entries)  # Example.features = 1 { map feature = 1 }
+    return encode_features({key: (kind, values[key]) for key, kind in FEATURES.items()})
 
 
 def _masked_crc(data: bytes) -> int:

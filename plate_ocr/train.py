@@ -20,7 +20,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from plate_ocr import ctc, data_service, distribute, export, input_pipeline, model as model_lib
-from plate_ocr import pictures, records
+from plate_ocr import pictures, records, render_source
 
 SUM = tf.distribute.ReduceOp.SUM
 BEST_WEIGHTS = "best"  # a TensorFlow checkpoint prefix in the model dir
@@ -58,11 +58,18 @@ class TrainConfig:
     jit_compile: bool = False  # XLA-compile the per-replica step
     ema_momentum: float = 0.0  # evaluate, keep and export an average of the weights (0: off)
     data_service: str = ""  # grpc://HOST:PORT: the training input runs on a tf.data service
+    source: str = "records"  # "records", or "render": new training plates from the glyph atlas
     data_timeout: float = 0.0  # stop when no training batch arrives for this long (0: wait)
 
 
 class TrainingError(Exception):
     """Training cannot go on: a one-line reason."""
+
+
+def steps_per_epoch(config: TrainConfig, info: dict) -> int:
+    """Training steps between validations: the configured number, or one pass of the records."""
+    num_train = info["splits"]["train"]["num_examples"]
+    return config.steps_per_epoch or max(num_train // config.batch_size, 1)
 
 
 def make_optimizer(config: TrainConfig, total_steps: int) -> keras.optimizers.Optimizer:
@@ -117,6 +124,8 @@ class Trainer:
         """files: the shards to read per split; lost: records of the shards left out."""
         self.config, self.info, self.strategy = config, info, strategy
         self.files, self.lost = files, lost
+        self.atlas = (render_source.atlas_path(info, config.records_dir)
+                      if config.source == "render" else "")
         self.shape = (info["image_height"], info["image_width"])
         num_classes = len(info["alphabet"]) + 1
         # The initial weights and dropout masks follow the seed, so a resumed run and an
@@ -219,25 +228,36 @@ class Trainer:
         per_replica = self.strategy.run(self._eval_replica, args=batch)
         return {k: self.strategy.reduce(SUM, v, axis=None) for k, v in per_replica.items()}
 
-    def dataset(self, split: str, training: bool, seed: int = 0):
+    def dataset(self, split: str, training: bool, epoch: int = 0):
         """The split distributed over the strategy's input pipelines.
 
-        Training reads through the data service when there is one; evaluation always reads
-        the local records, so that it sees every example exactly once.
+        Training reads through the data service when there is one, and renders its plates
+        when the source is "render"; `epoch` seeds the order (and picks the rendered plates),
+        so that a resumed run sees what the uninterrupted one saw. Evaluation always reads the
+        local records, so that it sees every example exactly once.
         """
-        files = self.files[split]
+        files = self.files.get(split, [])
         batch = self.config.batch_size if training else self.config.eval_batch_size
+        service = self.config.data_service if training else ""
+        seed = self.config.seed + epoch
 
         def dataset_fn(context: tf.distribute.InputContext):
-            if training and self.config.data_service:
+            per_replica = context.get_per_replica_batch_size(batch)
+            if training and self.config.source == "render":
+                stride = render_source.epoch_chunks(
+                    steps_per_epoch(self.config, self.info) * batch, self.config.shuffle_buffer,
+                    context.num_input_pipelines)
+                return render_source.make_render_dataset(
+                    self.atlas, per_replica, *self.shape, self.info["plate_length"],
+                    self.config.seed, epoch * stride, context, service,
+                    self.config.shuffle_buffer)
+            if service:
                 return input_pipeline.make_service_dataset(
-                    files, context.get_per_replica_batch_size(batch), *self.shape,
-                    self.info["plate_length"], self.config.data_service, input_context=context,
-                    shuffle_buffer=self.config.shuffle_buffer, seed=seed)
+                    files, per_replica, *self.shape, self.info["plate_length"], service,
+                    input_context=context, shuffle_buffer=self.config.shuffle_buffer, seed=seed)
             return input_pipeline.make_dataset(
-                files, context.get_per_replica_batch_size(batch), training, *self.shape,
-                self.info["plate_length"], input_context=context,
-                shuffle_buffer=self.config.shuffle_buffer, seed=seed)
+                files, per_replica, training, *self.shape, self.info["plate_length"],
+                input_context=context, shuffle_buffer=self.config.shuffle_buffer, seed=seed)
         return self.strategy.distribute_datasets_from_function(dataset_fn)
 
     @contextlib.contextmanager
@@ -296,16 +316,16 @@ def _write_scalars(writer, step: int, values: dict) -> None:
             tf.summary.scalar(name, value)
 
 
-def _train_epoch(trainer: Trainer, iterator, steps_per_epoch: int, model_dir: str,
+def _train_epoch(trainer: Trainer, iterator, num_steps: int, model_dir: str,
                  chief: bool) -> dict:
     """Runs one epoch of steps, in loops of steps_per_loop, profiling the configured window."""
     config = trainer.config
     totals, done, started = {}, 0, time.perf_counter()
-    with tqdm(total=steps_per_epoch, unit="step", leave=False, disable=not chief,
+    with tqdm(total=num_steps, unit="step", leave=False, disable=not chief,
               desc=f"epoch {int(trainer.epoch) + 1}", mininterval=1.0) as bar:
-        while done < steps_per_epoch:
+        while done < num_steps:
             step = int(trainer.step)
-            count = min(config.steps_per_loop, steps_per_epoch - done)
+            count = min(config.steps_per_loop, num_steps - done)
             window = config.profile_steps
             if window and step < window[0]:
                 count = min(count, window[0] - step)
@@ -392,17 +412,18 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
                    "model": dataclasses.asdict(config.model), "train": dataclasses.asdict(config)}
     description["model"] = json.loads(json.dumps(description["model"]))  # tuples -> lists
     _check_model_dir(out_dir, description)
-    num_train = info["splits"]["train"]["num_examples"]
-    steps_per_epoch = config.steps_per_epoch or max(num_train // config.batch_size, 1)
+    epoch_steps = steps_per_epoch(config, info)
     files, lost = {}, {}
-    for split in ("train", "val", "test"):
+    # Rendered training plates need no training records (the atlas is checked instead).
+    splits = ("val", "test") if config.source == "render" else ("train", "val", "test")
+    for split in splits:
         if info["splits"].get(split, {}).get("num_examples"):
             files[split], lost[split] = input_pipeline.readable_files(
                 info, config.records_dir, split, config.skip_corrupt)
             if lost[split] and chief:
                 print(f"skipping corrupt or missing shards of {split}: "
                       f"{lost[split]} of {info['splits'][split]['num_examples']} records lost")
-    trainer = Trainer(config, info, strategy, config.epochs * steps_per_epoch, files, lost)
+    trainer = Trainer(config, info, strategy, config.epochs * epoch_steps, files, lost)
     manager = tf.train.CheckpointManager(trainer.checkpoint, os.path.join(out_dir, "checkpoints"),
                                          max_to_keep=3, step_counter=trainer.step)
     if manager.latest_checkpoint:
@@ -423,12 +444,13 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
     while not finished():
         # A fresh iterator per epoch, seeded by the epoch: the data a resumed run sees is the
         # data the uninterrupted run saw, without checkpointing a shuffle buffer.
-        iterator = iter(trainer.dataset("train", training=True,
-                                        seed=config.seed + int(trainer.epoch)))
+        iterator = iter(trainer.dataset("train", training=True, epoch=int(trainer.epoch)))
         try:
             with _stall_guard(trainer, manager):
-                train = _train_epoch(trainer, iterator, steps_per_epoch, out_dir, chief)
+                train = _train_epoch(trainer, iterator, epoch_steps, out_dir, chief)
         except tf.errors.DataLossError as error:
+            if "train" not in files:  # rendered plates: not a shard's fault
+                raise
             raise corrupt_records_error(error, files["train"]) from None
         trainer.epoch.assign_add(1)
         # Validated, kept and shown: the weights' average when there is one.

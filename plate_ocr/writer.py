@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from plate_ocr import augment as augment_lib, fonts, records, render
+from plate_ocr import atlas as atlas_lib, augment as augment_lib, fonts, records, render
 
 _PROGRESS_EVERY = 250
 _PNG_STREAM = 5  # spawn key of write_png_plates, apart from the splits' streams (0-4)
@@ -61,6 +61,24 @@ class ShardTask:
     families: Sequence[Sequence[fonts.Face]]
     style: PlateStyle
     seed: int
+
+    def run(self) -> dict:
+        return write_shard(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class AtlasTask:
+    """The glyph atlas of the training faces (atlas.py), written by a worker like a shard."""
+
+    output_dir: str
+    families: Sequence[Sequence[fonts.Face]]
+    style: PlateStyle
+    labels: np.ndarray  # the training labels
+
+    def run(self) -> dict:
+        """Returns {"name", "num_examples" (0), "sha256", "bytes", "max_rss_mb"}."""
+        written = atlas_lib.write_atlas(self.output_dir, self.families, self.style, self.labels)
+        return dict(written, num_examples=0, max_rss_mb=_max_rss_mb())
 
 
 def plate_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -156,13 +174,18 @@ def write_shard(task: ShardTask) -> dict:
             os.remove(temporary)
     _report(unreported)
     return {"name": name, "num_examples": len(task.labels), "sha256": digest.hexdigest(),
-            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "max_rss_mb": _max_rss_mb()}
+
+
+def _max_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def shard_tasks(output_dir: str, labels: dict[str, np.ndarray], shards: dict[str, int],
                 faces: dict[str, Sequence[fonts.Face]], style: PlateStyle,
-                seed: int) -> list[ShardTask]:
-    """Cuts every split into contiguous shards, largest first so workers finish together.
+                seed: int) -> list[ShardTask | AtlasTask]:
+    """Cuts every split into contiguous shards, largest first so workers finish together; the
+    glyph atlas first of all (it takes as long as a large shard).
 
     `faces` has the "train" faces (train, val and test plates) and the "heldout" ones.
     """
@@ -176,7 +199,9 @@ def shard_tasks(output_dir: str, labels: dict[str, np.ndarray], shards: dict[str
         tasks += [ShardTask(output_dir, split, shard, num_shards, bounds[shard],
                             split_labels[bounds[shard]:bounds[shard + 1]], families, style, seed)
                   for shard in range(num_shards)]
-    return sorted(tasks, key=lambda task: -len(task.labels))
+    tasks = sorted(tasks, key=lambda task: -len(task.labels))
+    atlas = AtlasTask(output_dir, fonts.group_by_family(faces["train"]), style, labels["train"])
+    return [atlas] + tasks
 
 
 def check_fit(faces: Sequence[fonts.Face], style: PlateStyle) -> None:
@@ -206,8 +231,9 @@ def check_fit(faces: Sequence[fonts.Face], style: PlateStyle) -> None:
 
 
 def existing_output(output_dir: str) -> list[str]:
-    """Files of an earlier dataset in output_dir (shards and metadata)."""
+    """Files of an earlier dataset in output_dir (shards, atlas and metadata)."""
     return sorted(glob.glob(os.path.join(output_dir, "plates-*.tfrecord-*"))
+                  + glob.glob(os.path.join(output_dir, atlas_lib.ATLAS_NAME))
                   + glob.glob(os.path.join(output_dir, records.INFO_NAME)))
 
 
@@ -216,17 +242,18 @@ def clear_output(output_dir: str) -> None:
     info = os.path.join(output_dir, records.INFO_NAME)
     if os.path.exists(info):
         os.remove(info)
-    for path in existing_output(output_dir) + glob.glob(os.path.join(output_dir, ".plates-*.tmp-*")):
+    for path in (existing_output(output_dir) + glob.glob(os.path.join(output_dir, ".plates-*.tmp-*"))
+                 + glob.glob(os.path.join(output_dir, f".{atlas_lib.ATLAS_NAME}.tmp-*"))):
         os.remove(path)
 
 
-def run_tasks(tasks: Sequence[ShardTask], workers: int,
+def run_tasks(tasks: Sequence[ShardTask | AtlasTask], workers: int,
               on_progress: Callable[[int], None]) -> list[dict]:
-    """Writes the shards with `workers` spawned processes (0: in this process)."""
+    """Writes the shards and the atlas with `workers` spawned processes (0: in this process)."""
     if workers == 0:
         results = []
         for task in tasks:
-            results.append(write_shard(task))
+            results.append(task.run())
             on_progress(results[-1]["num_examples"])
         return results
     # spawn, not fork: a forked copy of a process that has TensorFlow loaded can deadlock.
@@ -235,7 +262,7 @@ def run_tasks(tasks: Sequence[ShardTask], workers: int,
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
                                                 initializer=_init_worker,
                                                 initargs=(progress_queue,)) as pool:
-        futures = [pool.submit(write_shard, task) for task in tasks]
+        futures = [pool.submit(task.run) for task in tasks]
         try:
             pending = set(futures)
             while pending:
@@ -275,7 +302,8 @@ def write_dataset(output_dir: str, labels: dict[str, np.ndarray], shards: dict[s
         raise
     splits = {}
     for split in records.SPLITS:
-        split_tasks = sorted((t for t in tasks if t.split == split), key=lambda t: t.shard)
+        split_tasks = sorted((t for t in tasks if isinstance(t, ShardTask) and t.split == split),
+                             key=lambda t: t.shard)
         shard_info = [{key: results[records.shard_name(split, t.shard, t.num_shards)][key]
                        for key in ("name", "num_examples", "sha256")} for t in split_tasks]
         splits[split] = {"num_examples": int(len(labels[split])), "shards": shard_info,
@@ -289,6 +317,7 @@ def write_dataset(output_dir: str, labels: dict[str, np.ndarray], shards: dict[s
                           for f in split_faces] for split, split_faces in
                   (("train", faces["train"]), ("heldout", faces["heldout"]))},
         "plate_style": dataclasses.asdict(style),
+        "glyph_atlas": {key: results[atlas_lib.ATLAS_NAME][key] for key in ("name", "sha256")},
         "write_seconds": round(time.perf_counter() - started, 2),
         "max_worker_rss_mb": round(max(r["max_rss_mb"] for r in results.values()), 1),
         **(extra_info or {}),

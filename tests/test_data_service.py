@@ -196,6 +196,36 @@ def test_a_pass_through_the_service_delivers_each_training_record_once(
         assert sorted(delivered[start:start + 200]) == sorted(labels)
 
 
+def test_service_workers_render_the_plates_this_process_would(service, tiny_records):
+    import hashlib
+    import tensorflow as tf
+    from plate_ocr import records, render_source
+    info = records.read_info(tiny_records)
+    path = render_source.atlas_path(info, tiny_records)
+    dataset = render_source.make_render_dataset(path, 32, 64, 128, 5, seed=2, first_chunk=10,
+                                                service=service.address, shuffle_buffer=64)
+    assert dataset.element_spec[0].shape == (32, 64, 128)
+    streamed = {hashlib.sha256(image.tobytes()).hexdigest()
+                for images, _, _ in dataset.take(40) for image in images.numpy()}
+    # The workers hand the chunks out from chunk 10, two at a time each.
+    local = set()
+    for chunk in range(10, 18):
+        for images, _ in render_source.chunk_plates(path, 2, tf.constant(chunk, tf.int64)).batch(
+                render_source.CHUNK):
+            local |= {hashlib.sha256(image.tobytes()).hexdigest() for image in images.numpy()}
+    assert len(streamed) == 40 * 32 and streamed <= local
+
+
+def test_smoke_training_on_plates_rendered_by_the_service(service, tiny_records, tmp_path):
+    result = subprocess.run(train_args(tiny_records, tmp_path / "run", service.address,
+                                       "--source=render", "--data_timeout=60"),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "done: 2 epochs, 8 steps" in result.stdout
+    history = json.load(open(tmp_path / "run" / "history.json"))
+    assert history[-1]["train"]["loss"] < history[0]["train"]["loss"]
+
+
 def test_multi_worker_mirrored_trainers_read_from_the_service(service, tiny_records, tmp_path):
     before = service.registered_datasets()
     outputs = run_multi_worker(train_args(tiny_records, tmp_path / "run", service.address,

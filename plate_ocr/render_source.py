@@ -1,0 +1,219 @@
+"""Training plates composed by TF ops from the glyph atlas: a stream that never shows a plate twice.
+
+`bin/train --source=render` reads these instead of the training records. tf.data service
+workers in other processes run TF ops only (a py_function fails there: "Could not find callback
+with key=pyfunc_0"), so the plates are composed in the graph from the atlas that make_records
+writes beside the records (atlas.py), with stateless random ops.
+
+Plate g of the stream has the label labels[g mod N] (N training labels: the same set as the
+records) and a family, face, size, spacing and position drawn from (seed, g) alone: the same
+pixels for the same (seed, g) whichever worker renders it, in whatever order, and new pixels
+for the same label each time the stream comes round to it again. Placement is
+render.render_plate's (the spacing shrunk until the line fits, the ink anywhere inside the
+margins) in integer arithmetic: the tests compare the two pixel for pixel.
+"""
+
+import hashlib
+import math
+import os
+
+import tensorflow as tf
+
+from plate_ocr import atlas as atlas_lib, input_pipeline
+
+AUTOTUNE = tf.data.AUTOTUNE
+# Plates per unit of work: each chunk reads the atlas once (6 MB: 6 KB a plate, less than
+# reading a record), and the tf.data service hands chunks to its workers one at a time.
+CHUNK = 1024
+_COMPOSE_BATCH = 64  # plates composed at once
+_RANDOM_STREAM = 7  # salt of the stateless seeds, apart from anything else seeded by --seed
+
+
+def atlas_path(info: dict, records_dir: str) -> str:
+    """The records' glyph atlas, checked against its sha256 in dataset_info.json.
+
+    Raises:
+      ValueError: the records have no atlas, or the file is missing or corrupt.
+    """
+    entry = info.get("glyph_atlas")
+    if not entry:
+        raise ValueError(f"the records in {records_dir} have no glyph atlas (written by an "
+                         "older bin/make_records): rewrite them to train with --source=render")
+    path = os.path.join(records_dir, entry["name"])
+    if not tf.io.gfile.exists(path):
+        raise ValueError(f"{path} is missing: rewrite the records with bin/make_records "
+                         "--overwrite")
+    with tf.io.gfile.GFile(path, "rb") as f:
+        if hashlib.sha256(f.read()).hexdigest() != entry["sha256"]:
+            raise ValueError(f"{path} is corrupt (its sha256 differs from dataset_info.json): "
+                             "rewrite the records with bin/make_records --overwrite")
+    return path
+
+
+def read_atlas(path: str | tf.Tensor) -> dict[str, tf.Tensor]:
+    """The atlas as tensors (TF ops only: runs on a service worker).
+
+    Returns:
+      {"cells": uint8 [glyphs, cell_height, cell_width], "metrics": int32 [glyphs, 5],
+       "families": int32 [families, 2], "labels": int32 [N, plate_length]} and the int32
+      scalars of atlas.GEOMETRY.
+    """
+    spec = {key: tf.io.FixedLenFeature([], tf.string)
+            for key in ("cells", "metrics", "families", "labels")}
+    spec.update({key: tf.io.FixedLenFeature([], tf.int64) for key in atlas_lib.GEOMETRY})
+    features = tf.io.parse_single_example(tf.io.read_file(path), spec)
+    atlas = {key: tf.cast(features[key], tf.int32) for key in atlas_lib.GEOMETRY}
+    atlas["cells"] = tf.reshape(tf.io.decode_raw(features["cells"], tf.uint8),
+                                [-1, atlas["cell_height"], atlas["cell_width"]])
+    atlas["metrics"] = tf.reshape(tf.io.decode_raw(features["metrics"], tf.int32), [-1, 5])
+    atlas["families"] = tf.reshape(tf.io.decode_raw(features["families"], tf.int32), [-1, 2])
+    atlas["labels"] = tf.cast(tf.reshape(tf.io.decode_raw(features["labels"], tf.uint8),
+                                         [-1, atlas["plate_length"]]), tf.int32)
+    return atlas
+
+
+def _pick(uniform: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
+    """An integer in [0, count) from a uniform in [0, 1)."""
+    count = tf.cast(count, tf.int32)
+    return tf.minimum(tf.cast(uniform * tf.cast(count, tf.float32), tf.int32), count - 1)
+
+
+def draw_plates(atlas: dict[str, tf.Tensor], seed: int, chunk: tf.Tensor) -> dict[str, tf.Tensor]:
+    """The random choices of the CHUNK plates of one chunk (plates chunk * CHUNK + j).
+
+    Returns:
+      {"label": int32 [CHUNK, L], "face", "size_index", "spacing", "x", "y": int32 [CHUNK]}:
+      x and y are fractions of the free room, in [0, 1), as float32.
+    """
+    key = tf.random.experimental.stateless_fold_in(
+        tf.constant([seed, _RANDOM_STREAM], tf.int64), tf.cast(chunk, tf.int64))
+    uniform = tf.random.stateless_uniform([CHUNK, 6], seed=key)
+    family = tf.gather(atlas["families"], _pick(uniform[:, 0], tf.shape(atlas["families"])[0]))
+    spacings = atlas["spacing_max"] - atlas["spacing_min"] + 1
+    plates = tf.cast(chunk, tf.int64) * CHUNK + tf.range(CHUNK, dtype=tf.int64)
+    num_labels = tf.cast(tf.shape(atlas["labels"])[0], tf.int64)
+    return {"label": tf.gather(atlas["labels"], plates % num_labels),
+            "face": family[:, 0] + _pick(uniform[:, 1], family[:, 1]),
+            "size_index": _pick(uniform[:, 2], tf.fill([CHUNK], atlas["num_sizes"])),
+            "spacing": atlas["spacing_min"] + _pick(uniform[:, 3], tf.fill([CHUNK], spacings)),
+            "x": uniform[:, 4], "y": uniform[:, 5]}
+
+
+def _round_subpixels(value: tf.Tensor) -> tf.Tensor:
+    """value / SUBPIXELS rounded half to even, like Python's round() of the float."""
+    whole, rest = value // atlas_lib.SUBPIXELS, value % atlas_lib.SUBPIXELS
+    half = atlas_lib.SUBPIXELS // 2
+    up = (rest > half) | ((rest == half) & (whole % 2 == 1))
+    return whole + tf.cast(up, value.dtype)
+
+
+def compose(atlas: dict[str, tf.Tensor], choices: dict[str, tf.Tensor]) -> tf.Tensor:
+    """Draws a batch of plates: dark glyphs on a light plate, as render.render_plate does.
+
+    Args:
+      atlas: read_atlas's tensors.
+      choices: a batch of draw_plates' choices (any batch size).
+    Returns:
+      uint8 [B, height, width].
+    """
+    label = choices["label"]
+    length = tf.shape(label)[1]
+    glyph = ((choices["face"] * atlas["num_sizes"] + choices["size_index"])[:, None]
+             * atlas["alphabet_size"] + label)  # [B, L]
+    height, width, left, top, advance = tf.unstack(tf.gather(atlas["metrics"], glyph), axis=-1)
+    # render.fit_spacing: the largest spacing up to the drawn one whose line of ink fits.
+    # Every spacing of the range is tried at once; make_records' check_fit guarantees that
+    # spacing_min fits.
+    candidates = tf.range(atlas["spacing_min"], atlas["spacing_max"] + 1)  # [S]
+    pen = tf.cumsum(advance, axis=1, exclusive=True)[:, None, :]  # [B, 1, L], 1/64 pixels
+    pen += (candidates[None, :, None] * atlas_lib.SUBPIXELS
+            * tf.range(length)[None, None, :])  # [B, S, L]
+    offsets = _round_subpixels(pen) + left[:, None, :]  # ink left edge of each glyph
+    extent = (tf.reduce_max(offsets + width[:, None, :], axis=2)
+              - tf.reduce_min(offsets, axis=2))  # [B, S]
+    available = atlas["width"] - 2 * atlas["margin"]
+    fits = (extent <= available) & (candidates[None, :] <= choices["spacing"][:, None])
+    chosen = tf.argmax(tf.cast(fits, tf.int32) * (1 + tf.range(tf.size(candidates))[None, :]),
+                       axis=1, output_type=tf.int32)  # the last spacing that fits
+    offsets = tf.gather(offsets, chosen, axis=1, batch_dims=1)  # [B, L]
+    x_min = tf.reduce_min(offsets, axis=1)
+    ink_width = tf.reduce_max(offsets + width, axis=1) - x_min
+    y_min = tf.reduce_min(top, axis=1)
+    ink_height = tf.reduce_max(top + height, axis=1) - y_min
+    # render_plate's rng.integers(margin, size - margin - ink + 1): the same range.
+    x0 = atlas["margin"] + _pick(choices["x"], available - ink_width + 1) - x_min
+    baseline = (atlas["margin"] + _pick(choices["y"], atlas["height"] - 2 * atlas["margin"]
+                                        - ink_height + 1) - y_min)
+    glyph_x = x0[:, None] + offsets  # [B, L]: top left corner of each glyph's cell
+    glyph_y = baseline[:, None] + top
+    # Each glyph's cell is written at its place with a maximum (overlapping glyphs keep the
+    # darker ink, as np.maximum does in render_plate); the parts of a cell beyond the plate
+    # hold no ink (the ink is inside the margins) and are dropped.
+    cell_height, cell_width = atlas["cell_height"], atlas["cell_width"]
+    cells = tf.gather(atlas["cells"], glyph)  # [B, L, cell_height, cell_width]
+    rows = glyph_y[:, :, None, None] + tf.range(cell_height)[None, None, :, None]
+    columns = glyph_x[:, :, None, None] + tf.range(cell_width)[None, None, None, :]
+    inside = (rows >= 0) & (rows < atlas["height"]) & (columns >= 0) & (columns < atlas["width"])
+    shape = tf.shape(inside)
+    plates = tf.broadcast_to(tf.range(shape[0])[:, None, None, None], shape)
+    indices = tf.stack([plates, tf.broadcast_to(tf.where(inside, rows, 0), shape),
+                        tf.broadcast_to(tf.where(inside, columns, 0), shape)], axis=-1)
+    ink = tf.tensor_scatter_nd_max(
+        tf.zeros([shape[0], atlas["height"], atlas["width"]], tf.uint8),
+        tf.reshape(indices, [-1, 3]), tf.reshape(tf.where(inside, cells, 0), [-1]))
+    return 255 - ink
+
+
+def chunk_plates(path: str, seed: int, chunk: tf.Tensor) -> tf.data.Dataset:
+    """The plates of one chunk, in order: (images uint8 [H, W], labels int32 [L])."""
+    atlas = read_atlas(path)
+    choices = tf.data.Dataset.from_tensor_slices(draw_plates(atlas, seed, chunk))
+    return (choices.batch(_COMPOSE_BATCH)
+            .map(lambda batch: (compose(atlas, batch), batch["label"]))
+            .unbatch())
+
+
+def epoch_chunks(plates_per_epoch: int, shuffle_buffer: int, pipelines: int) -> int:
+    """Chunks between the first chunks of two training epochs.
+
+    Each epoch starts a new iterator at chunk epoch * epoch_chunks (so a resumed run sees what
+    an uninterrupted one saw); the room for the shuffle buffer's read-ahead keeps epochs from
+    sharing a plate.
+    """
+    return math.ceil((plates_per_epoch + pipelines * shuffle_buffer) / CHUNK) + pipelines
+
+
+def make_render_dataset(path: str, batch_size: int, height: int, width: int, plate_length: int,
+                        seed: int, first_chunk: int, input_context: tf.distribute.InputContext | None = None,
+                        service: str = "", shuffle_buffer: int = 10000) -> tf.data.Dataset:
+    """Endless training batches rendered from the atlas, in process or on a tf.data service.
+
+    Args:
+      path: the glyph atlas (atlas_path); service workers must read it at this path.
+      batch_size: examples per batch of this pipeline (per replica under a strategy).
+      height, width, plate_length: from dataset_info.json (the shapes are static, as the
+        records pipeline's).
+      seed: the plates' seed (pixels) and, with first_chunk, the order's.
+      first_chunk: where this stream starts (a training epoch's; see epoch_chunks).
+      input_context: the strategy's: pipeline i of n renders chunks first_chunk + i + k * n.
+      service: grpc://HOST:PORT of a tf.data service, or "" to render in this process. On the
+        service the chunks are handed out dynamically (make_service_dataset's sharding).
+      shuffle_buffer: plates in the shuffle buffer.
+    Returns:
+      batches of (images uint8 [B, H, W], labels int32 [B, L], weights float32 [B]).
+    """
+    pipelines = input_context.num_input_pipelines if input_context else 1
+    pipeline_id = input_context.input_pipeline_id if input_context else 0
+    # Endless in practice: 2^31 chunks are 2 * 10^12 plates.
+    chunks = tf.data.Dataset.range(first_chunk + pipeline_id, first_chunk + 2 ** 31, pipelines)
+    # Two chunks at a time: each worker holds only the chunks it renders.
+    dataset = chunks.interleave(lambda chunk: chunk_plates(path, seed, chunk), cycle_length=2,
+                                num_parallel_calls=AUTOTUNE, deterministic=True)
+    dataset = dataset.shuffle(shuffle_buffer, seed=(seed * 1_000_003 + first_chunk) % 2 ** 31)
+    dataset = dataset.batch(batch_size, drop_remainder=not service)
+    dataset = dataset.map(lambda images, labels: (
+        tf.ensure_shape(images, [images.shape[0], height, width]),
+        tf.ensure_shape(labels, [labels.shape[0], plate_length])))
+    if service:
+        return input_pipeline.through_service(dataset, service, batch_size)
+    return input_pipeline.training_batches(dataset, batch_size)
