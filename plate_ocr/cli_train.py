@@ -43,7 +43,7 @@ def train_config(values: flags.FlagValues = FLAGS):
         mixed_precision="" if values.mixed_precision == "float32" else values.mixed_precision,
         jit_compile=values.jit_compile, ema_momentum=values.ema_momentum,
         data_service=_data_service(values.data_service), data_timeout=values.data_timeout,
-        source=values.source)
+        source=values.source, init_from=values.init_from)
 
 
 def _data_service(address: str) -> str:
@@ -104,6 +104,9 @@ def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
     flags.DEFINE_integer("shuffle_buffer", 10000, "Examples in the shuffle buffer.",
                          lower_bound=1, **on)
     flags.DEFINE_integer("seed", 0, "Seed of initialization and shuffling.", **on)
+    flags.DEFINE_string("init_from", "", "A model dir whose best weights start this run "
+                        "(fine-tuning, e.g. on augmented records); the model shape must match. "
+                        "Used only when --model_dir has no checkpoint yet.", **on)
     flags.DEFINE_float("max_minutes", 0.0, "Stop after this much training time (0: none).",
                        lower_bound=0, **on)
     flags.DEFINE_list("profile_steps", [], "START,STOP: profiler trace of these steps.", **on)

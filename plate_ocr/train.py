@@ -59,6 +59,7 @@ class TrainConfig:
     ema_momentum: float = 0.0  # evaluate, keep and export an average of the weights (0: off)
     data_service: str = ""  # grpc://HOST:PORT: the training input runs on a tf.data service
     source: str = "records"  # "records", or "render": new training plates from the glyph atlas
+    init_from: str = ""  # a model dir whose best weights start a fresh run (fine-tuning)
     data_timeout: float = 0.0  # stop when no training batch arrives for this long (0: wait)
 
 
@@ -86,14 +87,19 @@ def make_optimizer(config: TrainConfig, total_steps: int) -> keras.optimizers.Op
     return keras.optimizers.Adam(rate, global_clipnorm=config.clip_norm or None)
 
 
+def _model_keys_changed(model_dir: str, description: dict) -> list[str]:
+    """What of the model's shape differs from the run in model_dir (which must exist)."""
+    with open(os.path.join(model_dir, export.CONFIG_FILE), encoding="utf-8") as f:
+        old = json.load(f)
+    keys = ("image_height", "image_width", "alphabet", "plate_length", "model")
+    return [key for key in keys if old.get(key) != description[key]]
+
+
 def _check_model_dir(model_dir: str, description: dict) -> None:
     """Refuses a model dir written for another model or image size."""
     path = os.path.join(model_dir, export.CONFIG_FILE)
     if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            old = json.load(f)
-        keys = ("image_height", "image_width", "alphabet", "plate_length", "model")
-        changed = [key for key in keys if old.get(key) != description[key]]
+        changed = _model_keys_changed(model_dir, description)
         if changed:
             raise TrainingError(f"{model_dir} holds a run of another configuration ({', '.join(changed)} "
                                 "differ): use a new --model_dir")
@@ -101,6 +107,24 @@ def _check_model_dir(model_dir: str, description: dict) -> None:
         os.makedirs(model_dir, exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
             json.dump(description, f, indent=1)
+
+
+def _check_init_from(model_dir: str, description: dict) -> str:
+    """The best-weights checkpoint of another run to start from, checked against this model.
+
+    Raises:
+      TrainingError: no such run, no best weights, or another model shape.
+    """
+    best = os.path.join(model_dir, BEST_WEIGHTS)
+    if not tf.io.gfile.exists(best + ".index") or not os.path.exists(
+            os.path.join(model_dir, export.CONFIG_FILE)):
+        raise TrainingError(f"--init_from {model_dir}: no trained run there (no {BEST_WEIGHTS} "
+                            "weights and config.json)")
+    changed = _model_keys_changed(model_dir, description)
+    if changed:
+        raise TrainingError(f"--init_from {model_dir}: that run has another "
+                            f"{', '.join(changed)}; start from a run of the same model shape")
+    return best
 
 
 def corrupt_records_error(error: tf.errors.DataLossError, files: list[str]) -> TrainingError:
@@ -259,6 +283,13 @@ class Trainer:
                 files, per_replica, training, *self.shape, self.info["plate_length"],
                 input_context=context, shuffle_buffer=self.config.shuffle_buffer, seed=seed)
         return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    def start_from(self, checkpoint: str) -> None:
+        """Loads another run's best weights (and BatchNorm statistics); the average, if any,
+        starts from them too."""
+        tf.train.Checkpoint(model=self.model).read(checkpoint).assert_existing_objects_matched()
+        for average, variable in zip(self.averages, self.averaged):
+            average.assign(variable)
 
     @contextlib.contextmanager
     def averaged_weights(self):
@@ -431,6 +462,11 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
         if chief:
             print(f"resumed from {manager.latest_checkpoint} (epoch {int(trainer.epoch)}, "
                   f"step {int(trainer.step)})")
+    elif config.init_from:
+        # Only a fresh run starts from other weights: a resumed one has its own.
+        trainer.start_from(_check_init_from(config.init_from, description))
+        if chief:
+            print(f"starting from the best weights of {config.init_from}")
     history_path = os.path.join(out_dir, HISTORY_FILE)
     history = json.load(open(history_path)) if os.path.exists(history_path) else []
     train_writer = tf.summary.create_file_writer(os.path.join(out_dir, "train"))

@@ -135,6 +135,27 @@ def test_resume_continues_from_the_saved_step_with_optimizer_state(tiny_records,
     assert [h["epoch"] for h in history] == [1, 2]
 
 
+def test_init_from_starts_a_fresh_run_from_another_runs_best_weights(tiny_records, tmp_path):
+    source_dir = str(tmp_path / "clean")
+    source = train.train_and_evaluate(smoke_config(tiny_records, learning_rate=3e-3),
+                                      source_dir, STRATEGY)
+    # A learning rate of 0: the run validates the weights it started from.
+    frozen = smoke_config(tiny_records, epochs=1, learning_rate=0.0)
+    started = train.train_and_evaluate(dataclasses.replace(frozen, init_from=source_dir),
+                                       str(tmp_path / "tuned"), STRATEGY)
+    fresh = train.train_and_evaluate(frozen, str(tmp_path / "fresh"), STRATEGY)
+    # (BatchNorm's statistics still move a little in the frozen steps.)
+    assert (abs(started["val"]["loss"] - source["val"]["loss"])
+            < 0.1 * abs(fresh["val"]["loss"] - source["val"]["loss"]))
+    other_shape = smoke_config(tiny_records, model=model.ModelConfig(
+        conv_filters=(8, 8, 16, 16), dense_units=16, rnn_units=8), init_from=source_dir)
+    with pytest.raises(train.TrainingError, match="another model"):
+        train.train_and_evaluate(other_shape, str(tmp_path / "other"), STRATEGY)
+    with pytest.raises(train.TrainingError, match="no trained run"):
+        train.train_and_evaluate(dataclasses.replace(frozen, init_from=str(tmp_path / "none")),
+                                 str(tmp_path / "nothing"), STRATEGY)
+
+
 @pytest.mark.parametrize("patience", [1, 2])
 def test_early_stopping_after_patience_epochs_without_improvement(tiny_records, tmp_path,
                                                                   patience):
