@@ -51,6 +51,10 @@ FIGURES = {
         "plates_per_s_per_worker_2_workers": Figure("steady state, 2 workers, per worker",
                                                     "plates/s", 3000),
         "speedup_2_workers": Figure("2 workers / 1 worker", "x", 1.8),
+        "augmented_plates_per_s_1_worker": Figure("steady state, 1 worker, augmented plates "
+                                                  "(--augment_train)", "plates/s"),
+        "augmented_slowdown_1_worker": Figure("1 worker: clean plates/s / augmented plates/s",
+                                              "x", 2, False),
         "busy_loop_speedup_2_processes": Figure("this machine: a busy loop, 2 processes / 1",
                                                 "x"),
         "peak_rss_mb_short_run": Figure("peak RSS of a worker after the short run", "MB"),
@@ -163,8 +167,10 @@ def _timed_worker(rank: int, phases: Sequence[tuple[str, str, int, int]],
             result[name] = {"seconds": time.perf_counter() - started}
             continue
         labels = np.random.default_rng([seed, rank]).integers(population, size=amount)
+        augmented = ("train",) if kind == "augmented_plates" else ()
         task = writer.ShardTask(os.path.join(work_dir, name), "train", rank, workers,
-                                rank * amount, labels, families, style, seed)
+                                rank * amount, labels, families,
+                                dataclasses.replace(style, augmented_splits=augmented), seed)
         shard = writer.write_shard(task)  # render, encode, frame, sha256, write, fsync, rename
         result[name] = {"seconds": time.perf_counter() - started, "rss_mb": shard["max_rss_mb"]}
     return result
@@ -179,9 +185,10 @@ def _steady_state_run(families: Sequence[Sequence[fonts.Face]], num_plates: int,
     loop = 1000 * num_plates  # about as long as the plates
     phases = (("loop_one", "busy_loop", 1, loop), ("loop_two", "busy_loop", 2, loop),
               ("short", "plates", 1, max(1, num_plates // 10)),
-              ("one", "plates", 1, num_plates), ("two", "plates", 2, num_plates))
+              ("one", "plates", 1, num_plates), ("two", "plates", 2, num_plates),
+              ("augmented", "augmented_plates", 1, num_plates))
     for name, kind, _, _ in phases:
-        if kind == "plates":
+        if kind != "busy_loop":
             os.makedirs(os.path.join(work_dir, name))
     # Fresh processes each repeat: ru_maxrss is a high-water mark of the whole process life.
     context = multiprocessing.get_context("spawn")
@@ -206,6 +213,8 @@ def _steady_state_run(families: Sequence[Sequence[fonts.Face]], num_plates: int,
         "plates_per_s_2_workers": 2 * num_plates / together("two"),
         "plates_per_s_per_worker_2_workers": num_plates / together("two"),
         "speedup_2_workers": 2 * num_plates / together("two") / one,
+        "augmented_plates_per_s_1_worker": num_plates / first["augmented"]["seconds"],
+        "augmented_slowdown_1_worker": first["augmented"]["seconds"] / first["one"]["seconds"],
         "busy_loop_speedup_2_processes": 2 * first["loop_one"]["seconds"] / together("loop_two"),
         "peak_rss_mb_short_run": first["short"]["rss_mb"],
         "peak_rss_mb_long_run": first["one"]["rss_mb"],
