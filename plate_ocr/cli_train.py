@@ -20,6 +20,9 @@ def _int_list(values: flags.FlagValues, name: str) -> tuple[int, ...]:
 def train_config(values: flags.FlagValues = FLAGS):
     """The TrainConfig that parsed training flags describe."""
     from plate_ocr import model, train
+    if values.render_augment and values.source != "render":
+        raise CommandError("--render_augment needs --source=render (records are augmented "
+                           "when written: bin/make_records --augment_train)")
     profile = None
     if values.profile_steps:
         profile = _int_list(values, "profile_steps")
@@ -43,7 +46,8 @@ def train_config(values: flags.FlagValues = FLAGS):
         mixed_precision="" if values.mixed_precision == "float32" else values.mixed_precision,
         jit_compile=values.jit_compile, ema_momentum=values.ema_momentum,
         data_service=_data_service(values.data_service), data_timeout=values.data_timeout,
-        source=values.source, init_from=values.init_from)
+        source=values.source, render_augment=values.render_augment,
+        init_from=values.init_from)
 
 
 def _data_service(address: str) -> str:
@@ -104,6 +108,10 @@ def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
     flags.DEFINE_integer("shuffle_buffer", 10000, "Examples in the shuffle buffer.",
                          lower_bound=1, **on)
     flags.DEFINE_integer("seed", 0, "Seed of initialization and shuffling.", **on)
+    flags.DEFINE_boolean("render_augment", False, "With --source=render: augment the "
+                         "rendered plates with the effects and ranges of make_records' "
+                         "--augment_* flags (as TF ops: new distortions each time round).",
+                         **on)
     flags.DEFINE_string("init_from", "", "A model dir whose best weights start this run "
                         "(fine-tuning, e.g. on augmented records); the model shape must match. "
                         "Used only when --model_dir has no checkpoint yet.", **on)

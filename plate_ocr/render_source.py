@@ -19,14 +19,15 @@ import os
 
 import tensorflow as tf
 
-from plate_ocr import atlas as atlas_lib, input_pipeline
+from plate_ocr import atlas as atlas_lib, augment as augment_lib, augment_ops, input_pipeline
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Plates per unit of work: each chunk reads the atlas once (6 MB: 6 KB a plate, less than
 # reading a record), and the tf.data service hands chunks to its workers one at a time.
 CHUNK = 1024
 _COMPOSE_BATCH = 64  # plates composed at once
-_RANDOM_STREAM = 7  # salt of the stateless seeds, apart from anything else seeded by --seed
+_RANDOM_STREAM = 7  # salts of the stateless seeds, apart from anything else seeded by --seed
+_AUGMENT_STREAM = 8
 
 
 def atlas_path(info: dict, records_dir: str) -> str:
@@ -107,14 +108,14 @@ def _round_subpixels(value: tf.Tensor) -> tf.Tensor:
     return whole + tf.cast(up, value.dtype)
 
 
-def compose(atlas: dict[str, tf.Tensor], choices: dict[str, tf.Tensor]) -> tf.Tensor:
-    """Draws a batch of plates: dark glyphs on a light plate, as render.render_plate does.
+def compose_ink(atlas: dict[str, tf.Tensor], choices: dict[str, tf.Tensor]) -> tf.Tensor:
+    """Draws the ink of a batch of plates, as render.render_plate does (255 - its plate).
 
     Args:
       atlas: read_atlas's tensors.
       choices: a batch of draw_plates' choices (any batch size).
     Returns:
-      uint8 [B, height, width].
+      uint8 [B, height, width] ink coverage, 255 = ink.
     """
     label = choices["label"]
     length = tf.shape(label)[1]
@@ -161,16 +162,28 @@ def compose(atlas: dict[str, tf.Tensor], choices: dict[str, tf.Tensor]) -> tf.Te
     ink = tf.tensor_scatter_nd_max(
         tf.zeros([shape[0], atlas["height"], atlas["width"]], tf.uint8),
         tf.reshape(indices, [-1, 3]), tf.reshape(tf.where(inside, cells, 0), [-1]))
-    return 255 - ink
+    return ink
 
 
-def chunk_plates(path: str, seed: int, chunk: tf.Tensor) -> tf.data.Dataset:
-    """The plates of one chunk, in order: (images uint8 [H, W], labels int32 [L])."""
+def chunk_plates(path: str, seed: int, chunk: tf.Tensor,
+                 augment: augment_lib.AugmentConfig | None = None) -> tf.data.Dataset:
+    """The plates of one chunk, in order: (images uint8 [H, W], labels int32 [L]).
+
+    With `augment`, the plates get augment_ops' effects, drawn per batch of _COMPOSE_BATCH
+    plates from (seed, chunk, batch): still a pure function of (seed, plate).
+    """
     atlas = read_atlas(path)
     choices = tf.data.Dataset.from_tensor_slices(draw_plates(atlas, seed, chunk))
-    return (choices.batch(_COMPOSE_BATCH)
-            .map(lambda batch: (compose(atlas, batch), batch["label"]))
-            .unbatch())
+    key = tf.random.experimental.stateless_fold_in(
+        tf.constant([seed, _AUGMENT_STREAM], tf.int64), tf.cast(chunk, tf.int64))
+
+    def plates(index, batch):
+        ink = compose_ink(atlas, batch)
+        if augment is None:
+            return 255 - ink, batch["label"]
+        batch_key = tf.random.experimental.stateless_fold_in(key, index)
+        return augment_ops.augment(ink, augment, batch_key, atlas["margin"]), batch["label"]
+    return choices.batch(_COMPOSE_BATCH).enumerate().map(plates).unbatch()
 
 
 def epoch_chunks(plates_per_epoch: int, shuffle_buffer: int, pipelines: int) -> int:
@@ -185,7 +198,8 @@ def epoch_chunks(plates_per_epoch: int, shuffle_buffer: int, pipelines: int) -> 
 
 def make_render_dataset(path: str, batch_size: int, height: int, width: int, plate_length: int,
                         seed: int, first_chunk: int, input_context: tf.distribute.InputContext | None = None,
-                        service: str = "", shuffle_buffer: int = 10000) -> tf.data.Dataset:
+                        service: str = "", shuffle_buffer: int = 10000,
+                        augment: augment_lib.AugmentConfig | None = None) -> tf.data.Dataset:
     """Endless training batches rendered from the atlas, in process or on a tf.data service.
 
     Args:
@@ -199,6 +213,7 @@ def make_render_dataset(path: str, batch_size: int, height: int, width: int, pla
       service: grpc://HOST:PORT of a tf.data service, or "" to render in this process. On the
         service the chunks are handed out dynamically (make_service_dataset's sharding).
       shuffle_buffer: plates in the shuffle buffer.
+      augment: the effects to apply (augment_ops), or None for clean plates.
     Returns:
       batches of (images uint8 [B, H, W], labels int32 [B, L], weights float32 [B]).
     """
@@ -207,7 +222,8 @@ def make_render_dataset(path: str, batch_size: int, height: int, width: int, pla
     # Endless in practice: 2^31 chunks are 2 * 10^12 plates.
     chunks = tf.data.Dataset.range(first_chunk + pipeline_id, first_chunk + 2 ** 31, pipelines)
     # Two chunks at a time: each worker holds only the chunks it renders.
-    dataset = chunks.interleave(lambda chunk: chunk_plates(path, seed, chunk), cycle_length=2,
+    dataset = chunks.interleave(lambda chunk: chunk_plates(path, seed, chunk, augment),
+                                cycle_length=2,
                                 num_parallel_calls=AUTOTUNE, deterministic=True)
     dataset = dataset.shuffle(shuffle_buffer, seed=(seed * 1_000_003 + first_chunk) % 2 ** 31)
     dataset = dataset.batch(batch_size, drop_remainder=not service)

@@ -20,7 +20,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from plate_ocr import ctc, data_service, distribute, export, input_pipeline, model as model_lib
-from plate_ocr import pictures, records, render_source
+from plate_ocr import pictures, records, render_source, writer
 
 SUM = tf.distribute.ReduceOp.SUM
 BEST_WEIGHTS = "best"  # a TensorFlow checkpoint prefix in the model dir
@@ -59,6 +59,7 @@ class TrainConfig:
     ema_momentum: float = 0.0  # evaluate, keep and export an average of the weights (0: off)
     data_service: str = ""  # grpc://HOST:PORT: the training input runs on a tf.data service
     source: str = "records"  # "records", or "render": new training plates from the glyph atlas
+    render_augment: bool = False  # with source "render": augment_ops' effects on the plates
     init_from: str = ""  # a model dir whose best weights start a fresh run (fine-tuning)
     data_timeout: float = 0.0  # stop when no training batch arrives for this long (0: wait)
 
@@ -150,6 +151,9 @@ class Trainer:
         self.files, self.lost = files, lost
         self.atlas = (render_source.atlas_path(info, config.records_dir)
                       if config.source == "render" else "")
+        # The effects and ranges the records were augmented with (make_records' flags).
+        self.render_augment = (writer.style_from_info(info).augment
+                               if config.render_augment else None)
         self.shape = (info["image_height"], info["image_width"])
         num_classes = len(info["alphabet"]) + 1
         # The initial weights and dropout masks follow the seed, so a resumed run and an
@@ -274,7 +278,7 @@ class Trainer:
                 return render_source.make_render_dataset(
                     self.atlas, per_replica, *self.shape, self.info["plate_length"],
                     self.config.seed, epoch * stride, context, service,
-                    self.config.shuffle_buffer)
+                    self.config.shuffle_buffer, self.render_augment)
             if service:
                 return input_pipeline.make_service_dataset(
                     files, per_replica, *self.shape, self.info["plate_length"], service,

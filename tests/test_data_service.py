@@ -196,22 +196,25 @@ def test_a_pass_through_the_service_delivers_each_training_record_once(
         assert sorted(delivered[start:start + 200]) == sorted(labels)
 
 
-def test_service_workers_render_the_plates_this_process_would(service, tiny_records):
+@pytest.mark.parametrize("augmented", [False, True])
+def test_service_workers_render_the_plates_this_process_would(service, tiny_records, augmented):
     import hashlib
     import tensorflow as tf
-    from plate_ocr import records, render_source
+    from plate_ocr import records, render_source, writer
     info = records.read_info(tiny_records)
     path = render_source.atlas_path(info, tiny_records)
+    augment = writer.style_from_info(info).augment if augmented else None
     dataset = render_source.make_render_dataset(path, 32, 64, 128, 5, seed=2, first_chunk=10,
-                                                service=service.address, shuffle_buffer=64)
+                                                service=service.address, shuffle_buffer=64,
+                                                augment=augment)
     assert dataset.element_spec[0].shape == (32, 64, 128)
     streamed = {hashlib.sha256(image.tobytes()).hexdigest()
                 for images, _, _ in dataset.take(40) for image in images.numpy()}
     # The workers hand the chunks out from chunk 10, two at a time each.
     local = set()
     for chunk in range(10, 18):
-        for images, _ in render_source.chunk_plates(path, 2, tf.constant(chunk, tf.int64)).batch(
-                render_source.CHUNK):
+        plates = render_source.chunk_plates(path, 2, tf.constant(chunk, tf.int64), augment)
+        for images, _ in plates.batch(render_source.CHUNK):
             local |= {hashlib.sha256(image.tobytes()).hexdigest() for image in images.numpy()}
     assert len(streamed) == 40 * 32 and streamed <= local
 

@@ -53,7 +53,7 @@ def test_plates_equal_the_pil_renderer_pixel_for_pixel(rendering, faces):
                   spacing=np.full(160, 40, np.int32))
     shrunk = 0
     for atlas_tensors, choices in ((tensors, drawn), (wide_tensors, widest)):
-        images = render_source.compose(atlas_tensors, choices).numpy()
+        images = 255 - render_source.compose_ink(atlas_tensors, choices).numpy()
         assert images.shape == (160, style.spec.height, style.spec.width)
         assert images.dtype == np.uint8
         for j, image in enumerate(images):
@@ -80,7 +80,7 @@ def test_plates_cover_the_writers_ranges_with_all_ink_inside_the_margins(renderi
     assert set(choices["spacing"]) == set(range(style.spacing_min, style.spacing_max + 1))
     assert set(choices["face"]) == set(range(len(info["fonts"]["train"])))
     assert (0 <= choices["x"]).all() and (choices["x"] < 1).all()
-    images = render_source.compose(tensors, {k: v[:512] for k, v in choices.items()}).numpy()
+    images = 255 - render_source.compose_ink(tensors, {k: v[:512] for k, v in choices.items()}).numpy()
     margin = style.spec.margin
     ink = images < 255
     assert ink.sum(axis=(1, 2)).min() > 0
