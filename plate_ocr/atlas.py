@@ -18,7 +18,6 @@ Glyph of (face, size, character): (face * num_sizes + size - font_size_min) * al
 """
 
 import hashlib
-import os
 from typing import Sequence
 
 import numpy as np
@@ -88,15 +87,6 @@ def write_atlas(output_dir: str, families: Sequence[Sequence[fonts.Face]], style
       {"name", "sha256", "bytes"} of the file.
     """
     data = build_atlas(families, style, labels)
-    final = os.path.join(output_dir, ATLAS_NAME)
-    temporary = os.path.join(output_dir, f".{ATLAS_NAME}.tmp-{os.getpid()}")
-    try:
-        with open(temporary, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, final)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    with records.whole_file(output_dir, ATLAS_NAME) as f:
+        f.write(data)
     return {"name": ATLAS_NAME, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}

@@ -5,6 +5,7 @@ hundreds of MB each), so Examples are encoded here directly in the protobuf wire
 framed as TFRecords; tests parse them back with TensorFlow to prove the format.
 """
 
+import contextlib
 import json
 import os
 import struct
@@ -77,6 +78,31 @@ def frame_record(data: bytes) -> bytes:
     length = struct.pack("<Q", len(data))
     return (length + struct.pack("<I", _masked_crc(length)) + data
             + struct.pack("<I", _masked_crc(data)))
+
+
+TEMPORARY_GLOB = ".*.tmp-*"  # what whole_file leaves behind when its process is killed
+
+
+@contextlib.contextmanager
+def whole_file(output_dir: str, name: str):
+    """A binary file to write that appears under its name only once whole.
+
+    Written as `.NAME.tmp-PID`, flushed to disk, then renamed; removed on an error, so a
+    crash or a full disk never leaves a partial file that looks finished.
+
+    Yields:
+      the open temporary file.
+    """
+    temporary = os.path.join(output_dir, f".{name}.tmp-{os.getpid()}")
+    try:
+        with open(temporary, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, os.path.join(output_dir, name))
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
 
 
 def label_population(alphabet: str, plate_length: int) -> int:

@@ -148,30 +148,21 @@ def write_shard(task: ShardTask) -> dict:
       {"name", "num_examples", "sha256", "max_rss_mb"} of the shard.
     """
     name = records.shard_name(task.split, task.shard, task.num_shards)
-    final = os.path.join(task.output_dir, name)
-    temporary = os.path.join(task.output_dir, f".{name}.tmp-{os.getpid()}")
     digest, unreported = hashlib.sha256(), 0
-    try:
-        with open(temporary, "wb") as f:
-            for offset, number in enumerate(task.labels):
-                rng = plate_rng(task.seed, task.split, task.first_index + offset)
-                image, digits, text, face, size, spacing = make_plate(
-                    number, task.families, task.style, rng,
-                    task.split in task.style.augmented_splits)
-                record = records.frame_record(records.encode_example(
-                    image, digits, text, face.name, size, spacing))
-                f.write(record)
-                digest.update(record)
-                unreported += 1
-                if unreported == _PROGRESS_EVERY:
-                    _report(unreported)
-                    unreported = 0
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, final)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    with records.whole_file(task.output_dir, name) as f:
+        for offset, number in enumerate(task.labels):
+            rng = plate_rng(task.seed, task.split, task.first_index + offset)
+            image, digits, text, face, size, spacing = make_plate(
+                number, task.families, task.style, rng,
+                task.split in task.style.augmented_splits)
+            record = records.frame_record(records.encode_example(
+                image, digits, text, face.name, size, spacing))
+            f.write(record)
+            digest.update(record)
+            unreported += 1
+            if unreported == _PROGRESS_EVERY:
+                _report(unreported)
+                unreported = 0
     _report(unreported)
     return {"name": name, "num_examples": len(task.labels), "sha256": digest.hexdigest(),
             "max_rss_mb": _max_rss_mb()}
@@ -242,8 +233,8 @@ def clear_output(output_dir: str) -> None:
     info = os.path.join(output_dir, records.INFO_NAME)
     if os.path.exists(info):
         os.remove(info)
-    for path in (existing_output(output_dir) + glob.glob(os.path.join(output_dir, ".plates-*.tmp-*"))
-                 + glob.glob(os.path.join(output_dir, f".{atlas_lib.ATLAS_NAME}.tmp-*"))):
+    for path in existing_output(output_dir) + glob.glob(os.path.join(output_dir,
+                                                                      records.TEMPORARY_GLOB)):
         os.remove(path)
 
 

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import TINY_COUNTS, TINY_SHARDS
-from plate_ocr import records
+from plate_ocr import atlas, records
 
 
 def _split_paths(records_dir: str, split: str) -> list[str]:
@@ -51,10 +51,21 @@ def test_tensorflow_rejects_a_record_with_a_flipped_byte(tmp_path):
 def test_shard_names_follow_the_tfds_pattern(tiny_records):
     assert records.shard_name("train", 0, 16) == "plates-train.tfrecord-00000-of-00016"
     names = sorted(os.listdir(tiny_records))
-    expected = sorted([records.INFO_NAME] + [
+    expected = sorted([records.INFO_NAME, atlas.ATLAS_NAME] + [
         records.shard_name(split, shard, TINY_SHARDS[split])
         for split in records.SPLITS for shard in range(TINY_SHARDS[split])])
     assert names == expected  # and no temporaries left behind
+
+
+def test_a_file_appears_only_once_whole(tmp_path):
+    with records.whole_file(str(tmp_path), "done.bin") as f:
+        f.write(b"all of it")
+    with pytest.raises(OSError):
+        with records.whole_file(str(tmp_path), "broken.bin") as f:
+            f.write(b"half")
+            raise OSError("disk full")
+    assert os.listdir(tmp_path) == ["done.bin"]
+    assert (tmp_path / "done.bin").read_bytes() == b"all of it"
 
 
 def test_shard_counts_and_checksums_match_the_metadata(tiny_records):

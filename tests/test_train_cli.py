@@ -49,6 +49,9 @@ def test_missing_records_dir_is_one_line(tmp_path):
 def test_bad_flag_is_one_line(tmp_path):
     result = run_train("--batch_size=zero", f"--model_dir={tmp_path / 'run'}")
     assert result.returncode == 2 and len(error_lines(result)) == 1
+    result = run_train("--render_augment", f"--model_dir={tmp_path / 'run'}")
+    assert result.returncode == 2 and len(error_lines(result)) == 1
+    assert "--render_augment needs --source=render" in error_lines(result)[0]
 
 
 def test_corrupt_shard_is_one_line_naming_the_file(tiny_records, tmp_path):
