@@ -57,6 +57,9 @@ def _sparse(dense: tf.Tensor) -> tf.SparseTensor:
     return tf.SparseTensor(shifted.indices, shifted.values + PAD, shifted.dense_shape)
 
 
+SUM_KEYS = ("plates", "plates_correct", "chars", "chars_correct", "edits")  # metric_sums'
+
+
 def metric_sums(labels: tf.Tensor, decoded: tf.Tensor, weights: tf.Tensor) -> dict:
     """Sums over a batch, to be added across batches and replicas before dividing.
 
