@@ -84,6 +84,8 @@ FIGURES = {
         "render_service_2_workers_examples_per_s": Figure("rendered by a tf.data service, 2 "
                                                           "local worker processes",
                                                           "examples/s"),
+        "render_augmented_examples_per_s": Figure("rendered and augmented by TF ops "
+                                                  "(--render_augment)", "examples/s"),
         "render_over_service_1_worker": Figure("rendered: in process / through the service, "
                                                "1 worker", "x"),
         "tfrecord_peak_rss_mb": Figure("peak RSS of the TFRecord pipeline's process", "MB"),

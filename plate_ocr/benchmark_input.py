@@ -73,12 +73,14 @@ def _service_pipeline(records_dir: str, service: str, examples: int, repeats: in
     return {"examples_per_s": _pipeline_rate(_normalized(dataset), examples, repeats)}
 
 
-def _render_pipeline(records_dir: str, service: str, examples: int, repeats: int) -> dict:
-    from plate_ocr import render_source
+def _render_pipeline(records_dir: str, service: str, examples: int, repeats: int,
+                     augmented: bool = False) -> dict:
+    from plate_ocr import render_source, writer
     info = records.read_info(records_dir)
     dataset = render_source.make_render_dataset(
         render_source.atlas_path(info, records_dir), BATCH, info["image_height"],
-        info["image_width"], info["plate_length"], seed=0, first_chunk=0, service=service)
+        info["image_width"], info["plate_length"], seed=0, first_chunk=0, service=service,
+        augment=writer.style_from_info(info).augment if augmented else None)
     return {"examples_per_s": _pipeline_rate(_normalized(dataset), examples, repeats)}
 
 
@@ -201,8 +203,11 @@ def pipeline_stage(records_dir: str, examples: int, png_files: int, repeats: int
     finally:
         shutil.rmtree(png_dir, ignore_errors=True)
     render = run_measured(_render_pipeline, records_dir, "", examples, repeats)[0]
+    augmented = run_measured(_render_pipeline, records_dir, "", examples // 4, repeats,
+                             True)[0]
     service = service_pipeline_stage(records_dir, examples, repeats, work_dir)
     figures = {**ours, **png, "render_examples_per_s": render["examples_per_s"],
+               "render_augmented_examples_per_s": augmented["examples_per_s"],
                "render_over_service_1_worker": render["examples_per_s"]
                / service["render_service_1_worker_examples_per_s"], "tfrecord_over_png": ours["tfrecord_examples_per_s"]
                / png["png_examples_per_s"], "tfrecord_peak_rss_mb": ours_rss,

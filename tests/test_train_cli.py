@@ -11,6 +11,8 @@ import shutil
 import socket
 import subprocess
 
+import pytest
+
 from conftest import PROJECT_DIR
 
 TRAIN = os.path.join(PROJECT_DIR, "bin", "train")
@@ -38,6 +40,15 @@ def test_flagfile_run_saves_effective_flags_that_rerun_the_same_config(tiny_reco
     assert second.returncode == 0, second.stderr[-3000:]
     configs = [json.load(open(tmp_path / run / "config.json")) for run in ("a", "b")]
     assert configs[0] == configs[1]
+
+
+@pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(PROJECT_DIR, "configs"))))
+def test_every_config_parses_into_a_training_config(name, monkeypatch):
+    from plate_ocr import cli_train, train
+    monkeypatch.chdir(PROJECT_DIR)  # flagfiles name each other relative to the project
+    config = cli_train.config_from(os.path.join("configs", name))
+    assert isinstance(config, train.TrainConfig)
+    assert config.render_augment <= (config.source == "render")
 
 
 def test_missing_records_dir_is_one_line(tmp_path):
