@@ -27,9 +27,9 @@ def _train_setup(flagfile: str, records_dir: str):
 def _custom_loop(flagfile: str, records_dir: str, steps: int, repeats: int) -> dict:
     """Examples/s of Trainer.train_loop, called as train_and_evaluate calls it."""
     import tensorflow as tf
-    from plate_ocr import train
+    from plate_ocr import trainer as trainer_lib
     config, info, strategy = _train_setup(flagfile, records_dir)
-    trainer = train.Trainer(config, info, strategy, (repeats + 1) * steps,
+    trainer = trainer_lib.Trainer(config, info, strategy, (repeats + 1) * steps,
                             files={"train": records.split_files(info, records_dir, "train")},
                             lost={"train": 0})
     iterator = iter(trainer.dataset("train", training=True))
@@ -50,12 +50,12 @@ def _fit(flagfile: str, records_dir: str, steps: int, repeats: int) -> dict:
     """Examples/s of model.fit on the same model, optimizer, batch and tf.data pipeline."""
     import keras
     import tensorflow as tf
-    from plate_ocr import input_pipeline, model as model_lib, train
+    from plate_ocr import input_pipeline, model as model_lib, trainer
     config, info, strategy = _train_setup(flagfile, records_dir)
     with strategy.scope():
         model = model_lib.build_crnn(config.model, info["image_height"], info["image_width"],
                                      len(info["alphabet"]) + 1)
-        optimizer = train.make_optimizer(config, (repeats + 1) * steps)
+        optimizer = trainer.make_optimizer(config, (repeats + 1) * steps)
         optimizer.build(model.trainable_variables)
         # keras.losses.CTC's blank is class 0 and it counts a label's length as its nonzero
         # entries: labels move up by one, and in this model class 0 is the blank. Same shapes

@@ -19,7 +19,7 @@ def _int_list(values: flags.FlagValues, name: str) -> tuple[int, ...]:
 
 def train_config(values: flags.FlagValues = FLAGS):
     """The TrainConfig that parsed training flags describe."""
-    from plate_ocr import model, train
+    from plate_ocr import model, trainer
     if values.render_augment and values.source != "render":
         raise CommandError("--render_augment needs --source=render (records are augmented "
                            "when written: bin/make_records --augment_train)")
@@ -33,7 +33,7 @@ def train_config(values: flags.FlagValues = FLAGS):
         pool_widths=_int_list(values, "pool_widths"),
         dense_units=values.dense_units, rnn_units=values.rnn_units, rnn=values.rnn,
         dropout=values.dropout, batch_norm_momentum=values.batch_norm_momentum)
-    return train.TrainConfig(
+    return trainer.TrainConfig(
         records_dir=values.records_dir, model=model_config, batch_size=values.batch_size,
         eval_batch_size=values.eval_batch_size, learning_rate=values.learning_rate,
         lr_schedule=values.lr_schedule, warmup_steps=values.warmup_steps,
@@ -180,7 +180,7 @@ def train() -> None:
     def main(argv):
         import tensorflow as tf
         from absl import logging
-        from plate_ocr import records, train as train_lib
+        from plate_ocr import records, train as train_lib, trainer
         if not FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)
         config = train_config()
@@ -197,7 +197,7 @@ def train() -> None:
             print(f"training under {type(strategy).__name__} with {replicas} replica(s); "
                   f"tensorboard --logdir {FLAGS.model_dir}")
             result = train_lib.train_and_evaluate(config, FLAGS.model_dir, strategy)
-        except (train_lib.TrainingError, FileNotFoundError, ValueError) as error:
+        except (trainer.TrainingError, FileNotFoundError, ValueError) as error:
             raise CommandError(str(error)) from None
         except OSError as error:  # disk full or unwritable model dir; checkpoints stay whole
             raise CommandError(f"writing to {FLAGS.model_dir} failed: "

@@ -1,91 +1,30 @@
 """train_and_evaluate(config, model_dir, strategy): the custom training loop.
 
-One tf.function runs `steps_per_loop` steps in a tf.range loop around strategy.run; epochs are
-counted in steps; validation every epoch drives early stopping and keeps the best weights;
-checkpoints hold everything needed to resume (step, weights, optimizer, early-stopping state).
+A Trainer (trainer.py) runs the steps; here the run around them: epochs counted in steps,
+validation every epoch driving early stopping and keeping the best weights, checkpoints,
+TensorBoard summaries, the time-to-accuracy curve and the exports.
 """
 
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import resource
 import shutil
 import time
 
-import keras
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from plate_ocr import ctc, data_service, distribute, export, input_pipeline, model as model_lib
-from plate_ocr import pictures, records, render_source, writer
+from plate_ocr import ctc, distribute, export, input_pipeline, pictures, records
+from plate_ocr.trainer import TrainConfig, Trainer, TrainingError, corrupt_records_error
+from plate_ocr.trainer import steps_per_epoch
 
-SUM = tf.distribute.ReduceOp.SUM
 BEST_WEIGHTS = "best"  # a TensorFlow checkpoint prefix in the model dir
 HISTORY_FILE = "history.json"
 CURVE_FILE = "time_to_accuracy.png"
 TARGETS = (0.99, 0.995, 0.999)  # validation plate accuracies the time-to-accuracy figures name
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Everything a training run depends on (the CLI builds it from flags)."""
-
-    records_dir: str = "tfrecords"
-    model: model_lib.ModelConfig = model_lib.ModelConfig()
-    batch_size: int = 256  # global: split across replicas
-    eval_batch_size: int = 256
-    learning_rate: float = 3e-4
-    lr_schedule: str = "constant"  # "constant" or "cosine" (to min_lr_ratio * learning_rate)
-    warmup_steps: int = 0
-    decay_steps: int = 0  # 0: decay over the whole run
-    min_lr_ratio: float = 0.0
-    clip_norm: float = 0.0  # global gradient norm clip, 0: off
-    epochs: int = 55
-    steps_per_epoch: int = 0  # 0: one pass over the training split
-    steps_per_loop: int = 50
-    patience: int = 5
-    min_delta: float = 0.0
-    shuffle_buffer: int = 10000
-    seed: int = 0
-    max_minutes: float = 0.0  # stop after this much training time (0: no limit)
-    profile_steps: tuple[int, int] | None = None
-    num_image_summaries: int = 16
-    skip_corrupt: bool = False  # leave corrupt shards out (counting their records), not stop
-    mixed_precision: str = ""  # "", "bfloat16" or "float16": Keras' mixed_* policy
-    jit_compile: bool = False  # XLA-compile the per-replica step
-    ema_momentum: float = 0.0  # evaluate, keep and export an average of the weights (0: off)
-    data_service: str = ""  # grpc://HOST:PORT: the training input runs on a tf.data service
-    source: str = "records"  # "records", or "render": new training plates from the glyph atlas
-    render_augment: bool = False  # with source "render": augment_ops' effects on the plates
-    init_from: str = ""  # a model dir whose best weights start a fresh run (fine-tuning)
-    data_timeout: float = 0.0  # stop when no training batch arrives for this long (0: wait)
-
-
-class TrainingError(Exception):
-    """Training cannot go on: a one-line reason."""
-
-
-def steps_per_epoch(config: TrainConfig, info: dict) -> int:
-    """Training steps between validations: the configured number, or one pass of the records."""
-    num_train = info["splits"]["train"]["num_examples"]
-    return config.steps_per_epoch or max(num_train // config.batch_size, 1)
-
-
-def make_optimizer(config: TrainConfig, total_steps: int) -> keras.optimizers.Optimizer:
-    """Adam with the configured warm-up and decay."""
-    rate = config.learning_rate
-    if config.lr_schedule == "cosine" or config.warmup_steps:
-        decay = config.decay_steps or max(total_steps - config.warmup_steps, 1)
-        rate = keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=0.0 if config.warmup_steps else config.learning_rate,
-            decay_steps=decay,
-            alpha=config.min_lr_ratio if config.lr_schedule == "cosine" else 1.0,
-            warmup_target=config.learning_rate if config.warmup_steps else None,
-            warmup_steps=config.warmup_steps)
-    return keras.optimizers.Adam(rate, global_clipnorm=config.clip_norm or None)
 
 
 def _model_keys_changed(model_dir: str, description: dict) -> list[str]:
@@ -126,210 +65,6 @@ def _check_init_from(model_dir: str, description: dict) -> str:
         raise TrainingError(f"--init_from {model_dir}: that run has another "
                             f"{', '.join(changed)}; start from a run of the same model shape")
     return best
-
-
-def corrupt_records_error(error: tf.errors.DataLossError, files: list[str]) -> TrainingError:
-    """A one-line error naming the corrupt shard among `files`."""
-    path = input_pipeline.find_corrupt_file(files)
-    where = path or f"one of {len(files)} shards in {os.path.dirname(files[0])}"
-    return TrainingError(f"corrupt record in {where} ({error.message.splitlines()[0]}); "
-                         "rewrite the records with bin/make_records --overwrite")
-
-
-def _is_rng_state(variable) -> bool:
-    """A Keras dropout layer's random-generator state, not a weight or a statistic."""
-    return variable.path.endswith("seed_generator_state")
-
-
-class Trainer:
-    """The model, optimizer, compiled steps and state of one run under one strategy."""
-
-    def __init__(self, config: TrainConfig, info: dict, strategy: tf.distribute.Strategy,
-                 total_steps: int, files: dict[str, list[str]], lost: dict[str, int]):
-        """files: the shards to read per split; lost: records of the shards left out."""
-        self.config, self.info, self.strategy = config, info, strategy
-        self.files, self.lost = files, lost
-        self.atlas = (render_source.atlas_path(info, config.records_dir)
-                      if config.source == "render" else "")
-        # The effects and ranges the records were augmented with (make_records' flags).
-        self.render_augment = (writer.style_from_info(info).augment
-                               if config.render_augment else None)
-        self.shape = (info["image_height"], info["image_width"])
-        num_classes = len(info["alphabet"]) + 1
-        # The initial weights and dropout masks follow the seed, so a resumed run and an
-        # uninterrupted one are the same computation.
-        keras.utils.set_random_seed(config.seed)
-        with strategy.scope():
-            # Layers take the policy in force when they are made (variables stay float32,
-            # the logits are float32 by construction); it is reset at once so that
-            # evaluation and export models made later are plain float32.
-            if config.mixed_precision:
-                keras.mixed_precision.set_global_policy(f"mixed_{config.mixed_precision}")
-            try:
-                self.model = model_lib.build_crnn(config.model, *self.shape, num_classes)
-            finally:
-                keras.mixed_precision.set_global_policy("float32")
-            self.optimizer = make_optimizer(config, total_steps)
-            if config.mixed_precision == "float16":
-                # float16 gradients underflow without a loss scale; bfloat16 has float32's range.
-                self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
-            # Built eagerly in the scope: Keras 23085 (Adam in a distributed tf.function).
-            self.optimizer.build(self.model.trainable_variables)
-            # The weights and BatchNorm's moving statistics are averaged together: averaged
-            # weights under the statistics of the current ones read 95% where either pair
-            # alone read 99.6% (measured). The dropout RNG states are not averaged.
-            self.averaged = [variable for variable in self.model.variables
-                             if not _is_rng_state(variable)] if config.ema_momentum else []
-            # Updated by every replica with the same value: the first replica's is kept.
-            self.averages = [tf.Variable(tf.convert_to_tensor(variable), trainable=False,
-                                         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-                             for variable in self.averaged]
-        self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
-        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-        self.best_val_loss = tf.Variable(math.inf, dtype=tf.float64, trainable=False)
-        self.bad_epochs = tf.Variable(0, dtype=tf.int64, trainable=False)
-        self.train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False)
-        self.checkpoint = tf.train.Checkpoint(
-            model=self.model, optimizer=self.optimizer, step=self.step, epoch=self.epoch,
-            best_val_loss=self.best_val_loss, bad_epochs=self.bad_epochs,
-            train_seconds=self.train_seconds, averages=self.averages,
-            # Keras 3 keeps the dropout RNG states out of a tf.train.Checkpoint of the model.
-            rng_states=[v for v in self.model.non_trainable_variables if _is_rng_state(v)])
-        # Only the gradient step is XLA-compiled: the loop around it reads the iterator and
-        # the metrics use EditDistance, neither of which XLA has. Off by default: on this CPU
-        # it was slower (see BUILD-notes.md).
-        self.gradient_step = tf.function(self._gradient_step, jit_compile=True) \
-            if config.jit_compile else self._gradient_step
-        # Outside the strategy's scope: the guard's stamp is a plain variable of this process.
-        self.stall_guard = (data_service.StallGuard(config.data_timeout)
-                            if config.data_timeout else None)
-        self.train_loop = tf.function(self._train_loop)
-        self.eval_step = tf.function(self._eval_step)
-
-    def _gradient_step(self, images, labels):
-        with tf.GradientTape() as tape:
-            logits = self.model(tf.cast(images, tf.float32), training=True)
-            per_example = ctc.per_example_loss(labels, logits)
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.config.batch_size)
-            # The identity but under float16, where the LossScaleOptimizer unscales.
-            scaled_loss = self.optimizer.scale_loss(loss)
-        gradients = tape.gradient(scaled_loss, self.model.trainable_variables)
-        self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
-        if self.averages:
-            # Debiased early on (as tf.train.ExponentialMovingAverage with num_updates): the
-            # average forgets the random initialization within the first hundred steps.
-            step = tf.cast(self.optimizer.iterations, tf.float32)
-            momentum = tf.minimum(self.config.ema_momentum, (1 + step) / (10 + step))
-            for average, variable in zip(self.averages, self.averaged):
-                average.assign(momentum * average + (1 - momentum) * variable)
-        return logits, per_example
-
-    def _train_replica(self, images, labels, weights):
-        logits, per_example = self.gradient_step(images, labels)
-        sums = ctc.metric_sums(labels, ctc.greedy_decode(logits)[0], weights)
-        sums["loss"] = tf.reduce_sum(per_example)
-        return sums
-
-    def _train_loop(self, iterator, num_steps):
-        sums = {key: tf.constant(0.0) for key in ctc.SUM_KEYS + ("loss",)}
-        first_bad_step = tf.constant(-1, tf.int64)
-        for i in tf.range(num_steps):
-            inputs = (self.stall_guard.next_batch(iterator, self.strategy) if self.stall_guard
-                      else next(iterator))
-            per_replica = self.strategy.run(self._train_replica, args=inputs)
-            # Reduced inside the loop: per-replica values cannot leave a tf.range loop.
-            batch = {k: self.strategy.reduce(SUM, v, axis=None) for k, v in per_replica.items()}
-            bad = tf.logical_not(tf.math.is_finite(batch["loss"])) & (first_bad_step < 0)
-            first_bad_step = tf.where(bad, self.step + tf.cast(i, tf.int64), first_bad_step)
-            sums = {key: sums[key] + batch[key] for key in sums}
-        self.step.assign_add(tf.cast(num_steps, tf.int64))
-        return sums, first_bad_step
-
-    def _eval_replica(self, images, labels, weights):
-        if images.shape[0] == 0:
-            # When a split has fewer batches left than there are replicas, the strategy hands
-            # the others an empty batch of static size 0, on which Keras' LSTM cannot even be
-            # traced (a 10,000-plate test split in batches of 128 under Mirrored on 2 devices
-            # ended that way): it adds nothing to the sums.
-            return {key: tf.constant(0.0) for key in ctc.SUM_KEYS + ("loss",)}
-        logits = self.model(tf.cast(images, tf.float32), training=False)
-        sums = ctc.metric_sums(labels, ctc.greedy_decode(logits)[0], weights)
-        sums["loss"] = tf.reduce_sum(ctc.per_example_loss(labels, logits) * weights)
-        return sums
-
-    def _eval_step(self, batch):
-        per_replica = self.strategy.run(self._eval_replica, args=batch)
-        return {k: self.strategy.reduce(SUM, v, axis=None) for k, v in per_replica.items()}
-
-    def dataset(self, split: str, training: bool, epoch: int = 0):
-        """The split distributed over the strategy's input pipelines.
-
-        Training reads through the data service when there is one, and renders its plates
-        when the source is "render"; `epoch` seeds the order (and picks the rendered plates),
-        so that a resumed run sees what the uninterrupted one saw. Evaluation always reads the
-        local records, so that it sees every example exactly once.
-        """
-        files = self.files.get(split, [])
-        batch = self.config.batch_size if training else self.config.eval_batch_size
-        service = self.config.data_service if training else ""
-        seed = self.config.seed + epoch
-
-        def dataset_fn(context: tf.distribute.InputContext):
-            per_replica = context.get_per_replica_batch_size(batch)
-            if training and self.config.source == "render":
-                stride = render_source.epoch_chunks(
-                    steps_per_epoch(self.config, self.info) * batch, self.config.shuffle_buffer,
-                    context.num_input_pipelines)
-                return render_source.make_render_dataset(
-                    self.atlas, per_replica, *self.shape, self.info["plate_length"],
-                    self.config.seed, epoch * stride, context, service,
-                    self.config.shuffle_buffer, self.render_augment)
-            if service:
-                return input_pipeline.make_service_dataset(
-                    files, per_replica, *self.shape, self.info["plate_length"], service,
-                    input_context=context, shuffle_buffer=self.config.shuffle_buffer, seed=seed)
-            return input_pipeline.make_dataset(
-                files, per_replica, training, *self.shape, self.info["plate_length"],
-                input_context=context, shuffle_buffer=self.config.shuffle_buffer, seed=seed)
-        return self.strategy.distribute_datasets_from_function(dataset_fn)
-
-    def start_from(self, checkpoint: str) -> None:
-        """Loads another run's best weights (and BatchNorm statistics); the average, if any,
-        starts from them too."""
-        tf.train.Checkpoint(model=self.model).read(checkpoint).assert_existing_objects_matched()
-        for average, variable in zip(self.averages, self.averaged):
-            average.assign(variable)
-
-    @contextlib.contextmanager
-    def averaged_weights(self):
-        """Within: the model holds the weights' moving average (when there is one)."""
-        if not self.averages:
-            yield
-            return
-        variables = self.averaged
-        current = [tf.identity(tf.convert_to_tensor(variable)) for variable in variables]
-        for variable, average in zip(variables, self.averages):
-            variable.assign(average)
-        try:
-            yield
-        finally:
-            for variable, value in zip(variables, current):
-                variable.assign(value)
-
-    def evaluate(self, split: str) -> dict:
-        """Loss and metrics of the current weights over every example of a split."""
-        totals = {}
-        try:
-            for batch in self.dataset(split, training=False):
-                for key, value in self.eval_step(batch).items():
-                    totals[key] = totals.get(key, 0.0) + float(value)
-        except tf.errors.DataLossError as error:
-            raise corrupt_records_error(error, self.files[split]) from None
-        expected = self.info["splits"][split]["num_examples"] - self.lost[split]
-        if round(totals.get("plates", 0)) != expected:
-            raise TrainingError(f"evaluation of {split!r} saw {totals.get('plates', 0):.0f} "
-                                f"plates, the metadata says {expected}")
-        return dict(ctc.rates(totals), loss=totals["loss"] / totals["plates"])
 
 
 def _image_summary(trainer: Trainer, sample: tuple[np.ndarray, np.ndarray]) -> np.ndarray:

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from plate_ocr import export, model, render, train, writer
+from plate_ocr import export, model, render, train, trainer, writer
 
 STRATEGY = tf.distribute.OneDeviceStrategy("/cpu:0")
 
 
-def smoke_config(records_dir: str, **overrides) -> train.TrainConfig:
+def smoke_config(records_dir: str, **overrides) -> trainer.TrainConfig:
     """A tiny model and a few steps: seconds per run."""
-    config = train.TrainConfig(
+    config = trainer.TrainConfig(
         records_dir=records_dir,
         model=model.ModelConfig(conv_filters=(8, 16, 16, 16), dense_units=16, rnn_units=8),
         batch_size=32, eval_batch_size=32, epochs=2, steps_per_epoch=3, steps_per_loop=2,
@@ -149,9 +149,9 @@ def test_init_from_starts_a_fresh_run_from_another_runs_best_weights(tiny_record
             < 0.1 * abs(fresh["val"]["loss"] - source["val"]["loss"]))
     other_shape = smoke_config(tiny_records, model=model.ModelConfig(
         conv_filters=(8, 8, 16, 16), dense_units=16, rnn_units=8), init_from=source_dir)
-    with pytest.raises(train.TrainingError, match="another model"):
+    with pytest.raises(trainer.TrainingError, match="another model"):
         train.train_and_evaluate(other_shape, str(tmp_path / "other"), STRATEGY)
-    with pytest.raises(train.TrainingError, match="no trained run"):
+    with pytest.raises(trainer.TrainingError, match="no trained run"):
         train.train_and_evaluate(dataclasses.replace(frozen, init_from=str(tmp_path / "none")),
                                  str(tmp_path / "nothing"), STRATEGY)
 
@@ -177,7 +177,7 @@ def test_records_of_another_image_size_are_refused(tiny_records, write_records, 
     train.train_and_evaluate(smoke_config(tiny_records, epochs=1), model_dir, STRATEGY)
     other = str(tmp_path / "records48")
     write_records(other, style=writer.PlateStyle(spec=render.PlateSpec(height=48, width=128)))
-    with pytest.raises(train.TrainingError, match="image_height"):
+    with pytest.raises(trainer.TrainingError, match="image_height"):
         train.train_and_evaluate(smoke_config(other, epochs=2), model_dir, STRATEGY)
 
 
@@ -189,5 +189,5 @@ def test_missing_records_dir_is_a_clear_error(tmp_path):
 
 def test_non_finite_loss_stops_the_run_naming_the_step(tiny_records, tmp_path):
     config = smoke_config(tiny_records, learning_rate=1e30, steps_per_epoch=4, steps_per_loop=4)
-    with pytest.raises(train.TrainingError, match=r"not finite at step \d+"):
+    with pytest.raises(trainer.TrainingError, match=r"not finite at step \d+"):
         train.train_and_evaluate(config, str(tmp_path / "run"), STRATEGY)
