@@ -165,9 +165,10 @@ def config_from(flagfile: str, *overrides: str):
 
 def _write_flagfile(path: str, names, command: str) -> None:
     """Writes the effective flags as a flagfile that re-runs the same configuration."""
-    with open(path, "w", encoding="utf-8") as f:
+    import tensorflow as tf
+    with tf.io.gfile.GFile(path, "w") as f:
         f.write(f"# Effective flags of this run; re-run with: bin/{command} --flagfile {path}\n")
-        f.writelines(FLAGS[name].serialize() + "\n" for name in names)
+        f.write("".join(FLAGS[name].serialize() + "\n" for name in names))
 
 
 def train() -> None:
@@ -192,7 +193,7 @@ def train() -> None:
                 raise CommandError(f"--batch_size and --eval_batch_size must be multiples of "
                                    f"the {replicas} replicas")
             out_dir = distribute.writer_dir(FLAGS.model_dir, strategy)
-            os.makedirs(out_dir, exist_ok=True)
+            tf.io.gfile.makedirs(out_dir)
             _write_flagfile(os.path.join(out_dir, "flags.cfg"), train_flags, "train")
             print(f"training under {type(strategy).__name__} with {replicas} replica(s); "
                   f"tensorboard --logdir {FLAGS.model_dir}")

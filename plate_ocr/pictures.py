@@ -45,10 +45,18 @@ def prediction_grid(images: Sequence[np.ndarray], predictions: Sequence[str],
 
 
 def save_png(image: np.ndarray, path: str) -> str:
-    """Writes an image array as PNG (parent folders created)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(image).save(path)
+    """Writes an image array as PNG (parent folders created; gs:// too)."""
+    with _open_for_writing(path) as f:
+        Image.fromarray(image).save(f, format="PNG")
     return path
+
+
+def _open_for_writing(path: str):
+    import tensorflow as tf  # here: drawing pictures needs no TensorFlow otherwise
+    parent = os.path.dirname(path)
+    if parent:
+        tf.io.gfile.makedirs(parent)
+    return tf.io.gfile.GFile(path, "wb")
 
 
 def _pyplot():
@@ -60,9 +68,9 @@ def _pyplot():
 
 
 def _save_figure(figure, path: str) -> str:
-    """Writes a figure as PNG (parent folders created) and frees it."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    figure.savefig(path)
+    """Writes a figure as PNG (parent folders created; gs:// too) and frees it."""
+    with _open_for_writing(path) as f:
+        figure.savefig(f, format="png")
     _pyplot().close(figure)
     return path
 

@@ -10,7 +10,6 @@ import dataclasses
 import json
 import os
 import resource
-import shutil
 import time
 
 import numpy as np
@@ -27,10 +26,21 @@ CURVE_FILE = "time_to_accuracy.png"
 TARGETS = (0.99, 0.995, 0.999)  # validation plate accuracies the time-to-accuracy figures name
 
 
+def _read_json(path: str):
+    with tf.io.gfile.GFile(path, "r") as f:
+        return json.load(f)
+
+
+def _write_json(path: str, value) -> None:
+    """Writes aside and renames: a crash never leaves half a file (tf.io.gfile: gs:// too)."""
+    with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=1)
+    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+
+
 def _model_keys_changed(model_dir: str, description: dict) -> list[str]:
     """What of the model's shape differs from the run in model_dir (which must exist)."""
-    with open(os.path.join(model_dir, export.CONFIG_FILE), encoding="utf-8") as f:
-        old = json.load(f)
+    old = _read_json(os.path.join(model_dir, export.CONFIG_FILE))
     keys = ("image_height", "image_width", "alphabet", "plate_length", "model")
     return [key for key in keys if old.get(key) != description[key]]
 
@@ -38,15 +48,14 @@ def _model_keys_changed(model_dir: str, description: dict) -> list[str]:
 def _check_model_dir(model_dir: str, description: dict) -> None:
     """Refuses a model dir written for another model or image size."""
     path = os.path.join(model_dir, export.CONFIG_FILE)
-    if os.path.exists(path):
+    if tf.io.gfile.exists(path):
         changed = _model_keys_changed(model_dir, description)
         if changed:
             raise TrainingError(f"{model_dir} holds a run of another configuration ({', '.join(changed)} "
                                 "differ): use a new --model_dir")
     else:
-        os.makedirs(model_dir, exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(description, f, indent=1)
+        tf.io.gfile.makedirs(model_dir)
+        _write_json(path, description)
 
 
 def _check_init_from(model_dir: str, description: dict) -> str:
@@ -56,7 +65,7 @@ def _check_init_from(model_dir: str, description: dict) -> str:
       TrainingError: no such run, no best weights, or another model shape.
     """
     best = os.path.join(model_dir, BEST_WEIGHTS)
-    if not tf.io.gfile.exists(best + ".index") or not os.path.exists(
+    if not tf.io.gfile.exists(best + ".index") or not tf.io.gfile.exists(
             os.path.join(model_dir, export.CONFIG_FILE)):
         raise TrainingError(f"--init_from {model_dir}: no trained run there (no {BEST_WEIGHTS} "
                             "weights and config.json)")
@@ -212,7 +221,7 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
         if chief:
             print(f"starting from the best weights of {config.init_from}")
     history_path = os.path.join(out_dir, HISTORY_FILE)
-    history = json.load(open(history_path)) if os.path.exists(history_path) else []
+    history = _read_json(history_path) if tf.io.gfile.exists(history_path) else []
     train_writer = tf.summary.create_file_writer(os.path.join(out_dir, "train"))
     val_writer = tf.summary.create_file_writer(os.path.join(out_dir, "val"))
     sample = _summary_sample(info, files["val"], config.num_image_summaries)
@@ -266,9 +275,7 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
         history.append({"epoch": epoch, "step": step,
                         "train_seconds": round(float(trainer.train_seconds), 2),
                         "examples": step * config.batch_size, "train": train, "val": val})
-        with open(history_path + ".tmp", "w") as f:
-            json.dump(history, f, indent=1)
-        os.replace(history_path + ".tmp", history_path)
+        _write_json(history_path, history)
         manager.save(checkpoint_number=step)
         if chief:
             tqdm.write(f"epoch {epoch:3d}  step {step:6d}  loss {train['loss']:.4f}  "
@@ -294,8 +301,7 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
         print("time to validation accuracy: " + format_time_to_accuracy(reached))
     result["exports"] = export.export_model(trainer.model, config.model, out_dir,
                                             info["alphabet"], *trainer.shape)
-    with open(os.path.join(out_dir, "final_metrics.json"), "w") as f:
-        json.dump(result, f, indent=1)
+    _write_json(os.path.join(out_dir, "final_metrics.json"), result)
     if not chief:
-        shutil.rmtree(out_dir, ignore_errors=True)
+        tf.io.gfile.rmtree(out_dir)
     return result
