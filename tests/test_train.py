@@ -75,6 +75,21 @@ def test_loss_falls(tiny_records, tmp_path, mixed_precision, jit_compile):
     assert losses[-1] < 0.7 * losses[0], losses
 
 
+def test_fast_config_model_has_64_time_steps_and_learns(tiny_records, tmp_path, monkeypatch):
+    from plate_ocr import cli_train
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    config = cli_train.config_from("configs/fast.cfg", f"--records_dir={tiny_records}")
+    crnn = model.build_crnn(config.model, 64, 128, 11)
+    assert tuple(crnn(np.zeros((2, 64, 128), np.float32)).shape) == (2, 64, 11)
+    # Its recipe as it is but for the length: a short warm-up, a few steps.
+    config = dataclasses.replace(config, epochs=3, steps_per_epoch=8, steps_per_loop=4,
+                                 warmup_steps=4, eval_batch_size=64, shuffle_buffer=200)
+    train.train_and_evaluate(config, str(tmp_path / "run"), STRATEGY)
+    history = json.load(open(tmp_path / "run" / train.HISTORY_FILE))
+    losses = [h["train"]["loss"] for h in history]
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
 def test_time_to_accuracy_names_the_first_validation_at_each_target():
     history = [{"epoch": epoch, "train_seconds": 30.0 * epoch, "examples": 1000 * epoch,
                 "val": {"plate_accuracy": accuracy}}
