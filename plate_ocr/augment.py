@@ -3,15 +3,21 @@
 Each effect has a probability and a range (AugmentConfig); every draw comes from the plate's
 own generator, so an augmented plate is still a pure function of (seed, split, index). The
 geometric effects are undone (shrunk, then dropped) when they would move ink out of the frame.
+
+Plates are augmented a chunk at a time (augment_plates): first each plate's draws, from its
+own generator in a fixed order, then each effect as a few numpy calls over the chunk (a numpy
+call costs about as much as the arithmetic on one 64x128 plate), PIL's warp one plate at a
+time and JPEG one quality at a time. Each plate goes through the same float operations in
+the same order as alone: its pixels do not depend on the chunk, to the bit.
 """
 
 import dataclasses
 import functools
 import io
+from typing import NamedTuple, Sequence
 
 import numpy as np
 from PIL import Image
-
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
@@ -73,97 +79,329 @@ def _bilinear_matrix(size: int, coarse_size: int) -> np.ndarray:
     return matrix
 
 
-def _ink_box(ink: np.ndarray) -> tuple[int, int, int, int]:
-    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
-    return rows[0], rows[-1], cols[0], cols[-1]
+_SHADED_AT_ONCE = 64  # plates per _shade call: its workspace holds 3 floats a pixel of them
 
 
-def _perspective_coefficients(source, target) -> list[float]:
-    """PIL's 8 coefficients mapping target points back to source points."""
-    matrix, vector = [], []
-    for (x, y), (u, v) in zip(target, source):
-        matrix.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
-        matrix.append([0, 0, 0, x, y, 1, -v * x, -v * y])
-        vector += [u, v]
-    return np.linalg.solve(np.array(matrix, float), np.array(vector, float)).tolist()
+@functools.cache
+def _workspace(height: int, width: int) -> np.ndarray:
+    """float32 [3, _SHADED_AT_ONCE, H, W] that _shade works in, call after call.
 
-
-def _warp(ink: np.ndarray, config: AugmentConfig, rng: np.random.Generator,
-          margin: int) -> np.ndarray:
-    """Rotation, shear and perspective of the ink's box about its centre, inside the frame.
-
-    Only the box is resampled (a third of the plate), and the distortion is shrunk, then
-    dropped, when the box's corners would leave the frame (plus a pixel for blur).
+    Fresh arrays this large would be fresh pages every time (glibc hands large freed blocks
+    back to the system), and the first touch of a page costs more than the arithmetic on it.
+    Not for two threads at once.
     """
-    height, width = ink.shape
-    angle = np.deg2rad(rng.uniform(-1, 1) * config.rotate_degrees) \
+    return np.empty((3, _SHADED_AT_ONCE, height, width), np.float32)
+
+
+class _Draws(NamedTuple):
+    """One plate's draws; None (or the value that changes nothing) for an effect not drawn."""
+
+    angle: float  # radians
+    shear: float
+    jitter: np.ndarray | None  # float [4, 2]: the box corners' displacement in pixels
+    stroke: int  # 1: thicken, -1: thin, 0: neither
+    background: float
+    ink_level: float
+    gradient: tuple[float, float] | None  # grey levels across the plate, along x and along y
+    texture: tuple[np.ndarray, float] | None  # float32 [H/8, W/8] normal noise, its amount
+    border: bool
+    invert: bool
+    blur_passes: int
+    noise: tuple[int, int, float] | None  # top and left of its window of the bank, amount
+    jpeg_quality: int  # 0: no JPEG
+
+
+def _uniform(rng: np.random.Generator, low: float, high: float) -> float:
+    """rng.uniform(low, high): the same number (low + range * a double), at a third the cost."""
+    return low + (high - low) * rng.random()
+
+
+def _draw(config: AugmentConfig, rng: np.random.Generator, height: int, width: int) -> _Draws:
+    """One plate's draws, in the order that fixes its pixels (effect by effect)."""
+    angle = np.deg2rad(_uniform(rng, -1, 1) * config.rotate_degrees) \
         if rng.random() < config.rotate_prob else 0.0
-    shear = rng.uniform(-1, 1) * config.shear if rng.random() < config.shear_prob else 0.0
+    shear = _uniform(rng, -1, 1) * config.shear if rng.random() < config.shear_prob else 0.0
     jitter = (rng.uniform(-1, 1, (4, 2)) * config.perspective * np.array([width, height])
-              if rng.random() < config.perspective_prob else np.zeros((4, 2)))
-    if not angle and not shear and not jitter.any():
-        return ink
-    top, bottom, left, right = _ink_box(ink)
-    box_width, box_height = right + 1 - left, bottom + 1 - top
+              if rng.random() < config.perspective_prob else None)
+    stroke = (1 if rng.random() < 0.5 else -1) if rng.random() < config.stroke_prob else 0
+    background, ink_level = 255.0, 0.0
+    if rng.random() < config.contrast_prob:
+        background = _uniform(rng, config.background_min, 255)
+        ink_level = _uniform(rng, 0, config.ink_max)
+    gradient = None
+    if rng.random() < config.gradient_prob:
+        direction = _uniform(rng, 0, 2 * np.pi)
+        strength = _uniform(rng, 0, config.gradient)
+        gradient = (np.cos(direction) * strength, np.sin(direction) * strength)
+    texture = None
+    if rng.random() < config.texture_prob:
+        coarse = rng.standard_normal((height // 8, width // 8), dtype=np.float32)
+        texture = (coarse, _uniform(rng, 0, config.texture))
+    border = rng.random() < config.border_prob
+    invert = rng.random() < config.invert_prob
+    blur_passes = 0
+    if rng.random() < config.blur_prob:
+        blur_passes = 1 + int(rng.random() < (config.blur_sigma - 0.7) / 0.3)
+    noise = None
+    if rng.random() < config.noise_prob:
+        top, left = int(rng.integers(height)), int(rng.integers(width))
+        noise = (top, left, _uniform(rng, 0, config.noise_sigma))
+    jpeg_quality = (int(rng.integers(config.jpeg_quality_min, 96))
+                    if rng.random() < config.jpeg_prob else 0)
+    return _Draws(angle, shear, jitter, stroke, background, ink_level, gradient, texture, border,
+                  invert, blur_passes, noise, jpeg_quality)
+
+
+def _perspective_coefficients(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """PIL's 8 coefficients mapping target points back to source points: [k, 4, 2] -> [k, 8]."""
+    (x, y), (u, v) = np.moveaxis(target, 2, 0), np.moveaxis(source, 2, 0)
+    matrix = np.zeros((len(source), 4, 2, 8))  # per point, a row for u and one for v
+    matrix[:, :, 0, 0], matrix[:, :, 0, 1], matrix[:, :, 0, 2] = x, y, 1
+    matrix[:, :, 1, 3], matrix[:, :, 1, 4], matrix[:, :, 1, 5] = x, y, 1
+    matrix[:, :, 0, 6], matrix[:, :, 0, 7] = -u * x, -u * y
+    matrix[:, :, 1, 6], matrix[:, :, 1, 7] = -v * x, -v * y
+    return np.linalg.solve(matrix.reshape(-1, 8, 8), source.reshape(-1, 8, 1))[..., 0]
+
+
+def _warp(inks: np.ndarray, draws: Sequence[_Draws], margin: int) -> np.ndarray:
+    """Rotation, shear and perspective of each plate's ink box about its centre, in the frame.
+
+    Only the box is resampled (a third of the plate), and the distortion is shrunk to a half,
+    then a quarter, then dropped, when the box's corners would leave the frame (plus a pixel
+    for blur). The geometry runs on every plate and scale at once; PIL resamples each plate.
+    """
+    count, height, width = inks.shape
+    angle, shear = np.array([d.angle for d in draws]), np.array([d.shear for d in draws])
+    jitter = np.zeros((count, 4, 2))
+    for i, draw in enumerate(draws):
+        if draw.jitter is not None:
+            jitter[i] = draw.jitter
+    perspective = jitter.any(axis=(1, 2))
+    moved = np.flatnonzero((angle != 0) | (shear != 0) | perspective)
+    if len(moved) == 0:
+        return inks.copy()
+    # bitwise_or reduces the uint8 as it is; any() would convert every pixel to bool first.
+    rows = np.bitwise_or.reduce(inks, axis=2)[moved] != 0
+    cols = np.bitwise_or.reduce(inks, axis=1)[moved] != 0
+    top, left = rows.argmax(axis=1), cols.argmax(axis=1)
+    bottom = height - 1 - rows[:, ::-1].argmax(axis=1)
+    right = width - 1 - cols[:, ::-1].argmax(axis=1)
     # The ink box's corners and centre in the coordinates of the box plus a pixel all round
     # (the source of the resampling: bilinear needs the zeros beyond the edge), and its
     # centre on the plate.
-    corners = np.array([[0, 0], [box_width, 0], [box_width, box_height], [0, box_height]],
-                       float) + 1
-    half = np.array([box_width / 2, box_height / 2]) + 1
-    centre = half - 1 + [left, top]
-    for scale in (1.0, 0.5, 0.25):
-        cos, sin, slant = np.cos(angle * scale), np.sin(angle * scale), shear * scale
-        linear = np.array([[cos, cos * slant - sin], [sin, sin * slant + cos]])  # rotate @ shear
-        target = (corners - half) @ linear.T + centre + jitter * scale
-        x0, y0 = np.floor(target.min(axis=0)).astype(int)
-        x1, y1 = np.ceil(target.max(axis=0)).astype(int)
-        if x0 > margin and y0 > margin and x1 < width - margin - 1 and y1 < height - margin - 1:
-            # Resample from the ink's box into the target's box, each in its own coordinates.
-            # Without perspective the map is affine: its inverse in closed form (determinant
-            # 1) costs a tenth of solving for a homography.
-            if jitter.any():
-                method = Image.PERSPECTIVE
-                coefficients = _perspective_coefficients(corners, target - [x0, y0])
-            else:
-                method = Image.AFFINE
-                a, b, c, d = linear[1, 1], -linear[0, 1], -linear[1, 0], linear[0, 0]
-                dx, dy = x0 - centre[0], y0 - centre[1]
-                coefficients = (a, b, a * dx + b * dy + half[0], c, d, c * dx + d * dy + half[1])
-            patch = Image.fromarray(ink[top - 1:bottom + 2, left - 1:right + 2]).transform(
-                (x1 - x0, y1 - y0), method, coefficients, Image.BILINEAR)
-            warped = np.zeros_like(ink)
-            warped[y0:y1, x0:x1] = np.asarray(patch)
-            return warped
-    return ink
+    size = np.stack([right + 1 - left, bottom + 1 - top], axis=1)
+    corners = np.array([[0, 0], [1, 0], [1, 1], [0, 1]]) * size[:, None] + 1.0
+    half = size / 2 + 1
+    centre = half - 1 + np.stack([left, top], axis=1)
+    # [scale, plate, ...]: each scale of each moved plate, then the largest scale that fits.
+    scale = np.array([1.0, 0.5, 0.25])[:, None]
+    cos, sin = np.cos(angle[moved] * scale), np.sin(angle[moved] * scale)
+    slant = shear[moved] * scale
+    linear = np.stack([cos, cos * slant - sin, sin, sin * slant + cos],  # rotate @ shear
+                      axis=-1).reshape(len(scale), len(moved), 2, 2)
+    # A product of matrices, as for one plate alone: BLAS rounds its sums its own way.
+    target = ((corners - half[:, None]) @ linear.swapaxes(2, 3) + centre[:, None]
+              + jitter[moved] * scale[..., None, None])
+    low, high = np.floor(target.min(axis=2)), np.ceil(target.max(axis=2))
+    fits = ((low > margin).all(axis=2) & (high[..., 0] < width - margin - 1)
+            & (high[..., 1] < height - margin - 1))
+    placed = np.flatnonzero(fits.any(axis=0))
+    largest = fits.argmax(axis=0)[placed]
+    linear, target = linear[largest, placed], target[largest, placed]
+    low, high = low[largest, placed], high[largest, placed]
+    # Without perspective the map is affine: its inverse in closed form (determinant 1) costs
+    # a tenth of solving for a homography.
+    a, b, c, d = linear[:, 1, 1], -linear[:, 0, 1], -linear[:, 1, 0], linear[:, 0, 0]
+    dx, dy = (low - centre[placed]).T
+    affine = np.stack([a, b, a * dx + b * dy + half[placed, 0],
+                       c, d, c * dx + d * dy + half[placed, 1]], axis=1)
+    transforms = [(Image.AFFINE, numbers) for numbers in affine.tolist()]
+    homographies = np.flatnonzero(perspective[moved[placed]])
+    if len(homographies):
+        solved = _perspective_coefficients(corners[placed[homographies]],
+                                           (target - low[:, None])[homographies])
+        for i, numbers in zip(homographies.tolist(), solved.tolist()):
+            transforms[i] = (Image.PERSPECTIVE, numbers)
+    warped = inks.copy()
+    warped[moved[placed]] = 0
+    boxes = np.concatenate([low, high], axis=1).astype(int).tolist()
+    # Each source box, in an image of all the plates one above the other.
+    sources = np.stack([left - 1, moved * height + top - 1, right + 2,
+                        moved * height + bottom + 2], axis=1)[placed].tolist()
+    stacked = Image.frombuffer("L", (width, count * height), np.ascontiguousarray(inks), "raw",
+                               "L", 0, 1)
+    for plate, (method, numbers), (x0, y0, x1, y1), source in zip(
+            moved[placed].tolist(), transforms, boxes, sources):
+        # Resample from the ink's box into the target's box, each in its own coordinates.
+        patch = stacked.crop(source).transform((x1 - x0, y1 - y0), method, numbers,
+                                               Image.BILINEAR)
+        warped[plate, y0:y1, x0:x1] = np.frombuffer(patch.tobytes(), np.uint8).reshape(
+            y1 - y0, x1 - x0)
+    return warped
 
 
-def _neighbourhood(ink: np.ndarray, grow: bool) -> np.ndarray:
-    """3x3 maximum (grow) or minimum (shrink) of the ink: numpy shifts, no rank filter."""
-    padded = np.zeros((ink.shape[0] + 2, ink.shape[1] + 2), ink.dtype)  # np.pad is 10x slower
-    padded[1:-1, 1:-1] = ink
+def _stroke(inks: np.ndarray, draws: Sequence[_Draws]) -> None:
+    """Thickens or thins the strokes of the plates that drew it, in place."""
+    strokes = np.array([d.stroke for d in draws])
+    for grow in (True, False):
+        chosen = np.flatnonzero(strokes == (1 if grow else -1))
+        if len(chosen):
+            ink = inks[chosen]
+            changed = _neighbourhood(ink, grow)
+            # Thinning blends with the original, so hairline strokes fade, not vanish.
+            inks[chosen] = changed if grow else (ink.astype(np.uint16) + changed) // 2
+
+
+def _neighbourhood(inks: np.ndarray, grow: bool) -> np.ndarray:
+    """3x3 maximum (grow) or minimum (shrink) of each plate's ink, zeros beyond the frame.
+
+    Rows, then columns: 4 reductions of shifted views instead of 9 (np.pad is 10x slower
+    than filling a zeroed array).
+    """
+    count, height, width = inks.shape
+    padded = np.zeros((count, height + 2, width + 2), inks.dtype)
+    padded[:, 1:-1, 1:-1] = inks
     reduce = np.maximum if grow else np.minimum
-    out = padded[1:-1, 1:-1].copy()
-    for dy in range(3):
-        for dx in range(3):
-            reduce(out, padded[dy:dy + ink.shape[0], dx:dx + ink.shape[1]], out=out)
-    return out
+    rows = reduce(reduce(padded[:, :-2], padded[:, 1:-1]), padded[:, 2:])
+    return reduce(reduce(rows[..., :-2], rows[..., 1:-1]), rows[..., 2:])
 
 
-def _binomial_blur(plate: np.ndarray, passes: int) -> np.ndarray:
-    """[1, 2, 1] / 4 along both axes, `passes` times (about a Gaussian of sigma 0.7 each)."""
+def _shade(inks: np.ndarray, draws: Sequence[_Draws], out: np.ndarray) -> None:
+    """Grey levels, gradient and texture, the ink, border, inversion, blur and noise.
+
+    Args:
+      inks: uint8 [N, H, W] coverage, N up to _SHADED_AT_ONCE.
+      draws: each plate's draws.
+      out: uint8 [N, H, W] for the plates.
+    """
+    count, height, width = inks.shape
+    plate, work, spare = _workspace(height, width)[:, :count]
+
+    def values(name: str) -> np.ndarray:  # float32 [N, 1, 1], broadcasting over the pixels
+        return np.array([getattr(d, name) for d in draws], np.float32).reshape(count, 1, 1)
+
+    def chosen(name: str) -> np.ndarray:  # the plates that drew the effect
+        return np.flatnonzero([bool(getattr(d, name)) for d in draws])
+
+    # Background + (x gradient + y gradient), as for one plate; a plate without a gradient
+    # gets one of 0 grey levels, which adds exactly nothing.
+    gradient = np.array([d.gradient or (0.0, 0.0) for d in draws], np.float32)[..., None, None]
+    np.copyto(plate, gradient[:, 1] * _centred_coordinates(height)[:, None])
+    plate += gradient[:, 0] * _centred_coordinates(width)
+    plate += values("background")
+    textured = chosen("texture")
+    if len(textured):
+        coarse = np.stack([draws[i].texture[0] for i in textured])
+        amount = np.array([draws[i].texture[1] for i in textured], np.float32)
+        # Bilinear upsampling as two small products with cached weights (PIL's resize of a
+        # float image cost several times as much).
+        texture = np.matmul(_bilinear_matrix(height, height // 8) @ coarse,
+                            _bilinear_matrix(width, width // 8).T, out=work[:len(textured)])
+        texture *= amount[:, None, None]
+        for i, plate_texture in zip(textured, texture):
+            plate[i] += plate_texture
+    ink_level = values("ink_level")
+    np.divide(inks, np.float32(255), out=work)  # the coverage
+    work *= np.subtract(ink_level, plate, out=spare)
+    plate += work  # plate + (ink_level - plate) * coverage
+    bordered = chosen("border")
+    edge = ink_level[bordered, 0]
+    plate[bordered, 0], plate[bordered, -1] = edge, edge
+    plate[bordered, :, 0], plate[bordered, :, -1] = edge, edge
+    inverted = chosen("invert")
+    plate[inverted] = 255.0 - plate[inverted]
+    passes = np.array([d.blur_passes for d in draws])
+    for times in np.unique(passes[passes > 0]).tolist():
+        blurred = np.flatnonzero(passes == times)
+        plates = np.take(plate, blurred, axis=0, out=work[:len(blurred)])
+        _blur(plates, times, spare[:len(blurred)])
+        plate[blurred] = plates
+    noise_bank = _noise_bank(height, width)
+    for i, draw in enumerate(draws):
+        if draw.noise:
+            top, left, amount = draw.noise
+            plate[i] += np.multiply(noise_bank[top:top + height, left:left + width], amount,
+                                    out=work[0])
+    np.clip(np.rint(plate, out=plate), 0, 255, out=plate)
+    np.copyto(out, plate, casting="unsafe")
+
+
+def _blur(plates: np.ndarray, passes: int, spare: np.ndarray) -> None:
+    """[1, 2, 1] / 4 across, then down, `passes` times, in place (each about a Gaussian of
+    sigma 0.7).
+
+    The divisions by 4 wait for the end, all in one: dividing by a power of 2 is exact, so
+    waiting changes no rounding. spare: an array of the same shape to work in.
+    """
     for _ in range(passes):
-        plate = _blur_axis(_blur_axis(plate.T).T)
-    return plate
+        _sum_neighbours(plates, 2, spare)
+        _sum_neighbours(spare, 1, plates)
+    plates /= 16 ** passes
 
 
-def _blur_axis(plate: np.ndarray) -> np.ndarray:
-    """[1, 2, 1] / 4 down the rows, edge rows repeated (np.pad's "edge" at a tenth the cost)."""
-    out = np.empty_like(plate)
-    out[1:-1] = (plate[:-2] + 2 * plate[1:-1] + plate[2:]) / 4
-    out[0] = (3 * plate[0] + plate[1]) / 4
-    out[-1] = (plate[-2] + 3 * plate[-1]) / 4
-    return out
+def _sum_neighbours(plates: np.ndarray, axis: int, out: np.ndarray) -> None:
+    """(previous + 2 this) + next, down (axis 1) or across (axis 2), edges repeated.
+
+    The sums run on the flat arrays with neighbours a row or a pixel apart: one long loop per
+    step (a slice across the plates is three times slower). What that gets wrong, where a
+    neighbour is in the next row or plate, is the edges, set apart after.
+    """
+    step = plates.strides[axis] // plates.itemsize
+    flat, inner = plates.reshape(-1), out.reshape(-1)[step:-step]
+    np.multiply(flat[step:-step], 2, out=inner)
+    inner += flat[:-2 * step]
+    inner += flat[2 * step:]
+    source, target = np.moveaxis(plates, axis, 0), np.moveaxis(out, axis, 0)
+    target[0] = 3 * source[0] + source[1]
+    target[-1] = source[-2] + 3 * source[-1]
+
+
+def _jpeg(plates: np.ndarray, quality: int) -> np.ndarray:
+    """Plates through a JPEG encoder and decoder at that quality: uint8 [N, H, W].
+
+    The plates are one image, one above the other: JPEG codes 8x8 blocks on their own (but
+    for the lossless chain of DC values), so when H is a multiple of 8 each plate comes back
+    as it would alone, for one set-up of the encoder and decoder instead of N.
+    """
+    count, height, width = plates.shape
+    buffer = io.BytesIO()
+    Image.frombuffer("L", (width, count * height), plates, "raw", "L", 0, 1).save(
+        buffer, format="JPEG", quality=quality)
+    # The decoder straight onto the bytes: Image.open's parsing costs as much as decoding.
+    decoded = Image.frombytes("L", (width, count * height), buffer.getvalue(), "jpeg", "L", "")
+    return np.frombuffer(decoded.tobytes(), np.uint8).reshape(plates.shape)
+
+
+def augment_plates(inks: np.ndarray, config: AugmentConfig,
+                   rngs: Sequence[np.random.Generator], margin: int) -> np.ndarray:
+    """Turns plates' ink coverage (uint8, 255 = ink) into photographed-looking plates.
+
+    Plate i is a function of inks[i] and rngs[i] alone: the pixels augment() gives it. The
+    more plates at once, the more of them share a JPEG quality.
+
+    Args:
+      inks: uint8 [N, H, W] coverage of the glyphs, all inside the frame's margin.
+      config: probabilities and ranges.
+      rngs: the plates' generators, one each.
+      margin: pixels the ink keeps from the frame.
+    Returns:
+      uint8 [N, H, W] grey plates.
+    """
+    count, height, width = inks.shape
+    draws = [_draw(config, rng, height, width) for rng in rngs]
+    inks = _warp(inks, draws, margin)
+    _stroke(inks, draws)
+    plates = np.empty_like(inks)
+    for start in range(0, count, _SHADED_AT_ONCE):
+        part = slice(start, start + _SHADED_AT_ONCE)
+        _shade(inks[part], draws[part], plates[part])
+    qualities = np.array([d.jpeg_quality for d in draws])
+    for quality in np.unique(qualities[qualities > 0]).tolist():
+        chosen = np.flatnonzero(qualities == quality)
+        # All plates of a quality as one image when they are whole 8x8 blocks (_jpeg).
+        for group in [chosen] if height % 8 == 0 else [[i] for i in chosen]:
+            plates[group] = _jpeg(plates[group], quality)
+    return plates
 
 
 def augment(ink: np.ndarray, config: AugmentConfig, rng: np.random.Generator,
@@ -178,47 +416,4 @@ def augment(ink: np.ndarray, config: AugmentConfig, rng: np.random.Generator,
     Returns:
       uint8 [H, W] grey plate.
     """
-    height, width = ink.shape
-    ink = _warp(ink, config, rng, margin)
-    if rng.random() < config.stroke_prob:
-        grow = rng.random() < 0.5
-        changed = _neighbourhood(ink, grow)
-        # Thinning blends with the original, so hairline strokes fade instead of vanishing.
-        ink = changed if grow else ((ink.astype(np.uint16) + changed) // 2).astype(np.uint8)
-    background, ink_level = 255.0, 0.0
-    if rng.random() < config.contrast_prob:
-        background = rng.uniform(config.background_min, 255)
-        ink_level = rng.uniform(0, config.ink_max)
-    plate = np.full((height, width), background, np.float32)
-    if rng.random() < config.gradient_prob:
-        direction = rng.uniform(0, 2 * np.pi)
-        strength = rng.uniform(0, config.gradient)
-        plate += (np.float32(np.cos(direction) * strength) * _centred_coordinates(width)[None, :]
-                  + np.float32(np.sin(direction) * strength) * _centred_coordinates(height)[:, None])
-    if rng.random() < config.texture_prob:
-        coarse = rng.standard_normal((height // 8, width // 8), dtype=np.float32)
-        # Bilinear upsampling as two small products with cached weights (PIL's resize of a
-        # float image cost several times as much).
-        texture = (_bilinear_matrix(height, height // 8) @ coarse
-                   @ _bilinear_matrix(width, width // 8).T)
-        plate += texture * np.float32(rng.uniform(0, config.texture))
-    coverage = ink.astype(np.float32) / 255.0
-    plate += (ink_level - plate) * coverage
-    if rng.random() < config.border_prob:
-        plate[[0, -1], :] = ink_level
-        plate[:, [0, -1]] = ink_level
-    if rng.random() < config.invert_prob:
-        plate = 255.0 - plate
-    if rng.random() < config.blur_prob:
-        plate = _binomial_blur(plate, 1 + int(rng.random() < (config.blur_sigma - 0.7) / 0.3))
-    if rng.random() < config.noise_prob:
-        bank = _noise_bank(height, width)
-        top, left = rng.integers(height), rng.integers(width)
-        plate += bank[top:top + height, left:left + width] * rng.uniform(0, config.noise_sigma)
-    plate = np.clip(np.rint(plate), 0, 255).astype(np.uint8)
-    if rng.random() < config.jpeg_prob:
-        buffer = io.BytesIO()
-        quality = int(rng.integers(config.jpeg_quality_min, 96))
-        Image.fromarray(plate).save(buffer, format="JPEG", quality=quality)
-        plate = np.asarray(Image.open(buffer, formats=["JPEG"]))
-    return plate
+    return augment_plates(ink[None], config, [rng], margin)[0]

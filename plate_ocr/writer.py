@@ -22,6 +22,9 @@ from plate_ocr import atlas as atlas_lib, augment as augment_lib, fonts, records
 
 _PROGRESS_EVERY = 250
 _PNG_STREAM = 5  # spawn key of write_png_plates, apart from the splits' streams (0-4)
+# Plates rendered, then augmented, together: numpy's cost per call spread over them, and the
+# more there are, the more share a JPEG quality (augment.augment_plates).
+_CHUNK = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,23 +93,40 @@ def plate_rng(seed: int, split: str, index: int) -> np.random.Generator:
 def make_plate(number: int, families: Sequence[Sequence[fonts.Face]], style: PlateStyle,
                rng: np.random.Generator, augmented: bool = False
                ) -> tuple[np.ndarray, list[int], str, fonts.Face, int, int]:
-    """Renders one label: a family, then a face, size and spacing drawn from rng; then, for
-    an augmented split, the style's augmentation.
+    """Renders one label: make_plates of one.
 
     Returns:
       (image, label digits, text, face, font size, spacing used).
     """
-    family = families[int(rng.integers(len(families)))]
-    face = family[int(rng.integers(len(family)))]
-    size = int(rng.integers(style.font_size_min, style.font_size_max + 1))
-    spacing = int(rng.integers(style.spacing_min, style.spacing_max + 1))
-    digits = records.label_digits(number, style.alphabet, style.plate_length)
-    text = "".join(style.alphabet[d] for d in digits)
-    glyphs = render.load_glyphs(face.path, size, style.alphabet)
-    image, spacing = render.render_plate([glyphs[c] for c in text], spacing, style.spec, rng)
+    return make_plates([number], families, style, [rng], augmented)[0]
+
+
+def make_plates(numbers: Sequence[int], families: Sequence[Sequence[fonts.Face]],
+                style: PlateStyle, rngs: Sequence[np.random.Generator], augmented: bool = False
+                ) -> list[tuple[np.ndarray, list[int], str, fonts.Face, int, int]]:
+    """Renders labels, each from its own generator: a family, then a face, size and spacing
+    drawn from it; then, for an augmented split, the style's augmentation of them all at once.
+
+    Returns:
+      per label: (image, label digits, text, face, font size, spacing used).
+    """
+    images, details = [], []
+    for number, rng in zip(numbers, rngs):
+        family = families[int(rng.integers(len(families)))]
+        face = family[int(rng.integers(len(family)))]
+        size = int(rng.integers(style.font_size_min, style.font_size_max + 1))
+        spacing = int(rng.integers(style.spacing_min, style.spacing_max + 1))
+        digits = records.label_digits(number, style.alphabet, style.plate_length)
+        text = "".join(style.alphabet[d] for d in digits)
+        glyphs = render.load_glyphs(face.path, size, style.alphabet)
+        image, spacing = render.render_plate([glyphs[c] for c in text], spacing, style.spec,
+                                             rng)
+        images.append(image)
+        details.append((digits, text, face, size, spacing))
     if augmented:
-        image = augment_lib.augment(255 - image, style.augment, rng, style.spec.margin)
-    return image, digits, text, face, size, spacing
+        inks = 255 - np.stack(images)
+        images = augment_lib.augment_plates(inks, style.augment, rngs, style.spec.margin)
+    return [(image, *detail) for image, detail in zip(images, details)]
 
 
 def write_png_plates(output_dir: str, numbers: Sequence[int], families: Sequence[Sequence[fonts.Face]],
@@ -149,20 +169,22 @@ def write_shard(task: ShardTask) -> dict:
     """
     name = records.shard_name(task.split, task.shard, task.num_shards)
     digest, unreported = hashlib.sha256(), 0
+    augmented = task.split in task.style.augmented_splits
     with records.whole_file(task.output_dir, name) as f:
-        for offset, number in enumerate(task.labels):
-            rng = plate_rng(task.seed, task.split, task.first_index + offset)
-            image, digits, text, face, size, spacing = make_plate(
-                number, task.families, task.style, rng,
-                task.split in task.style.augmented_splits)
-            record = records.frame_record(records.encode_example(
-                image, digits, text, face.name, size, spacing))
-            f.write(record)
-            digest.update(record)
-            unreported += 1
-            if unreported == _PROGRESS_EVERY:
-                _report(unreported)
-                unreported = 0
+        for start in range(0, len(task.labels), _CHUNK):
+            numbers = task.labels[start:start + _CHUNK]
+            rngs = [plate_rng(task.seed, task.split, task.first_index + start + offset)
+                    for offset in range(len(numbers))]
+            for image, digits, text, face, size, spacing in make_plates(
+                    numbers, task.families, task.style, rngs, augmented):
+                record = records.frame_record(records.encode_example(
+                    image, digits, text, face.name, size, spacing))
+                f.write(record)
+                digest.update(record)
+                unreported += 1
+                if unreported == _PROGRESS_EVERY:
+                    _report(unreported)
+                    unreported = 0
     _report(unreported)
     return {"name": name, "num_examples": len(task.labels), "sha256": digest.hexdigest(),
             "max_rss_mb": _max_rss_mb()}

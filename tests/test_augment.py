@@ -42,11 +42,37 @@ def test_warped_ink_stays_inside_the_frame_for_every_face(faces, size):
         widest = max(glyphs.values(), key=lambda g: g.advance + g.ink.shape[1])
         rng = np.random.default_rng(number)
         image, _ = render.render_plate([widest] * 5, STYLE.spacing_max, STYLE.spec, rng)
-        warped = augment._warp(255 - image, ALL_ON, rng, margin)
+        draws = augment._draw(ALL_ON, rng, *image.shape)
+        warped = augment._warp((255 - image)[None], [draws], margin)[0]
         rows, cols = np.flatnonzero(warped.any(axis=1)), np.flatnonzero(warped.any(axis=0))
         # The clean plate keeps `margin` pixels; a warp that cannot keep them is not applied.
         assert rows[0] >= margin and cols[0] >= margin, face.name
         assert rows[-1] <= 63 - margin and cols[-1] <= 127 - margin, face.name
+
+
+@pytest.mark.parametrize("config", [augment.AugmentConfig(), ALL_ON], ids=["default", "all_on"])
+def test_plates_augmented_together_are_each_the_plate_augmented_alone(faces, config):
+    families = fonts.group_by_family(faces["train"])
+    style = dataclasses.replace(STYLE, augment=config)
+
+    def plates(labels):  # labels 0..39 as plates 0..39 of the train split, made together
+        rngs = [writer.plate_rng(0, "train", label) for label in labels]
+        made = writer.make_plates(list(labels), families, style, rngs, augmented=True)
+        return np.stack([image for image, *_ in made])
+    alone = np.concatenate([plates([label]) for label in range(40)])
+    # All 40 at once (with ALL_ON some share a JPEG quality: 40 draws of 71), then in chunks
+    # of other sizes.
+    np.testing.assert_array_equal(plates(range(40)), alone)
+    np.testing.assert_array_equal(np.concatenate([plates(range(13)), plates(range(13, 40))]),
+                                  alone)
+
+
+def test_plates_of_one_jpeg_quality_coded_as_one_image_come_back_as_alone():
+    plates = np.random.default_rng(0).integers(0, 256, (5, 64, 128), dtype=np.uint8)
+    together = augment._jpeg(plates, 40)
+    np.testing.assert_array_equal(together,
+                                  np.concatenate([augment._jpeg(p[None], 40) for p in plates]))
+    assert not np.array_equal(together, plates)
 
 
 def test_every_effect_at_once_still_shows_the_digits(faces):
