@@ -54,7 +54,7 @@ def warp(ink: tf.Tensor, uniform: dict[str, tf.Tensor], jitter: tf.Tensor,
          config: augment_lib.AugmentConfig, margin: int) -> tf.Tensor:
     """Rotation, shear and perspective of each plate's ink box about its centre.
 
-    As augment._warp: a distortion whose box corners would leave the frame (plus a pixel
+    As warp.warp_inks: a distortion whose box corners would leave the frame (plus a pixel
     for blur) is shrunk to a half, then a quarter, then dropped.
 
     Args:
@@ -106,7 +106,7 @@ def warp(ink: tf.Tensor, uniform: dict[str, tf.Tensor], jitter: tf.Tensor,
 
 
 def _blur(plates: tf.Tensor) -> tf.Tensor:
-    """[1, 2, 1] / 4 along both axes, edge pixels repeated (augment._binomial_blur's pass)."""
+    """[1, 2, 1] / 4 along both axes, edge pixels repeated (one pass of augment._blur)."""
     padded = tf.pad(plates[..., None], [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
     kernel = tf.constant([1.0, 2.0, 1.0]) / 4
     rows = tf.nn.conv2d(padded, tf.reshape(kernel, [3, 1, 1, 1]), 1, "VALID")
