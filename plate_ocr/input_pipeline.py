@@ -201,16 +201,23 @@ def check_shards(info: dict, records_dir: str, split: str) -> dict[str, str]:
     problems = {}
     for shard in info["splits"][split]["shards"]:
         path = os.path.join(records_dir, shard["name"])
-        if not tf.io.gfile.exists(path):
-            problems[path] = "missing"
-            continue
-        digest = hashlib.sha256()
-        with tf.io.gfile.GFile(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                digest.update(chunk)
-        if digest.hexdigest() != shard["sha256"]:
-            problems[path] = "corrupt (its sha256 differs from dataset_info.json)"
+        problem = file_problem(path, shard["sha256"])
+        if problem:
+            problems[path] = problem
     return problems
+
+
+def file_problem(path: str, sha256: str) -> str | None:
+    """"missing" or "corrupt (...)" when a file dataset_info.json lists is not as written."""
+    if not tf.io.gfile.exists(path):
+        return "missing"
+    digest = hashlib.sha256()
+    with tf.io.gfile.GFile(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != sha256:
+        return "corrupt (its sha256 differs from dataset_info.json)"
+    return None
 
 
 def readable_files(info: dict, records_dir: str, split: str,

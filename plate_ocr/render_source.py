@@ -13,7 +13,6 @@ render.render_plate's (the spacing shrunk until the line fits, the ink anywhere 
 margins) in integer arithmetic: the tests compare the two pixel for pixel.
 """
 
-import hashlib
 import math
 import os
 
@@ -41,13 +40,10 @@ def atlas_path(info: dict, records_dir: str) -> str:
         raise ValueError(f"the records in {records_dir} have no glyph atlas (written by an "
                          "older bin/make_records): rewrite them to train with --source=render")
     path = os.path.join(records_dir, entry["name"])
-    if not tf.io.gfile.exists(path):
-        raise ValueError(f"{path} is missing: rewrite the records with bin/make_records "
+    problem = input_pipeline.file_problem(path, entry["sha256"])
+    if problem:
+        raise ValueError(f"{path} is {problem}: rewrite the records with bin/make_records "
                          "--overwrite")
-    with tf.io.gfile.GFile(path, "rb") as f:
-        if hashlib.sha256(f.read()).hexdigest() != entry["sha256"]:
-            raise ValueError(f"{path} is corrupt (its sha256 differs from dataset_info.json): "
-                             "rewrite the records with bin/make_records --overwrite")
     return path
 
 
