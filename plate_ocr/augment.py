@@ -101,7 +101,7 @@ class _Draws(NamedTuple):
 
     angle: float  # radians
     shear: float
-    jitter: np.ndarray | None  # float [4, 2]: the box corners' displacement in pixels
+    jitter: np.ndarray  # float [4, 2]: the box corners' displacement in pixels
     stroke: int  # 1: thicken, -1: thin, 0: neither
     background: float
     ink_level: float
@@ -125,7 +125,7 @@ def _draw(config: AugmentConfig, rng: np.random.Generator, height: int, width: i
         if rng.random() < config.rotate_prob else 0.0
     shear = _uniform(rng, -1, 1) * config.shear if rng.random() < config.shear_prob else 0.0
     jitter = (rng.uniform(-1, 1, (4, 2)) * config.perspective * np.array([width, height])
-              if rng.random() < config.perspective_prob else None)
+              if rng.random() < config.perspective_prob else np.zeros((4, 2)))
     stroke = (1 if rng.random() < 0.5 else -1) if rng.random() < config.stroke_prob else 0
     background, ink_level = 255.0, 0.0
     if rng.random() < config.contrast_prob:
@@ -304,12 +304,9 @@ def augment_plates(inks: np.ndarray, config: AugmentConfig,
     """
     count, height, width = inks.shape
     draws = [_draw(config, rng, height, width) for rng in rngs]
-    jitter = np.zeros((count, 4, 2))
-    for i, draw in enumerate(draws):
-        if draw.jitter is not None:
-            jitter[i] = draw.jitter
     inks = warp.warp_inks(inks, np.array([d.angle for d in draws]),
-                          np.array([d.shear for d in draws]), jitter, margin)
+                          np.array([d.shear for d in draws]),
+                          np.stack([d.jitter for d in draws]), margin)
     _stroke(inks, draws)
     plates = np.empty_like(inks)
     for start in range(0, count, _SHADED_AT_ONCE):

@@ -30,8 +30,9 @@ def _custom_loop(flagfile: str, records_dir: str, steps: int, repeats: int) -> d
     from plate_ocr import trainer as trainer_lib
     config, info, strategy = _train_setup(flagfile, records_dir)
     trainer = trainer_lib.Trainer(config, info, strategy, (repeats + 1) * steps,
-                            files={"train": records.split_files(info, records_dir, "train")},
-                            lost={"train": 0})
+                                  files={"train": records.split_files(info, records_dir,
+                                                                      "train")},
+                                  lost={"train": 0})
     iterator = iter(trainer.dataset("train", training=True))
 
     def run():
