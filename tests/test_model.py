@@ -59,3 +59,28 @@ def test_folding_batch_norm_keeps_the_logits(config):
     assert not [l for l in folded.layers if "batch_norm" in l.name]
     images = rng.uniform(0, 255, (4, 64, 128)).astype(np.float32)
     np.testing.assert_allclose(folded(images), trained(images, training=False), atol=1e-4)
+
+
+def test_fused_batch_norm_trains_as_keras_batch_norm():
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(2.0, 3.0, (16, 8, 32, 5)), tf.float32)  # n = 4,096
+    upstream = tf.constant(rng.normal(size=x.shape), tf.float32)
+    gamma, beta = rng.uniform(0.5, 2, 5), rng.normal(size=5)
+    results = []
+    for layer in (keras.layers.BatchNormalization(momentum=0.9),
+                  model.FusedBatchNorm(momentum=0.9)):
+        layer.build(x.shape)
+        layer.gamma.assign(gamma)
+        layer.beta.assign(beta)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(layer(x, training=True) * upstream)
+        grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
+        results.append([layer(x, training=True), *grads, layer.moving_mean,
+                        layer.moving_variance, layer(x, training=False)])
+    # The moving variances differ by Bessel's n / (n - 1) only.
+    for keras_value, fused_value in zip(*results):
+        np.testing.assert_allclose(fused_value, keras_value, rtol=2e-3, atol=2e-4)

@@ -203,6 +203,6 @@ def test_missing_records_dir_is_a_clear_error(tmp_path):
 
 
 def test_non_finite_loss_stops_the_run_naming_the_step(tiny_records, tmp_path):
-    config = smoke_config(tiny_records, learning_rate=1e30, steps_per_epoch=4, steps_per_loop=4)
+    config = smoke_config(tiny_records, learning_rate=1e38, steps_per_epoch=4, steps_per_loop=4)
     with pytest.raises(trainer.TrainingError, match=r"not finite at step \d+"):
         train.train_and_evaluate(config, str(tmp_path / "run"), STRATEGY)
