@@ -122,7 +122,9 @@ FIGURES = {
                                   False),
         "examples_to_99.9": Figure("training examples to 99.9% val plate accuracy",
                                    "examples"),
-        "train_minutes": Figure("training minutes, whole run", "min"),
+        # The 3-minute target is the test split's accuracy after 3 minutes of training; the
+        # test figure is the whole run's, so the whole run is what must fit in 3 minutes.
+        "train_minutes": Figure("training minutes, whole run", "min", 3, False),
         "wall_minutes": Figure("wall minutes, whole run (evaluations, export included)", "min"),
         "test_plate_accuracy": Figure("test plate accuracy, best weights", "", 0.999),
         "heldout_plate_accuracy": Figure("held-out fonts plate accuracy", ""),
