@@ -26,8 +26,9 @@ import numpy as np
 from plate_ocr import fonts, records, render, writer
 
 # make_records' default flags: the dataset that the "under 20 s" target is about.
-DEFAULT_DATASET = {"train": 60000, "val": 5000, "test": 10000, "heldout": 2000, "test_aug": 2000}
-DEFAULT_SHARDS = {"train": 16, "val": 2, "test": 2, "heldout": 2, "test_aug": 2}
+DEFAULT_DATASET = {"train": 60000, "val": 5000, "test": 10000, "heldout": 2000, "test_aug": 2000,
+                   "val_aug": 2000}
+DEFAULT_SHARDS = {"train": 16, "val": 2, "test": 2, "heldout": 2, "test_aug": 2, "val_aug": 2}
 MIN_FONT_FAMILIES = 22
 STAGES = ("records", "pipeline", "train", "inference", "time_to_accuracy")
 BATCH = 256  # the input pipeline's and batched inference's batch

@@ -88,7 +88,7 @@ _MAKE_RECORDS_FLAGS = (
     "output_dir", "num_train", "num_val", "num_test", "num_heldout", "shards", "eval_shards",
     "seed", "workers", "font_dir", "min_font_families", "font_size_min", "font_size_max",
     "spacing_min", "spacing_max", "alphabet", "plate_length", "overwrite", "num_test_aug",
-    "augment_train")
+    "num_val_aug", "augment_train")
 
 
 def _define_augment_flags() -> list[str]:
@@ -130,6 +130,8 @@ def make_records() -> None:
     flags.DEFINE_boolean("overwrite", False, "Replace records already in --output_dir.")
     flags.DEFINE_integer("num_test_aug", 2000, "Augmented plates of test labels (the "
                          "augmented test split).", lower_bound=0)
+    flags.DEFINE_integer("num_val_aug", 2000, "Augmented plates of validation labels (what "
+                         "bin/train --val_split=val_aug validates on).", lower_bound=0)
     flags.DEFINE_boolean("augment_train", False, "Augment the training plates too (blur, "
                          "noise, tilt, lighting...: see the --aug_* flags).")
     augment_flags = _define_augment_flags()
@@ -154,10 +156,10 @@ def make_records() -> None:
             print(f"removing {len(existing)} shards of an unfinished run in {FLAGS.output_dir}",
                   file=sys.stderr)
         counts = {"train": FLAGS.num_train, "val": FLAGS.num_val, "test": FLAGS.num_test}
-        for split in ("heldout", "test_aug"):
-            # They reuse test labels: left at their defaults, they shrink with a small test split.
+        for split, base in records.DERIVED_SPLITS.items():
+            # They reuse another split's labels: left at their defaults, they shrink with it.
             flag = FLAGS[f"num_{split}"]
-            counts[split] = flag.value if flag.present else min(flag.value, FLAGS.num_test)
+            counts[split] = flag.value if flag.present else min(flag.value, counts[base])
         try:
             labels = records.draw_labels(counts, FLAGS.alphabet, FLAGS.plate_length, FLAGS.seed)
             train_faces, rejected = fonts.usable_faces(
@@ -170,7 +172,8 @@ def make_records() -> None:
             style = writer.PlateStyle(
                 FLAGS.alphabet, FLAGS.plate_length, FLAGS.font_size_min, FLAGS.font_size_max,
                 FLAGS.spacing_min, FLAGS.spacing_max, augment=augment_config,
-                augmented_splits=("test_aug", "train") if FLAGS.augment_train else ("test_aug",))
+                augmented_splits=("test_aug", "val_aug") + (("train",) if FLAGS.augment_train
+                                                             else ()))
             writer.check_fit(train_faces + heldout_faces, style)
         except (ValueError, fonts.FontError) as error:
             raise CommandError(str(error)) from None
@@ -181,8 +184,8 @@ def make_records() -> None:
             try:
                 info = writer.write_dataset(
                     FLAGS.output_dir, labels,
-                    {"train": FLAGS.shards, "val": FLAGS.eval_shards, "test": FLAGS.eval_shards,
-                     "heldout": FLAGS.eval_shards, "test_aug": FLAGS.eval_shards},
+                    {split: FLAGS.shards if split == "train" else FLAGS.eval_shards
+                     for split in records.SPLITS},
                     {"train": train_faces, "heldout": heldout_faces}, style, FLAGS.seed,
                     FLAGS.workers, bar.update, {"flags": _flag_values(_MAKE_RECORDS_FLAGS + tuple(augment_flags))})
             except OSError as error:  # disk full, permissions: no shard is left half-written

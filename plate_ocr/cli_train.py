@@ -47,7 +47,7 @@ def train_config(values: flags.FlagValues = FLAGS):
         jit_compile=values.jit_compile, ema_momentum=values.ema_momentum,
         data_service=_data_service(values.data_service), data_timeout=values.data_timeout,
         source=values.source, render_augment=values.render_augment,
-        init_from=values.init_from)
+        init_from=values.init_from, val_split=values.val_split)
 
 
 def _data_service(address: str) -> str:
@@ -149,6 +149,10 @@ def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
                        "checkpoints kept) when no training batch arrives for this many seconds, "
                        "e.g. when a data-service worker died (0: wait forever).",
                        lower_bound=0, **on)
+    flags.DEFINE_enum("val_split", "val", ["val", "val_aug"], "The split validated each "
+                      "epoch, for early stopping and the best weights: val_aug (augmented "
+                      "plates of the validation labels) for a model trained on augmented "
+                      "plates.", **on)
     flags.DEFINE_boolean("skip_corrupt", False, "Leave out shards that are missing or whose "
                          "sha256 differs from dataset_info.json (and report the records lost) "
                          "instead of stopping.", **on)
@@ -208,7 +212,7 @@ def train() -> None:
                 raise
             raise CommandError(f"writing to {FLAGS.model_dir} failed: no space left on "
                                "device") from None
-        summary = "  ".join(f"{split} plate accuracy {result[split]['plate_accuracy']:.4f} "
+        summary = "  ".join(f"{FLAGS.val_split if split == 'val' else split} plate accuracy {result[split]['plate_accuracy']:.4f} "
                             f"(CER {result[split]['cer']:.4f})"
                             for split in ("val", "test") if split in result)
         print(f"done: {result['epochs']} epochs, {result['steps']} steps, "

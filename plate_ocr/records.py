@@ -15,8 +15,13 @@ import numpy as np
 
 INFO_NAME = "dataset_info.json"
 INFO_VERSION = 2  # 2: the test_aug split and the augmentation in plate_style
-# heldout: test labels in held-out font families; test_aug: test labels, augmented plates.
-SPLITS = ("train", "val", "test", "heldout", "test_aug")
+# heldout: test labels in held-out font families; test_aug: test labels, augmented plates;
+# val_aug: validation labels, augmented plates (what an augmented training run validates on).
+# New splits go last: a split's index seeds its plates (writer.plate_rng).
+SPLITS = ("train", "val", "test", "heldout", "test_aug", "val_aug")
+# The splits that reuse the first labels of another, so their accuracy differs from that
+# split's by the fonts or the augmentation alone.
+DERIVED_SPLITS = {"heldout": "test", "test_aug": "test", "val_aug": "val"}
 _LABEL_STREAM = 4  # spawn key of the label draw (apart from every split's plate streams)
 # Feature keys and kinds of the schema: the parsing side builds its spec from these.
 FEATURES = {"image": "bytes", "label": "int64_list", "text": "bytes", "font": "bytes",
@@ -114,9 +119,8 @@ def draw_labels(counts: dict[str, int], alphabet: str, plate_length: int,
                 seed: int) -> dict[str, np.ndarray]:
     """Distinct label numbers per split; train, val and test are pairwise disjoint.
 
-    The `heldout` split (other font families) and the `test_aug` split (augmented plates)
-    reuse the first test labels, so their accuracy differs from the test split's by the fonts
-    or the augmentation alone.
+    The DERIVED_SPLITS reuse the first labels of theirs (`heldout` and `test_aug` the test
+    split's, `val_aug` the validation split's); a count left out is 0.
 
     Raises:
       ValueError: more labels asked for than the alphabet and length allow.
@@ -127,16 +131,16 @@ def draw_labels(counts: dict[str, int], alphabet: str, plate_length: int,
         raise ValueError(f"train + val + test = {distinct} plates need distinct labels, but "
                          f"{len(alphabet)} characters x {plate_length} positions allow only "
                          f"{population}")
-    for split in ("heldout", "test_aug"):
-        if counts.get(split, 0) > counts["test"]:
-            raise ValueError(f"--num_{split} ({counts[split]}) must not exceed --num_test "
-                             f"({counts['test']}): its plates reuse test labels")
+    for split, base in DERIVED_SPLITS.items():
+        if counts.get(split, 0) > counts[base]:
+            raise ValueError(f"--num_{split} ({counts[split]}) must not exceed --num_{base} "
+                             f"({counts[base]}): its plates reuse {base} labels")
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_LABEL_STREAM,)))
     numbers = rng.choice(population, size=distinct, replace=False)
     bounds = np.cumsum([0, counts["train"], counts["val"], counts["test"]])
     labels = {split: numbers[bounds[i]:bounds[i + 1]] for i, split in enumerate(SPLITS[:3])}
-    for split in ("heldout", "test_aug"):
-        labels[split] = labels["test"][:counts.get(split, 0)]
+    for split, base in DERIVED_SPLITS.items():
+        labels[split] = labels[base][:counts.get(split, 0)]
     return labels
 
 

@@ -197,9 +197,13 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
     description["model"] = json.loads(json.dumps(description["model"]))  # tuples -> lists
     _check_model_dir(out_dir, description)
     epoch_steps = steps_per_epoch(config, info)
+    if not info["splits"].get(config.val_split, {}).get("num_examples"):
+        raise TrainingError(f"the records in {config.records_dir} have no {config.val_split} "
+                            "plates to validate on: write them with bin/make_records")
     files, lost = {}, {}
     # Rendered training plates need no training records (the atlas is checked instead).
-    splits = ("val", "test") if config.source == "render" else ("train", "val", "test")
+    splits = (config.val_split, "test") if config.source == "render" else (
+        "train", config.val_split, "test")
     for split in splits:
         if info["splits"].get(split, {}).get("num_examples"):
             files[split], lost[split] = input_pipeline.readable_files(
@@ -224,7 +228,7 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
     history = _read_json(history_path) if tf.io.gfile.exists(history_path) else []
     train_writer = tf.summary.create_file_writer(os.path.join(out_dir, "train"))
     val_writer = tf.summary.create_file_writer(os.path.join(out_dir, "val"))
-    sample = _summary_sample(info, files["val"], config.num_image_summaries)
+    sample = _summary_sample(info, files[config.val_split], config.num_image_summaries)
 
     def finished() -> bool:
         return (int(trainer.epoch) >= config.epochs or int(trainer.bad_epochs) >= config.patience
@@ -244,7 +248,7 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
         trainer.epoch.assign_add(1)
         # Validated, kept and shown: the weights' average when there is one.
         with trainer.averaged_weights():
-            val = trainer.evaluate("val")
+            val = trainer.evaluate(config.val_split)
             improved = val["loss"] < float(trainer.best_val_loss) - config.min_delta
             if improved:
                 # A TF checkpoint, not .h5: it is written aside and renamed when whole, and a
@@ -287,8 +291,8 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
     best = os.path.join(out_dir, BEST_WEIGHTS)
     if tf.io.gfile.exists(best + ".index"):
         tf.train.Checkpoint(model=trainer.model).read(best).expect_partial()
-    result = {"val": trainer.evaluate("val"), "epochs": int(trainer.epoch), "lost_records": lost,
-              "steps": int(trainer.step), "train_seconds": float(trainer.train_seconds)}
+    result = {"val": trainer.evaluate(config.val_split), "epochs": int(trainer.epoch),
+              "lost_records": lost, "steps": int(trainer.step), "train_seconds": float(trainer.train_seconds)}
     if info["splits"].get("test", {}).get("num_examples"):
         result["test"] = trainer.evaluate("test")
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -53,6 +53,7 @@ class TrainConfig:
     render_augment: bool = False  # with source "render": augment_ops' effects on the plates
     init_from: str = ""  # a model dir whose best weights start a fresh run (fine-tuning)
     data_timeout: float = 0.0  # stop when no training batch arrives for this long (0: wait)
+    val_split: str = "val"  # validated each epoch: early stopping and the best weights
 
 
 class TrainingError(Exception):
@@ -280,4 +281,5 @@ class Trainer:
         if round(totals.get("plates", 0)) != expected:
             raise TrainingError(f"evaluation of {split!r} saw {totals.get('plates', 0):.0f} "
                                 f"plates, the metadata says {expected}")
-        return dict(ctc.rates(totals), loss=totals["loss"] / totals["plates"])
+        return dict(ctc.rates(totals), loss=totals["loss"] / totals["plates"],
+                    plates=round(totals["plates"]))

@@ -39,7 +39,7 @@ class PlateStyle:
     spacing_max: int = 8
     spec: render.PlateSpec = render.PlateSpec()
     augment: augment_lib.AugmentConfig = augment_lib.AugmentConfig()
-    augmented_splits: tuple[str, ...] = ("test_aug",)  # add "train" for robust training
+    augmented_splits: tuple[str, ...] = ("test_aug", "val_aug")  # add "train" for robust training
 
 
 def style_from_info(info: dict) -> PlateStyle:

@@ -9,8 +9,8 @@ from plate_ocr import fonts, records, writer
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALPHABET = "0123456789"
 MIN_FONT_FAMILIES = 22  # the make_records default: the tiny dataset uses the real font set
-TINY_COUNTS = {"train": 200, "val": 40, "test": 40, "heldout": 20, "test_aug": 10}
-TINY_SHARDS = {"train": 4, "val": 2, "test": 2, "heldout": 2, "test_aug": 1}
+TINY_COUNTS = {"train": 200, "val": 40, "test": 40, "heldout": 20, "test_aug": 10, "val_aug": 10}
+TINY_SHARDS = {"train": 4, "val": 2, "test": 2, "heldout": 2, "test_aug": 1, "val_aug": 1}
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +44,7 @@ def write_records(faces):
 
 @pytest.fixture(scope="session")
 def tiny_records(tmp_path_factory, write_records) -> str:
-    """A finished records dir of 300 plates (seed 0, in this process): its path."""
+    """A finished records dir of 360 plates (seed 0, in this process): its path."""
     output_dir = str(tmp_path_factory.mktemp("tiny_records"))
     write_records(output_dir)
     return output_dir

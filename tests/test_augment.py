@@ -70,13 +70,14 @@ def test_every_effect_at_once_still_shows_the_digits(faces):
         assert high - low > 30, index
 
 
-def test_records_hold_an_augmented_test_split_of_test_labels(write_records, read_examples,
-                                                             tmp_path):
-    counts = {"train": 50, "val": 10, "test": 20, "heldout": 0, "test_aug": 8}
-    shards = {"train": 1, "val": 1, "test": 1, "heldout": 1, "test_aug": 1}
+def test_records_hold_augmented_splits_of_test_and_validation_labels(write_records,
+                                                                      read_examples, tmp_path):
+    counts = {"train": 50, "val": 10, "test": 20, "heldout": 0, "test_aug": 8, "val_aug": 6}
+    shards = {"train": 1, "val": 1, "test": 1, "heldout": 1, "test_aug": 1, "val_aug": 1}
     info = write_records(str(tmp_path), counts=counts, shards=shards)
-    assert info["splits"]["test_aug"]["augmented"] and not info["splits"]["test"]["augmented"]
-    test = read_examples(records.split_files(info, str(tmp_path), "test"))
-    test_aug = read_examples(records.split_files(info, str(tmp_path), "test_aug"))
-    assert [e["text"] for e in test_aug] == [e["text"] for e in test[:8]]
-    assert all(a["image"] != b["image"] for a, b in zip(test_aug, test))
+    for split, base in (("test_aug", "test"), ("val_aug", "val")):
+        assert info["splits"][split]["augmented"] and not info["splits"][base]["augmented"]
+        clean = read_examples(records.split_files(info, str(tmp_path), base))
+        augmented = read_examples(records.split_files(info, str(tmp_path), split))
+        assert [e["text"] for e in augmented] == [e["text"] for e in clean[:counts[split]]]
+        assert all(a["image"] != b["image"] for a, b in zip(augmented, clean))

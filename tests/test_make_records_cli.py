@@ -43,12 +43,14 @@ def test_writes_records_then_refuses_to_overwrite_them(tmp_path, font_dir):
     result = _make_records("--output_dir", output_dir, *SMALL)
     assert result.returncode == 0, result.stderr
     assert re.fullmatch(
-        rf"wrote 270 plates \(train 200, val 20, test 20, heldout 10, test_aug 20\) to "
+        rf"wrote 290 plates \(train 200, val 20, test 20, heldout 10, test_aug 20, val_aug 20\) "
+        rf"to "
         rf"{output_dir} in "
         r"[\d.]+ s \([\d,]+ plates/s, 2 workers, \d+ MB per worker\)\n", result.stdout)
     info = records.read_info(output_dir)
     assert info["flags"]["num_train"] == 200 and info["flags"]["workers"] == 2
-    assert len(_shard_files(output_dir)) == 10  # train 2 + 2 for each of val, test, heldout, test_aug
+    # train 2 + 2 for each of val, test, heldout, test_aug, val_aug
+    assert len(_shard_files(output_dir)) == 12
     before = {name: os.path.getmtime(os.path.join(output_dir, name))
               for name in os.listdir(output_dir)}
 

@@ -93,6 +93,7 @@ def test_labels_are_distinct_and_splits_disjoint(tiny_records, read_examples):
     assert not set(texts["val"]) & set(texts["test"])
     assert texts["heldout"] == texts["test"][:TINY_COUNTS["heldout"]]
     assert texts["test_aug"] == texts["test"][:TINY_COUNTS["test_aug"]]
+    assert texts["val_aug"] == texts["val"][:TINY_COUNTS["val_aug"]]
 
 
 def test_examples_match_their_text_and_style(tiny_records, read_examples, faces):
@@ -105,7 +106,7 @@ def test_examples_match_their_text_and_style(tiny_records, read_examples, faces)
             assert e["label"] == [int(c) for c in e["text"]]
             assert 18 <= e["font_size"] <= 25 and 0 <= e["spacing"] <= 8
             image = np.frombuffer(e["image"], np.uint8).reshape(64, 128)
-            if split != "test_aug":  # augmented plates have backgrounds, borders, noise
+            if split not in ("test_aug", "val_aug"):  # augmented: backgrounds, borders, noise
                 assert min(image[:2].min(), image[-2:].min(), image[:, :2].min(),
                            image[:, -2:].min()) == 255  # the 2-pixel margin stays blank
     train_fonts = {e["font"] for e in read_examples(_split_paths(tiny_records, "train"))}
@@ -121,9 +122,12 @@ def test_draw_labels_refuses_more_labels_than_exist():
     assert len(np.unique(np.concatenate([labels[s] for s in ("train", "val", "test")]))) == 100000
 
 
-def test_draw_labels_refuses_more_heldout_than_test_plates():
+def test_draw_labels_refuses_more_derived_plates_than_their_split_has():
     counts = {"train": 10, "val": 0, "test": 5, "heldout": 6}
     with pytest.raises(ValueError, match="must not exceed --num_test"):
+        records.draw_labels(counts, "0123456789", 5, 0)
+    counts = {"train": 10, "val": 3, "test": 5, "val_aug": 4}
+    with pytest.raises(ValueError, match="--num_val_aug .4. must not exceed --num_val .3."):
         records.draw_labels(counts, "0123456789", 5, 0)
 
 
@@ -138,7 +142,7 @@ def test_records_do_not_depend_on_shards_or_workers(tiny_records, write_records,
                                                     read_examples):
     # workers=2 spawns real processes: the plates must still come out in the same order.
     write_records(str(tmp_path), shards={"train": 3, "val": 1, "test": 3, "heldout": 1,
-                                         "test_aug": 2}, workers=2)
+                                         "test_aug": 2, "val_aug": 2}, workers=2)
     for split in records.SPLITS:
         expected = [e["serialized"] for e in read_examples(_split_paths(tiny_records, split))]
         written = [e["serialized"] for e in read_examples(_split_paths(str(tmp_path), split))]

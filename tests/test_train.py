@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import TINY_COUNTS
 from plate_ocr import export, model, render, train, trainer, writer
 
 STRATEGY = tf.distribute.OneDeviceStrategy("/cpu:0")
@@ -29,7 +30,8 @@ def test_train_and_evaluate_writes_checkpoints_logs_and_exports(tiny_records, tm
     result = train.train_and_evaluate(smoke_config(tiny_records), model_dir, STRATEGY)
     assert result["epochs"] == 2 and result["steps"] == 6
     for split in ("val", "test"):
-        assert set(result[split]) == {"plate_accuracy", "char_accuracy", "cer", "loss"}
+        assert set(result[split]) == {"plate_accuracy", "char_accuracy", "cer", "loss", "plates"}
+        assert result[split]["plates"] == TINY_COUNTS[split]
     history = json.load(open(os.path.join(model_dir, train.HISTORY_FILE)))
     assert [h["step"] for h in history] == [3, 6]
     assert glob.glob(os.path.join(model_dir, "checkpoints", "ckpt-6.index"))
@@ -169,6 +171,20 @@ def test_init_from_starts_a_fresh_run_from_another_runs_best_weights(tiny_record
     with pytest.raises(trainer.TrainingError, match="no trained run"):
         train.train_and_evaluate(dataclasses.replace(frozen, init_from=str(tmp_path / "none")),
                                  str(tmp_path / "nothing"), STRATEGY)
+
+
+def test_validation_split_is_what_is_validated_and_must_be_in_the_records(
+        tiny_records, write_records, tmp_path):
+    config = smoke_config(tiny_records, epochs=1, val_split="val_aug")
+    result = train.train_and_evaluate(config, str(tmp_path / "run"), STRATEGY)
+    assert result["val"]["plates"] == TINY_COUNTS["val_aug"] != TINY_COUNTS["val"]
+    history = json.load(open(tmp_path / "run" / train.HISTORY_FILE))
+    assert [entry["val"]["plates"] for entry in history] == [TINY_COUNTS["val_aug"]]
+    clean_only = str(tmp_path / "clean_only")
+    write_records(clean_only, counts=dict(TINY_COUNTS, val_aug=0))
+    with pytest.raises(trainer.TrainingError, match="no val_aug plates to validate on"):
+        train.train_and_evaluate(dataclasses.replace(config, records_dir=clean_only),
+                                 str(tmp_path / "other"), STRATEGY)
 
 
 @pytest.mark.parametrize("patience", [1, 2])
