@@ -172,8 +172,8 @@ def make_records() -> None:
             style = writer.PlateStyle(
                 FLAGS.alphabet, FLAGS.plate_length, FLAGS.font_size_min, FLAGS.font_size_max,
                 FLAGS.spacing_min, FLAGS.spacing_max, augment=augment_config,
-                augmented_splits=("test_aug", "val_aug") + (("train",) if FLAGS.augment_train
-                                                             else ()))
+                augmented_splits=writer.PlateStyle.augmented_splits
+                + (("train",) if FLAGS.augment_train else ()))
             writer.check_fit(train_faces + heldout_faces, style)
         except (ValueError, fonts.FontError) as error:
             raise CommandError(str(error)) from None

@@ -212,9 +212,10 @@ def train() -> None:
                 raise
             raise CommandError(f"writing to {FLAGS.model_dir} failed: no space left on "
                                "device") from None
-        summary = "  ".join(f"{FLAGS.val_split if split == 'val' else split} plate accuracy {result[split]['plate_accuracy']:.4f} "
+        names = {"val": FLAGS.val_split, "test": "test"}
+        summary = "  ".join(f"{names[split]} plate accuracy {result[split]['plate_accuracy']:.4f} "
                             f"(CER {result[split]['cer']:.4f})"
-                            for split in ("val", "test") if split in result)
+                            for split in names if split in result)
         print(f"done: {result['epochs']} epochs, {result['steps']} steps, "
               f"{result['train_seconds'] / 60:.1f} min of training, peak memory "
               f"{result['peak_rss_mb'] / 1024:.1f} GB; {summary}; "

@@ -292,7 +292,8 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
     if tf.io.gfile.exists(best + ".index"):
         tf.train.Checkpoint(model=trainer.model).read(best).expect_partial()
     result = {"val": trainer.evaluate(config.val_split), "epochs": int(trainer.epoch),
-              "lost_records": lost, "steps": int(trainer.step), "train_seconds": float(trainer.train_seconds)}
+              "lost_records": lost, "steps": int(trainer.step),
+              "train_seconds": float(trainer.train_seconds)}
     if info["splits"].get("test", {}).get("num_examples"):
         result["test"] = trainer.evaluate("test")
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -281,5 +281,4 @@ class Trainer:
         if round(totals.get("plates", 0)) != expected:
             raise TrainingError(f"evaluation of {split!r} saw {totals.get('plates', 0):.0f} "
                                 f"plates, the metadata says {expected}")
-        return dict(ctc.rates(totals), loss=totals["loss"] / totals["plates"],
-                    plates=round(totals["plates"]))
+        return dict(ctc.rates(totals), loss=totals["loss"] / totals["plates"], plates=expected)

@@ -39,7 +39,8 @@ class PlateStyle:
     spacing_max: int = 8
     spec: render.PlateSpec = render.PlateSpec()
     augment: augment_lib.AugmentConfig = augment_lib.AugmentConfig()
-    augmented_splits: tuple[str, ...] = ("test_aug", "val_aug")  # add "train" for robust training
+    # Augmented when written; make_records --augment_train adds "train".
+    augmented_splits: tuple[str, ...] = ("test_aug", "val_aug")
 
 
 def style_from_info(info: dict) -> PlateStyle:
