@@ -47,7 +47,8 @@ def train_config(values: flags.FlagValues = FLAGS):
         jit_compile=values.jit_compile, ema_momentum=values.ema_momentum,
         data_service=_data_service(values.data_service), data_timeout=values.data_timeout,
         source=values.source, render_augment=values.render_augment,
-        init_from=values.init_from, val_split=values.val_split)
+        init_from=values.init_from, val_split=values.val_split,
+        coarse_ctc_pool=values.coarse_ctc_pool, coarse_ctc_steps=values.coarse_ctc_steps)
 
 
 def _data_service(address: str) -> str:
@@ -85,6 +86,12 @@ def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
                          lower_bound=0, **on)
     flags.DEFINE_float("min_lr_ratio", 0.0, "Final rate of the cosine, as a fraction.",
                        lower_bound=0, **on)
+    flags.DEFINE_integer("coarse_ctc_pool", 0, "For the first --coarse_ctc_steps steps, add "
+                         "a CTC loss on the logits averaged over this many time steps (0: "
+                         "none): the model leaves the all-blank plateau sooner.",
+                         lower_bound=0, **on)
+    flags.DEFINE_integer("coarse_ctc_steps", 600, "Steps that --coarse_ctc_pool's loss lasts.",
+                         lower_bound=0, **on)
     flags.DEFINE_float("clip_norm", 0.0, "Clip gradients to this global norm (0: off).",
                        lower_bound=0, **on)
     flags.DEFINE_enum("mixed_precision", "float32", ["float32", "bfloat16", "float16"],
@@ -115,7 +122,8 @@ def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
     flags.DEFINE_string("init_from", "", "A model dir whose best weights start this run "
                         "(fine-tuning, e.g. on augmented records); the model shape must match. "
                         "Used only when --model_dir has no checkpoint yet.", **on)
-    flags.DEFINE_float("max_minutes", 0.0, "Stop after this much training time (0: none).",
+    flags.DEFINE_float("max_minutes", 0.0, "Training-time budget (0: none): no epoch starts "
+                       "that would end past it, judged by the last epoch's length.",
                        lower_bound=0, **on)
     flags.DEFINE_list("profile_steps", [], "START,STOP: profiler trace of these steps.", **on)
     flags.DEFINE_integer("num_image_summaries", 16, "Validation plates drawn per epoch.",

@@ -14,19 +14,29 @@ def blank_index(num_classes: int) -> int:
     return num_classes - 1
 
 
-def per_example_loss(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+def per_example_loss(labels: tf.Tensor, logits: tf.Tensor, kernel: bool = False) -> tf.Tensor:
     """CTC loss per plate from raw logits (no softmax: ctc_loss normalizes itself).
 
     Args:
       labels: int32 [B, L], alphabet indices (every plate has L characters).
       logits: float32 [B, T, classes].
+      kernel: compute it with TensorFlow's CTCLoss kernel (sparse labels), which also gives
+        the gradient: forward and backward 5x faster on this CPU than the dense
+        implementation (2.6 against 14 ms for a batch of 32), but a CPU op with no XLA or TPU
+        kernel. Same loss and gradient (the tests compare them).
     Returns:
       float32 [B].
     """
     batch, steps = tf.shape(logits)[0], tf.shape(logits)[1]
+    if kernel:
+        indices = tf.where(tf.ones_like(labels, tf.bool))
+        labels = tf.SparseTensor(indices, tf.gather_nd(labels, indices),
+                                 tf.shape(labels, out_type=tf.int64))
+        label_length = None
+    else:
+        label_length = tf.fill([batch], tf.shape(labels)[1])
     return tf.nn.ctc_loss(
-        labels=labels, logits=logits,
-        label_length=tf.fill([batch], tf.shape(labels)[1]),
+        labels=labels, logits=logits, label_length=label_length,
         logit_length=tf.fill([batch], steps),
         logits_time_major=False, blank_index=blank_index(logits.shape[-1]))
 

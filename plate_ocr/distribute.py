@@ -48,6 +48,15 @@ def make_strategy(name: str, num_cpu_devices: int = 1, tpu: str = "") -> tf.dist
     return tf.distribute.OneDeviceStrategy(devices[0])
 
 
+def replicas_on_cpu(strategy: tf.distribute.Strategy) -> bool:
+    """Whether every replica of the strategy runs on a CPU device."""
+    try:
+        devices = strategy.extended.worker_devices
+    except RuntimeError:  # the default strategy: TensorFlow's default device
+        return not tf.config.list_logical_devices("GPU")
+    return all(tf.DeviceSpec.from_string(device).device_type == "CPU" for device in devices)
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Whether this process writes checkpoints, summaries and exports."""
     resolver = getattr(strategy, "cluster_resolver", None)

@@ -15,7 +15,8 @@ import os
 import keras
 import tensorflow as tf
 
-from plate_ocr import ctc, data_service, input_pipeline, model as model_lib, render_source
+from plate_ocr import ctc, data_service, distribute, input_pipeline, model as model_lib
+from plate_ocr import render_source
 from plate_ocr import writer
 
 SUM = tf.distribute.ReduceOp.SUM
@@ -41,7 +42,9 @@ class TrainConfig:
     min_delta: float = 0.0
     shuffle_buffer: int = 10000
     seed: int = 0
-    max_minutes: float = 0.0  # stop after this much training time (0: no limit)
+    # Training-time budget (0: none): no epoch starts that would end past it (judged by the
+    # length of the last one), so a run of uniform epochs ends within it.
+    max_minutes: float = 0.0
     profile_steps: tuple[int, int] | None = None
     num_image_summaries: int = 16
     skip_corrupt: bool = False  # leave corrupt shards out (counting their records), not stop
@@ -54,6 +57,11 @@ class TrainConfig:
     init_from: str = ""  # a model dir whose best weights start a fresh run (fine-tuning)
     data_timeout: float = 0.0  # stop when no training batch arrives for this long (0: wait)
     val_split: str = "val"  # validated each epoch: early stopping and the best weights
+    # An extra CTC loss on the logits averaged over this many time steps (0: none), for the
+    # first coarse_ctc_steps steps: a coarse alignment leaves the all-blank plateau sooner,
+    # then gets in the way of condensed faces (BUILD-notes.md, "Time to accuracy").
+    coarse_ctc_pool: int = 0
+    coarse_ctc_steps: int = 600
 
 
 class TrainingError(Exception):
@@ -107,6 +115,15 @@ class Trainer:
         self.render_augment = (writer.style_from_info(info).augment
                                if config.render_augment else None)
         self.shape = (info["image_height"], info["image_width"])
+        if config.coarse_ctc_pool:
+            # Five equal digits need 9 steps: one blank between each repeat.
+            coarse_steps = (model_lib.time_steps(self.shape[1], config.model)
+                            // config.coarse_ctc_pool)
+            if coarse_steps < 2 * info["plate_length"] - 1:
+                raise TrainingError(
+                    f"--coarse_ctc_pool={config.coarse_ctc_pool} leaves {coarse_steps} time "
+                    f"steps, fewer than the {2 * info['plate_length'] - 1} a plate of "
+                    f"{info['plate_length']} repeated characters needs")
         num_classes = len(info["alphabet"]) + 1
         # The initial weights and dropout masks follow the seed, so a resumed run and an
         # uninterrupted one are the same computation.
@@ -136,6 +153,9 @@ class Trainer:
             self.averages = [tf.Variable(tf.convert_to_tensor(variable), trainable=False,
                                          aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
                              for variable in self.averaged]
+        # TensorFlow's CTCLoss kernel where the replicas are CPUs (5x faster there than the
+        # dense implementation); the dense one under XLA, on GPUs and on TPUs.
+        self.ctc_kernel = not config.jit_compile and distribute.replicas_on_cpu(strategy)
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.best_val_loss = tf.Variable(math.inf, dtype=tf.float64, trainable=False)
@@ -161,8 +181,15 @@ class Trainer:
     def _gradient_step(self, images, labels):
         with tf.GradientTape() as tape:
             logits = self.model(tf.cast(images, tf.float32), training=True)
-            per_example = ctc.per_example_loss(labels, logits)
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.config.batch_size)
+            per_example = ctc.per_example_loss(labels, logits, self.ctc_kernel)
+            objective = per_example
+            if self.config.coarse_ctc_pool and self.config.coarse_ctc_steps:
+                pool = self.config.coarse_ctc_pool
+                coarse = tf.nn.avg_pool1d(logits, pool, pool, "VALID")
+                weight = tf.cast(self.optimizer.iterations < self.config.coarse_ctc_steps,
+                                 tf.float32)
+                objective += weight * ctc.per_example_loss(labels, coarse, self.ctc_kernel)
+            loss = tf.nn.compute_average_loss(objective, global_batch_size=self.config.batch_size)
             # The identity but under float16, where the LossScaleOptimizer unscales.
             scaled_loss = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled_loss, self.model.trainable_variables)
@@ -206,7 +233,8 @@ class Trainer:
             return {key: tf.constant(0.0) for key in ctc.SUM_KEYS + ("loss",)}
         logits = self.model(tf.cast(images, tf.float32), training=False)
         sums = ctc.metric_sums(labels, ctc.greedy_decode(logits)[0], weights)
-        sums["loss"] = tf.reduce_sum(ctc.per_example_loss(labels, logits) * weights)
+        sums["loss"] = tf.reduce_sum(ctc.per_example_loss(labels, logits, self.ctc_kernel)
+                                     * weights)
         return sums
 
     def _eval_step(self, batch):

@@ -37,9 +37,25 @@ def test_loss_is_lower_for_the_true_label():
     B = BLANK
     logits = logits_for([[0, B, 3, B, 7, 7, B, 7, B, 2, B, B, B, B, B, B]] * 2)
     labels = tf.constant([[0, 3, 7, 7, 2], [0, 3, 7, 2, 2]], tf.int32)
-    loss = ctc.per_example_loss(labels, logits).numpy()
-    assert loss.shape == (2,)
-    assert loss[0] < 0.1 < 5 < loss[1]
+    for kernel in (False, True):
+        loss = ctc.per_example_loss(labels, logits, kernel=kernel).numpy()
+        assert loss.shape == (2,)
+        assert loss[0] < 0.1 < 5 < loss[1]
+
+
+def test_kernel_and_dense_loss_agree_in_value_and_gradient():
+    logits = tf.random.stateless_normal((8, 64, CLASSES), seed=(1, 2))
+    labels = tf.random.stateless_uniform((8, 5), seed=(3, 4), maxval=BLANK, dtype=tf.int32)
+    values, gradients = [], []
+    for kernel in (False, True):
+        with tf.GradientTape() as tape:
+            tape.watch(logits)
+            loss = ctc.per_example_loss(labels, logits, kernel=kernel)
+        values.append(loss.numpy())
+        gradients.append(tape.gradient(loss, logits).numpy())
+    assert values[0].shape == (8,) and np.all(values[0] > 1.0)
+    np.testing.assert_allclose(values[1], values[0], rtol=1e-4)
+    np.testing.assert_allclose(gradients[1], gradients[0], atol=1e-4)
 
 
 def test_metric_sums_count_plates_characters_and_edits():
