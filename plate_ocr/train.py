@@ -152,10 +152,12 @@ def _stall_guard(trainer: Trainer, manager: tf.train.CheckpointManager):
                                      f"{source} {kept}")
 
 
-def _last_epoch_seconds(history: list[dict]) -> float:
-    """Training seconds of the last epoch: what the next one is expected to take."""
+def over_budget(history: list[dict], train_seconds: float, max_minutes: float) -> bool:
+    """Whether another epoch, as long as the last one, would end past max_minutes (0: none)."""
+    if not max_minutes or not history:
+        return False
     before = history[-2]["train_seconds"] if len(history) > 1 else 0.0
-    return history[-1]["train_seconds"] - before
+    return train_seconds + history[-1]["train_seconds"] - before > 60 * max_minutes
 
 
 def time_to_accuracy(history: list[dict], targets=TARGETS) -> dict[float, dict | None]:
@@ -238,9 +240,7 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
 
     def finished() -> bool:
         return (int(trainer.epoch) >= config.epochs or int(trainer.bad_epochs) >= config.patience
-                or (bool(config.max_minutes) and bool(history)
-                    and float(trainer.train_seconds) + _last_epoch_seconds(history)
-                    > 60 * config.max_minutes))
+                or over_budget(history, float(trainer.train_seconds), config.max_minutes))
 
     while not finished():
         # A fresh iterator per epoch, seeded by the epoch: the data a resumed run sees is the

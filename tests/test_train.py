@@ -92,6 +92,15 @@ def test_fast_config_model_has_64_time_steps_and_learns(tiny_records, tmp_path, 
     assert losses[-1] < 0.7 * losses[0], losses
 
 
+def test_training_budget_stops_before_an_epoch_that_would_overrun_it():
+    history = [{"train_seconds": 50.0}, {"train_seconds": 80.0}]  # epochs of 50 s, then 30 s
+    assert train.over_budget(history, 80.0, max_minutes=1.8)      # 80 + 30 > 108
+    assert not train.over_budget(history, 80.0, max_minutes=2.0)  # 80 + 30 <= 120
+    assert train.over_budget(history[:1], 50.0, max_minutes=1.5)  # 50 + 50 > 90
+    assert not train.over_budget(history, 80.0, max_minutes=0.0)  # no budget
+    assert not train.over_budget([], 0.0, max_minutes=0.001)      # the first epoch always runs
+
+
 def test_time_to_accuracy_names_the_first_validation_at_each_target():
     history = [{"epoch": epoch, "train_seconds": 30.0 * epoch, "examples": 1000 * epoch,
                 "val": {"plate_accuracy": accuracy}}
