@@ -182,14 +182,8 @@ class Trainer:
         with tf.GradientTape() as tape:
             logits = self.model(tf.cast(images, tf.float32), training=True)
             per_example = ctc.per_example_loss(labels, logits, self.ctc_kernel)
-            objective = per_example
-            if self.config.coarse_ctc_pool and self.config.coarse_ctc_steps:
-                pool = self.config.coarse_ctc_pool
-                coarse = tf.nn.avg_pool1d(logits, pool, pool, "VALID")
-                weight = tf.cast(self.optimizer.iterations < self.config.coarse_ctc_steps,
-                                 tf.float32)
-                objective += weight * ctc.per_example_loss(labels, coarse, self.ctc_kernel)
-            loss = tf.nn.compute_average_loss(objective, global_batch_size=self.config.batch_size)
+            loss = tf.nn.compute_average_loss(per_example + self.coarse_loss(labels, logits),
+                                              global_batch_size=self.config.batch_size)
             # The identity but under float16, where the LossScaleOptimizer unscales.
             scaled_loss = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled_loss, self.model.trainable_variables)
@@ -202,6 +196,16 @@ class Trainer:
             for average, variable in zip(self.averages, self.averaged):
                 average.assign(momentum * average + (1 - momentum) * variable)
         return logits, per_example
+
+    def coarse_loss(self, labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+        """Per plate: the CTC loss of the logits averaged over coarse_ctc_pool time steps
+        during the first coarse_ctc_steps steps, then 0."""
+        if not (self.config.coarse_ctc_pool and self.config.coarse_ctc_steps):
+            return tf.zeros_like(logits[:, 0, 0])
+        pool = self.config.coarse_ctc_pool
+        coarse = tf.nn.avg_pool1d(logits, pool, pool, "VALID")
+        weight = tf.cast(self.optimizer.iterations < self.config.coarse_ctc_steps, tf.float32)
+        return weight * ctc.per_example_loss(labels, coarse, self.ctc_kernel)
 
     def _train_replica(self, images, labels, weights):
         logits, per_example = self.gradient_step(images, labels)
