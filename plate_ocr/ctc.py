@@ -28,15 +28,9 @@ def per_example_loss(labels: tf.Tensor, logits: tf.Tensor, kernel: bool = False)
       float32 [B].
     """
     batch, steps = tf.shape(logits)[0], tf.shape(logits)[1]
-    if kernel:
-        indices = tf.where(tf.ones_like(labels, tf.bool))
-        labels = tf.SparseTensor(indices, tf.gather_nd(labels, indices),
-                                 tf.shape(labels, out_type=tf.int64))
-        label_length = None
-    else:
-        label_length = tf.fill([batch], tf.shape(labels)[1])
     return tf.nn.ctc_loss(
-        labels=labels, logits=logits, label_length=label_length,
+        labels=_sparse(labels) if kernel else labels, logits=logits,
+        label_length=None if kernel else tf.fill([batch], tf.shape(labels)[1]),
         logit_length=tf.fill([batch], steps),
         logits_time_major=False, blank_index=blank_index(logits.shape[-1]))
 

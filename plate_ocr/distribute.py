@@ -49,12 +49,9 @@ def make_strategy(name: str, num_cpu_devices: int = 1, tpu: str = "") -> tf.dist
 
 
 def replicas_on_cpu(strategy: tf.distribute.Strategy) -> bool:
-    """Whether every replica of the strategy runs on a CPU device."""
-    try:
-        devices = strategy.extended.worker_devices
-    except RuntimeError:  # the default strategy: TensorFlow's default device
-        return not tf.config.list_logical_devices("GPU")
-    return all(tf.DeviceSpec.from_string(device).device_type == "CPU" for device in devices)
+    """Whether every replica of a strategy from make_strategy runs on a CPU device."""
+    return all(tf.DeviceSpec.from_string(device).device_type == "CPU"
+               for device in strategy.extended.worker_devices)
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

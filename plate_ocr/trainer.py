@@ -117,13 +117,14 @@ class Trainer:
         self.shape = (info["image_height"], info["image_width"])
         if config.coarse_ctc_pool:
             # Five equal digits need 9 steps: one blank between each repeat.
+            needed = 2 * info["plate_length"] - 1
             coarse_steps = (model_lib.time_steps(self.shape[1], config.model)
                             // config.coarse_ctc_pool)
-            if coarse_steps < 2 * info["plate_length"] - 1:
+            if coarse_steps < needed:
                 raise TrainingError(
                     f"--coarse_ctc_pool={config.coarse_ctc_pool} leaves {coarse_steps} time "
-                    f"steps, fewer than the {2 * info['plate_length'] - 1} a plate of "
-                    f"{info['plate_length']} repeated characters needs")
+                    f"steps, fewer than the {needed} a plate of {info['plate_length']} "
+                    "repeated characters needs")
         num_classes = len(info["alphabet"]) + 1
         # The initial weights and dropout masks follow the seed, so a resumed run and an
         # uninterrupted one are the same computation.
@@ -199,13 +200,19 @@ class Trainer:
 
     def coarse_loss(self, labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
         """Per plate: the CTC loss of the logits averaged over coarse_ctc_pool time steps
-        during the first coarse_ctc_steps steps, then 0."""
-        if not (self.config.coarse_ctc_pool and self.config.coarse_ctc_steps):
-            return tf.zeros_like(logits[:, 0, 0])
+        during the first coarse_ctc_steps steps, then 0 (not computed)."""
         pool = self.config.coarse_ctc_pool
-        coarse = tf.nn.avg_pool1d(logits, pool, pool, "VALID")
-        weight = tf.cast(self.optimizer.iterations < self.config.coarse_ctc_steps, tf.float32)
-        return weight * ctc.per_example_loss(labels, coarse, self.ctc_kernel)
+
+        def coarse():
+            return ctc.per_example_loss(labels, tf.nn.avg_pool1d(logits, pool, pool, "VALID"),
+                                        self.ctc_kernel)
+
+        def none():
+            return tf.zeros_like(logits[:, 0, 0])
+
+        if not pool:
+            return none()
+        return tf.cond(self.optimizer.iterations < self.config.coarse_ctc_steps, coarse, none)
 
     def _train_replica(self, images, labels, weights):
         logits, per_example = self.gradient_step(images, labels)
