@@ -19,7 +19,7 @@ def _int_list(values: flags.FlagValues, name: str) -> tuple[int, ...]:
 
 def train_config(values: flags.FlagValues = FLAGS):
     """The TrainConfig that parsed training flags describe."""
-    from plate_ocr import model, trainer
+    from plate_ocr import input_pipeline, model, trainer
     if values.render_augment and values.source != "render":
         raise CommandError("--render_augment needs --source=render (records are augmented "
                            "when written: bin/make_records --augment_train)")
@@ -48,7 +48,9 @@ def train_config(values: flags.FlagValues = FLAGS):
         data_service=_data_service(values.data_service), data_timeout=values.data_timeout,
         source=values.source, render_augment=values.render_augment,
         init_from=values.init_from, val_split=values.val_split,
-        coarse_ctc_pool=values.coarse_ctc_pool, coarse_ctc_steps=values.coarse_ctc_steps)
+        coarse_ctc_pool=values.coarse_ctc_pool, coarse_ctc_steps=values.coarse_ctc_steps,
+        tight_plates=input_pipeline.TightPlates(values.tight_weight, values.tight_font_size,
+                                                values.tight_spacing))
 
 
 def _data_service(address: str) -> str:
@@ -92,6 +94,12 @@ def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
                          lower_bound=0, **on)
     flags.DEFINE_integer("coarse_ctc_steps", 600, "Steps that --coarse_ctc_pool's loss lasts.",
                          lower_bound=0, **on)
+    flags.DEFINE_float("tight_weight", 1.0, "Weight in the training loss of the records' "
+                       "plates of font size <= --tight_font_size and spacing <= "
+                       "--tight_spacing, whose digits span the fewest CTC frames (1: none).",
+                       lower_bound=0, **on)
+    flags.DEFINE_integer("tight_font_size", 19, "See --tight_weight.", **on)
+    flags.DEFINE_integer("tight_spacing", 1, "See --tight_weight.", **on)
     flags.DEFINE_float("clip_norm", 0.0, "Clip gradients to this global norm (0: off).",
                        lower_bound=0, **on)
     flags.DEFINE_enum("mixed_precision", "float32", ["float32", "bfloat16", "float16"],

@@ -2,9 +2,11 @@
 
 Batches keep a static shape everywhere (TPU and XLA need it): training drops the remainder of
 an endless stream; evaluation pads its last batch and marks the padding with weight 0, so it
-still reads every example exactly once.
+still reads every example exactly once. A weight is the plate's weight in the loss: in
+training 1, or TightPlates.weight for the smallest, most tightly spaced plates.
 """
 
+import dataclasses
 import hashlib
 import os
 import random
@@ -14,6 +16,17 @@ import tensorflow as tf
 from plate_ocr import records
 
 AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclasses.dataclass(frozen=True)
+class TightPlates:
+    """Training plates of font size <= font_size and spacing <= spacing weigh `weight` in the
+    loss (1: no emphasis). Their digits span the fewest CTC frames, and they are where a
+    model trained briefly still drops or merges digits (BUILD-notes.md, "Time to accuracy")."""
+
+    weight: float = 1.0
+    font_size: int = 19
+    spacing: int = 1
 
 
 def parse_batch(serialized: tf.Tensor, height: int, width: int,
@@ -31,6 +44,20 @@ def parse_batch(serialized: tf.Tensor, height: int, width: int,
     return images, tf.cast(features["label"], tf.int32)
 
 
+def plate_weights(serialized: tf.Tensor, tight: TightPlates) -> tf.Tensor:
+    """float32 [B]: each plate's weight in the training loss, from its font size and spacing."""
+    features = tf.io.parse_example(serialized, {
+        "font_size": tf.io.FixedLenFeature([], tf.int64),
+        "spacing": tf.io.FixedLenFeature([], tf.int64)})
+    is_tight = (features["font_size"] <= tight.font_size) & (features["spacing"] <= tight.spacing)
+    return tf.where(is_tight, tf.constant(tight.weight, tf.float32), 1.0)
+
+
+def _parse_training_batch(serialized, height, width, plate_length, tight):
+    return parse_batch(serialized, height, width, plate_length) + (
+        plate_weights(serialized, tight),)
+
+
 def _pad_batch(images, labels, batch_size):
     count = tf.shape(images)[0]
     padding = batch_size - count
@@ -42,7 +69,8 @@ def _pad_batch(images, labels, batch_size):
 
 def make_dataset(files: list[str], batch_size: int, training: bool, height: int, width: int,
                  plate_length: int, input_context: tf.distribute.InputContext | None = None,
-                 shuffle_buffer: int = 10000, seed: int | None = None) -> tf.data.Dataset:
+                 shuffle_buffer: int = 10000, seed: int | None = None,
+                 tight: TightPlates = TightPlates()) -> tf.data.Dataset:
     """Streams plates from TFRecord shards.
 
     Args:
@@ -53,6 +81,7 @@ def make_dataset(files: list[str], batch_size: int, training: bool, height: int,
       input_context: the strategy's; selects this pipeline's files (or records).
       shuffle_buffer: examples in the shuffle buffer.
       seed: shuffling seed (None: nondeterministic).
+      tight: the training plates that weigh more in the loss.
     Returns:
       batches of (images uint8 [B, H, W], labels int32 [B, L], weights float32 [B]).
     """
@@ -79,32 +108,34 @@ def make_dataset(files: list[str], batch_size: int, training: bool, height: int,
     # Batch before parsing: parse_example and decode_raw run once per batch, not per plate;
     # drop_remainder makes the training batch shape static.
     dataset = dataset.batch(batch_size, drop_remainder=training)
-    dataset = dataset.map(lambda s: parse_batch(s, height, width, plate_length),
-                          num_parallel_calls=AUTOTUNE, deterministic=not training)
     if training:
-        return training_batches(dataset, batch_size)
+        return finish(dataset.map(
+            lambda s: _parse_training_batch(s, height, width, plate_length, tight),
+            num_parallel_calls=AUTOTUNE, deterministic=False))
+    dataset = dataset.map(lambda s: parse_batch(s, height, width, plate_length),
+                          num_parallel_calls=AUTOTUNE)
     dataset = dataset.map(lambda images, labels: _pad_batch(images, labels, batch_size))
-    return _finish(dataset)
+    return finish(dataset)
 
 
-def _finish(dataset: tf.data.Dataset) -> tf.data.Dataset:
+def finish(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """The last steps of every pipeline: no auto-sharding by the strategy, prefetching."""
     options = tf.data.Options()
     # Files are sharded here by InputContext; the strategy must not shard again.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return dataset.with_options(options).prefetch(AUTOTUNE)
 
 
-def training_batches(dataset: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
-    """Endless batches of (images, labels) of one pipeline, each example of weight 1."""
-    return _finish(dataset.map(lambda images, labels: (images, labels,
-                                                       tf.ones([batch_size], tf.float32))))
+def unit_weights(images: tf.Tensor, labels: tf.Tensor):
+    """(images, labels) -> (images, labels, weights): every plate of weight 1."""
+    return images, labels, tf.ones_like(labels[:, 0], tf.float32)
 
 
 def through_service(dataset: tf.data.Dataset, service: str, batch_size: int) -> tf.data.Dataset:
     """Runs a pipeline's batches on a tf.data service, handing out its source dynamically.
 
     Args:
-      dataset: (images, labels) batches; the last of a worker's part may be short.
+      dataset: (images, labels, weights) batches; the last of a worker's part may be short.
       service: grpc://HOST:PORT.
       batch_size: the batch size of the result.
     Returns:
@@ -114,14 +145,14 @@ def through_service(dataset: tf.data.Dataset, service: str, batch_size: int) -> 
         processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC, service=service))
     # Repeat before rebatch: batches run across the end of a pass, so no example is dropped,
     # and drop_remainder makes the batch shape static.
-    return training_batches(dataset.repeat().rebatch(batch_size, drop_remainder=True),
-                            batch_size)
+    return finish(dataset.repeat().rebatch(batch_size, drop_remainder=True))
 
 
 def make_service_dataset(files: list[str], batch_size: int, height: int, width: int,
                          plate_length: int, service: str,
                          input_context: tf.distribute.InputContext | None = None,
-                         shuffle_buffer: int = 10000, seed: int | None = None) -> tf.data.Dataset:
+                         shuffle_buffer: int = 10000, seed: int | None = None,
+                         tight: TightPlates = TightPlates()) -> tf.data.Dataset:
     """The training stream of make_dataset, its reading and parsing done by a tf.data service.
 
     Sharding: distributed_epoch (ShardingPolicy.DYNAMIC). The dispatcher hands the shard
@@ -145,6 +176,7 @@ def make_service_dataset(files: list[str], batch_size: int, height: int, width: 
       input_context: the strategy's; selects this pipeline's files.
       shuffle_buffer: examples in each worker's shuffle buffer.
       seed: the order of the files in each pass, and the workers' shuffling (None: random).
+      tight: the plates that weigh more in the loss.
     Returns:
       endless batches of (images uint8 [B, H, W], labels int32 [B, L], weights float32 [B]).
     Raises:
@@ -173,7 +205,7 @@ def make_service_dataset(files: list[str], batch_size: int, height: int, width: 
     # Batched and parsed on the worker (the work the service is for); the last batch of a
     # worker's part of a pass is short, and rebatch below makes every batch whole again.
     dataset = dataset.batch(batch_size)
-    dataset = dataset.map(lambda s: parse_batch(s, height, width, plate_length),
+    dataset = dataset.map(lambda s: _parse_training_batch(s, height, width, plate_length, tight),
                           num_parallel_calls=AUTOTUNE)
     return through_service(dataset, service, batch_size)
 

@@ -223,9 +223,9 @@ def make_render_dataset(path: str, batch_size: int, height: int, width: int, pla
                                 num_parallel_calls=AUTOTUNE, deterministic=True)
     dataset = dataset.shuffle(shuffle_buffer, seed=(seed * 1_000_003 + first_chunk) % 2 ** 31)
     dataset = dataset.batch(batch_size, drop_remainder=not service)
-    dataset = dataset.map(lambda images, labels: (
+    dataset = dataset.map(lambda images, labels: input_pipeline.unit_weights(
         tf.ensure_shape(images, [images.shape[0], height, width]),
         tf.ensure_shape(labels, [labels.shape[0], plate_length])))
     if service:
         return input_pipeline.through_service(dataset, service, batch_size)
-    return input_pipeline.training_batches(dataset, batch_size)
+    return input_pipeline.finish(dataset)

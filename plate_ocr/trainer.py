@@ -62,6 +62,8 @@ class TrainConfig:
     # then gets in the way of condensed faces (BUILD-notes.md, "Time to accuracy").
     coarse_ctc_pool: int = 0
     coarse_ctc_steps: int = 600
+    # Training plates of the records that weigh more in the loss (the smallest, tightest).
+    tight_plates: input_pipeline.TightPlates = input_pipeline.TightPlates()
 
 
 class TrainingError(Exception):
@@ -111,6 +113,9 @@ class Trainer:
         self.files, self.lost = files, lost
         self.atlas = (render_source.atlas_path(info, config.records_dir)
                       if config.source == "render" else "")
+        if self.atlas and config.tight_plates.weight != 1:
+            raise TrainingError("--tight_weight reads the font size and spacing of the "
+                                "records' plates: rendered plates (--source=render) have none")
         # The effects and ranges the records were augmented with (make_records' flags).
         self.render_augment = (writer.style_from_info(info).augment
                                if config.render_augment else None)
@@ -179,12 +184,13 @@ class Trainer:
         self.train_loop = tf.function(self._train_loop)
         self.eval_step = tf.function(self._eval_step)
 
-    def _gradient_step(self, images, labels):
+    def _gradient_step(self, images, labels, weights):
         with tf.GradientTape() as tape:
             logits = self.model(tf.cast(images, tf.float32), training=True)
             per_example = ctc.per_example_loss(labels, logits, self.ctc_kernel)
-            loss = tf.nn.compute_average_loss(per_example + self.coarse_loss(labels, logits),
-                                              global_batch_size=self.config.batch_size)
+            loss = tf.nn.compute_average_loss(
+                (per_example + self.coarse_loss(labels, logits)) * weights,
+                global_batch_size=self.config.batch_size)
             # The identity but under float16, where the LossScaleOptimizer unscales.
             scaled_loss = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled_loss, self.model.trainable_variables)
@@ -215,8 +221,9 @@ class Trainer:
         return tf.cond(self.optimizer.iterations < self.config.coarse_ctc_steps, coarse, none)
 
     def _train_replica(self, images, labels, weights):
-        logits, per_example = self.gradient_step(images, labels)
-        sums = ctc.metric_sums(labels, ctc.greedy_decode(logits)[0], weights)
+        logits, per_example = self.gradient_step(images, labels, weights)
+        # The weights are the loss's: every training plate counts once in the metrics.
+        sums = ctc.metric_sums(labels, ctc.greedy_decode(logits)[0], tf.ones_like(weights))
         sums["loss"] = tf.reduce_sum(per_example)
         return sums
 
@@ -278,10 +285,12 @@ class Trainer:
             if service:
                 return input_pipeline.make_service_dataset(
                     files, per_replica, *self.shape, self.info["plate_length"], service,
-                    input_context=context, shuffle_buffer=self.config.shuffle_buffer, seed=seed)
+                    input_context=context, shuffle_buffer=self.config.shuffle_buffer, seed=seed,
+                    tight=self.config.tight_plates)
             return input_pipeline.make_dataset(
                 files, per_replica, training, *self.shape, self.info["plate_length"],
-                input_context=context, shuffle_buffer=self.config.shuffle_buffer, seed=seed)
+                input_context=context, shuffle_buffer=self.config.shuffle_buffer, seed=seed,
+                tight=self.config.tight_plates)
         return self.strategy.distribute_datasets_from_function(dataset_fn)
 
     def start_from(self, checkpoint: str) -> None:

@@ -34,6 +34,20 @@ def test_training_batches_have_static_shapes_and_dtypes(tiny_records):
     assert labels.numpy().min() >= 0 and labels.numpy().max() <= 9
 
 
+def test_tight_plates_weigh_more_in_training(tiny_records, read_examples):
+    info, files = _files(tiny_records, "train")
+    tight = input_pipeline.TightPlates(weight=3.0, font_size=21, spacing=4)
+    expected = {example["text"]: 3.0 if example["font_size"] <= 21 and example["spacing"] <= 4
+                else 1.0 for example in read_examples(files)}
+    assert set(expected.values()) == {1.0, 3.0}
+    dataset = input_pipeline.make_dataset(files, 50, True, 64, 128, 5, seed=1, tight=tight)
+    seen = {}
+    for _, labels, weights in dataset.take(4):  # one pass of the 200 plates
+        for row, weight in zip(labels.numpy(), weights.numpy()):
+            seen["".join(map(str, row))] = weight
+    assert seen == expected
+
+
 def test_training_repeats_and_each_pass_covers_the_split(tiny_records):
     info, files = _files(tiny_records, "train")
     dataset = input_pipeline.make_dataset(files, 50, True, 64, 128, 5, shuffle_buffer=1000,

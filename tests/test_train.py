@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import TINY_COUNTS
-from plate_ocr import ctc, export, model, records, render, train, trainer, writer
+from plate_ocr import ctc, export, input_pipeline, model, records, render, train, trainer, writer
 
 STRATEGY = tf.distribute.OneDeviceStrategy("/cpu:0")
 
@@ -211,6 +211,14 @@ def test_coarse_ctc_loss_acts_for_its_first_steps_only(tiny_records):
     with pytest.raises(trainer.TrainingError, match="coarse_ctc_pool=4 leaves 8 time steps"):
         trainer.Trainer(dataclasses.replace(config, coarse_ctc_pool=4), info, STRATEGY, 10,
                         files={}, lost={})
+
+
+def test_tight_weight_needs_the_records_plates(tiny_records):
+    config = smoke_config(tiny_records, source="render",
+                          tight_plates=input_pipeline.TightPlates(weight=3.0))
+    with pytest.raises(trainer.TrainingError, match="--tight_weight reads the font size"):
+        trainer.Trainer(config, records.read_info(tiny_records), STRATEGY, 10, files={},
+                        lost={})
 
 
 @pytest.mark.parametrize("patience", [1, 2])
