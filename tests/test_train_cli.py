@@ -49,6 +49,8 @@ def test_every_config_parses_into_a_training_config(name, monkeypatch):
     config = cli_train.config_from(os.path.join("configs", name))
     assert isinstance(config, trainer.TrainConfig)
     assert config.render_augment <= (config.source == "render")
+    # Rendered plates have no font size or spacing to weigh them by (Trainer refuses it).
+    assert config.tight_plates.weight == 1 or config.source == "records"
 
 
 def test_missing_records_dir_is_one_line(tmp_path):
