@@ -29,33 +29,27 @@ class TightPlates:
     spacing: int = 1
 
 
-def parse_batch(serialized: tf.Tensor, height: int, width: int,
-                plate_length: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """Parses a batch of serialized Examples at once: uint8 [B, H, W], int32 [B, L].
+def parse_batch(serialized: tf.Tensor, height: int, width: int, plate_length: int,
+                tight: TightPlates | None = None) -> tuple[tf.Tensor, ...]:
+    """Parses a batch of serialized Examples at once: uint8 [B, H, W], int32 [B, L], and with
+    `tight` each plate's float32 [B] weight in the training loss.
 
-    Only the training features of the records.FEATURES schema are read.
+    Only the training features of the records.FEATURES schema are read, in one parse.
     """
     spec = {"image": tf.io.FixedLenFeature([], tf.string),
             "label": tf.io.FixedLenFeature([plate_length], tf.int64)}
+    if tight:
+        spec.update(font_size=tf.io.FixedLenFeature([], tf.int64),
+                    spacing=tf.io.FixedLenFeature([], tf.int64))
     features = tf.io.parse_example(serialized, spec)
     # decode_raw on the whole batch: one op instead of one decode per example.
     images = tf.io.decode_raw(features["image"], tf.uint8)
     images = tf.reshape(images, [serialized.shape[0] or -1, height, width])  # keep a static batch
-    return images, tf.cast(features["label"], tf.int32)
-
-
-def plate_weights(serialized: tf.Tensor, tight: TightPlates) -> tf.Tensor:
-    """float32 [B]: each plate's weight in the training loss, from its font size and spacing."""
-    features = tf.io.parse_example(serialized, {
-        "font_size": tf.io.FixedLenFeature([], tf.int64),
-        "spacing": tf.io.FixedLenFeature([], tf.int64)})
+    parsed = images, tf.cast(features["label"], tf.int32)
+    if not tight:
+        return parsed
     is_tight = (features["font_size"] <= tight.font_size) & (features["spacing"] <= tight.spacing)
-    return tf.where(is_tight, tf.constant(tight.weight, tf.float32), 1.0)
-
-
-def _parse_training_batch(serialized, height, width, plate_length, tight):
-    return parse_batch(serialized, height, width, plate_length) + (
-        plate_weights(serialized, tight),)
+    return parsed + (tf.where(is_tight, tf.constant(tight.weight, tf.float32), 1.0),)
 
 
 def _pad_batch(images, labels, batch_size):
@@ -110,7 +104,7 @@ def make_dataset(files: list[str], batch_size: int, training: bool, height: int,
     dataset = dataset.batch(batch_size, drop_remainder=training)
     if training:
         return finish(dataset.map(
-            lambda s: _parse_training_batch(s, height, width, plate_length, tight),
+            lambda s: parse_batch(s, height, width, plate_length, tight),
             num_parallel_calls=AUTOTUNE, deterministic=False))
     dataset = dataset.map(lambda s: parse_batch(s, height, width, plate_length),
                           num_parallel_calls=AUTOTUNE)
@@ -205,7 +199,7 @@ def make_service_dataset(files: list[str], batch_size: int, height: int, width: 
     # Batched and parsed on the worker (the work the service is for); the last batch of a
     # worker's part of a pass is short, and rebatch below makes every batch whole again.
     dataset = dataset.batch(batch_size)
-    dataset = dataset.map(lambda s: _parse_training_batch(s, height, width, plate_length, tight),
+    dataset = dataset.map(lambda s: parse_batch(s, height, width, plate_length, tight),
                           num_parallel_calls=AUTOTUNE)
     return through_service(dataset, service, batch_size)
 
