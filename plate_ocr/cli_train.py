@@ -49,6 +49,7 @@ def train_config(values: flags.FlagValues = FLAGS):
         source=values.source, render_augment=values.render_augment,
         init_from=values.init_from, val_split=values.val_split,
         coarse_ctc_pool=values.coarse_ctc_pool, coarse_ctc_steps=values.coarse_ctc_steps,
+        align_steps=values.align_steps, align_weight=values.align_weight,
         tight_plates=input_pipeline.TightPlates(values.tight_weight, values.tight_font_size,
                                                 values.tight_spacing))
 
@@ -94,6 +95,13 @@ def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
                          lower_bound=0, **on)
     flags.DEFINE_integer("coarse_ctc_steps", 600, "Steps that --coarse_ctc_pool's loss lasts.",
                          lower_bound=0, **on)
+    flags.DEFINE_integer("align_steps", 0, "For the first N steps, add a cross-entropy per "
+                         "frame against targets placed by the ink of the clean training "
+                         "plates (each digit on the frames at the centre of its fifth of the "
+                         "ink's width, blank elsewhere; 0: none): no all-blank CTC plateau.",
+                         lower_bound=0, **on)
+    flags.DEFINE_float("align_weight", 10.0, "Weight of --align_steps' loss beside CTC's.",
+                       lower_bound=0, **on)
     flags.DEFINE_float("tight_weight", 1.0, "Weight in the training loss of the records' "
                        "plates of font size <= --tight_font_size and spacing <= "
                        "--tight_spacing, whose digits span the fewest CTC frames (1: none).",

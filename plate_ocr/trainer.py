@@ -15,7 +15,7 @@ import os
 import keras
 import tensorflow as tf
 
-from plate_ocr import ctc, data_service, distribute, input_pipeline, model as model_lib
+from plate_ocr import align, ctc, data_service, distribute, input_pipeline, model as model_lib
 from plate_ocr import render_source
 from plate_ocr import writer
 
@@ -62,6 +62,11 @@ class TrainConfig:
     # then gets in the way of condensed faces (BUILD-notes.md, "Time to accuracy").
     coarse_ctc_pool: int = 0
     coarse_ctc_steps: int = 600
+    # A cross-entropy per frame against targets placed by the ink of the clean training
+    # plates (align.py), weighing align_weight, for the first align_steps steps (0: none):
+    # no all-blank plateau (BUILD-notes.md, "Time to accuracy").
+    align_steps: int = 0
+    align_weight: float = 10.0
     # Training plates of the records that weigh more in the loss (the smallest, tightest).
     tight_plates: input_pipeline.TightPlates = input_pipeline.TightPlates()
 
@@ -117,8 +122,13 @@ class Trainer:
             raise TrainingError("--tight_weight reads the font size and spacing of the "
                                 "records' plates: rendered plates (--source=render) have none")
         # The effects and ranges the records were augmented with (make_records' flags).
-        self.render_augment = (writer.style_from_info(info).augment
-                               if config.render_augment else None)
+        style = writer.style_from_info(info)
+        self.render_augment = style.augment if config.render_augment else None
+        if config.align_steps and (
+                config.render_augment
+                or (config.source == "records" and "train" in style.augmented_splits)):
+            raise TrainingError("--align_steps places the frames by the dark ink of clean "
+                                "plates: the training plates are augmented")
         self.shape = (info["image_height"], info["image_width"])
         if config.coarse_ctc_pool:
             # Five equal digits need 9 steps: one blank between each repeat.
@@ -189,7 +199,8 @@ class Trainer:
             logits = self.model(tf.cast(images, tf.float32), training=True)
             per_example = ctc.per_example_loss(labels, logits, self.ctc_kernel)
             loss = tf.nn.compute_average_loss(
-                (per_example + self.coarse_loss(labels, logits)) * weights,
+                (per_example + self.coarse_loss(labels, logits)
+                 + self.align_loss(images, labels, logits)) * weights,
                 global_batch_size=self.config.batch_size)
             # The identity but under float16, where the LossScaleOptimizer unscales.
             scaled_loss = self.optimizer.scale_loss(loss)
@@ -219,6 +230,19 @@ class Trainer:
         if not pool:
             return none()
         return tf.cond(self.optimizer.iterations < self.config.coarse_ctc_steps, coarse, none)
+
+    def align_loss(self, images: tf.Tensor, labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+        """Per plate: align_weight times the framewise loss against the ink's frame targets
+        during the first align_steps steps, then 0 (not computed)."""
+        def frames():
+            return self.config.align_weight * align.frame_loss(images, labels, logits)
+
+        def none():
+            return tf.zeros_like(logits[:, 0, 0])
+
+        if not self.config.align_steps:
+            return none()
+        return tf.cond(self.optimizer.iterations < self.config.align_steps, frames, none)
 
     def _train_replica(self, images, labels, weights):
         logits, per_example = self.gradient_step(images, labels, weights)

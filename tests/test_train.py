@@ -10,7 +10,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import TINY_COUNTS
-from plate_ocr import ctc, export, input_pipeline, model, records, render, train, trainer, writer
+from plate_ocr import (align, ctc, evaluate, export, input_pipeline, model, records, render,
+                       train, trainer, writer)
 
 STRATEGY = tf.distribute.OneDeviceStrategy("/cpu:0")
 
@@ -211,6 +212,27 @@ def test_coarse_ctc_loss_acts_for_its_first_steps_only(tiny_records):
     with pytest.raises(trainer.TrainingError, match="coarse_ctc_pool=4 leaves 8 time steps"):
         trainer.Trainer(dataclasses.replace(config, coarse_ctc_pool=4), info, STRATEGY, 10,
                         files={}, lost={})
+
+
+def test_align_loss_acts_for_its_first_steps_and_only_on_clean_plates(tiny_records, tmp_path):
+    info = records.read_info(tiny_records)
+    config = smoke_config(tiny_records, align_steps=3, align_weight=10.0)
+    run = trainer.Trainer(config, info, STRATEGY, 10, files={}, lost={})
+    batch = next(evaluate.read_split(tiny_records, "train", batch_size=4))
+    images = tf.constant(batch["image"])
+    labels = tf.constant([[int(c) for c in text] for text in batch["text"]])
+    logits = tf.random.stateless_normal((4, 32, 11), seed=(1, 2))
+    framewise = 10.0 * align.frame_loss(images, labels, logits)
+    for step, expected in ((0, framewise), (2, framewise), (3, 0 * framewise)):
+        run.optimizer.iterations.assign(step)
+        np.testing.assert_allclose(run.align_loss(images, labels, logits), expected, rtol=1e-5)
+    assert np.all(framewise.numpy() > 1.0)
+    # Through the training loop: its first 3 of 6 steps carry the framewise loss.
+    result = train.train_and_evaluate(config, str(tmp_path / "run"), STRATEGY)
+    assert result["steps"] == 6 and np.isfinite(result["val"]["loss"])
+    with pytest.raises(trainer.TrainingError, match="--align_steps places the frames"):
+        trainer.Trainer(dataclasses.replace(config, source="render", render_augment=True),
+                        info, STRATEGY, 10, files={}, lost={})
 
 
 def test_tight_weight_needs_the_records_plates(tiny_records):
