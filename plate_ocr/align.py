@@ -41,9 +41,8 @@ def frame_targets(images: tf.Tensor, labels: tf.Tensor, steps: int, blank: int) 
     centres = left[:, None] + (tf.range(length, dtype=tf.float32) + 0.5) * share[:, None]
     frames = (tf.range(steps, dtype=tf.float32) + 0.5) * (width / steps)
     distance = tf.abs(frames[None, :, None] - centres[:, None, :])  # [B, steps, L]
-    nearest_frame = tf.reduce_any(
-        tf.one_hot(tf.argmin(distance, axis=1), steps, on_value=True, off_value=False,
-                   axis=1), axis=2)
+    closest = tf.argmin(distance, axis=1, output_type=tf.int32)  # [B, L]: each centre's frame
+    nearest_frame = tf.reduce_any(tf.range(steps)[None, :, None] == closest[:, None, :], axis=2)
     near = tf.reduce_any(distance < share[:, None, None] / 4, axis=2)
     on_character = (near | nearest_frame) & (share > 0)[:, None]
     character = tf.gather(tf.cast(labels, tf.int32),

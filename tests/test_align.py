@@ -65,3 +65,7 @@ def test_frame_loss_is_low_on_the_targets_and_high_elsewhere():
     wrong = 20.0 * tf.one_hot(tf.fill([2, 20], BLANK), BLANK + 1)
     assert np.all(align.frame_loss(image, labels, right).numpy() < 1e-6)
     assert np.all(align.frame_loss(image, labels, wrong).numpy() > 1.0)
+    # Dense ops only: XLA compiles it (GPUs and TPUs train with --jit_compile or under XLA).
+    compiled = tf.function(align.frame_loss, jit_compile=True)
+    np.testing.assert_allclose(compiled(tf.constant(image), labels, wrong),
+                               align.frame_loss(image, labels, wrong), rtol=1e-6)
