@@ -54,6 +54,4 @@ def frame_loss(images: tf.Tensor, labels: tf.Tensor, logits: tf.Tensor) -> tf.Te
     """Per plate: the cross-entropy of the logits [B, T, classes] against frame_targets,
     averaged over the time steps. float32 [B]."""
     targets = frame_targets(images, labels, logits.shape[1], ctc.blank_index(logits.shape[-1]))
-    return tf.reduce_mean(
-        tf.nn.sparse_softmax_cross_entropy_with_logits(targets, tf.cast(logits, tf.float32)),
-        axis=1)
+    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits), axis=1)

@@ -224,12 +224,8 @@ class Trainer:
             return ctc.per_example_loss(labels, tf.nn.avg_pool1d(logits, pool, pool, "VALID"),
                                         self.ctc_kernel)
 
-        def none():
-            return tf.zeros_like(logits[:, 0, 0])
-
-        if not pool:
-            return none()
-        return tf.cond(self.optimizer.iterations < self.config.coarse_ctc_steps, coarse, none)
+        return self._first_steps_only(coarse, self.config.coarse_ctc_steps if pool else 0,
+                                      logits)
 
     def align_loss(self, images: tf.Tensor, labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
         """Per plate: align_weight times the framewise loss against the ink's frame targets
@@ -237,12 +233,17 @@ class Trainer:
         def frames():
             return self.config.align_weight * align.frame_loss(images, labels, logits)
 
+        return self._first_steps_only(frames, self.config.align_steps, logits)
+
+    def _first_steps_only(self, loss, steps: int, logits: tf.Tensor) -> tf.Tensor:
+        """loss() (float32 [B]) while the optimizer has taken fewer than `steps` steps, then
+        zeros (not computed); zeros throughout, and no branch, when steps is 0."""
         def none():
             return tf.zeros_like(logits[:, 0, 0])
 
-        if not self.config.align_steps:
+        if not steps:
             return none()
-        return tf.cond(self.optimizer.iterations < self.config.align_steps, frames, none)
+        return tf.cond(self.optimizer.iterations < steps, loss, none)
 
     def _train_replica(self, images, labels, weights):
         logits, per_example = self.gradient_step(images, labels, weights)
