@@ -180,6 +180,7 @@ def export() -> None:
         config = json.load(open(config_path))
         model_config = model.config_from_dict(config["model"])
         path = export_lib.export_tflite(keras.models.load_model(keras_path), model_config,
+                                        config["plate_length"],
                                         os.path.join(FLAGS.model_dir, export_lib.TFLITE_MODEL))
         print(f"wrote {path}")
 

@@ -1,9 +1,10 @@
-"""CTC loss, greedy decoding and plate metrics. The blank is the last class everywhere.
+"""CTC loss, decoding and plate metrics. The blank is the last class everywhere.
 
-Decoded labels are dense int32 [B, T] padded with -1: dense ops only, so decoding runs inside
-a SavedModel signature, under XLA and in TFLite.
+Decoded labels are dense int32 [B, width] padded with -1: dense ops only, so decoding runs
+inside a SavedModel signature, under XLA and in TFLite.
 """
 
+import numpy as np
 import tensorflow as tf
 
 PAD = -1
@@ -53,6 +54,57 @@ def greedy_decode(logits: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     decoded = tf.cast(tf.round(decoded), tf.int32) + PAD
     log_probs = tf.reduce_max(tf.nn.log_softmax(logits, axis=-1), axis=-1)
     return decoded, tf.exp(tf.reduce_sum(log_probs, axis=1))
+
+
+IMPOSSIBLE = -1e30  # the log-probability of a state no path reaches
+
+
+def fixed_length_decode(logits: tf.Tensor, length: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """The most probable path that reads exactly `length` characters (a Viterbi search).
+
+    Every plate has `length` characters: greedy decoding can read one more or one fewer (a
+    digit dropped or split in two), this cannot. When the best path reads `length`
+    characters both give the same labels. The search is unrolled over the (static) time
+    steps with dense ops. A state is (characters read so far, class of the last step); each
+    carries the characters of its best path as a number in base len(alphabet), so there is
+    nothing to trace back.
+
+    Returns:
+      (int32 [B, length] labels, float32 [B] confidence: the probability of that path).
+    """
+    steps, classes = logits.shape[1], logits.shape[-1]
+    blank = blank_index(classes)
+    if blank ** length >= 2 ** 63:
+        raise ValueError(f"{length} characters of {blank} classes do not fit an int64")
+    log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
+    batch = tf.shape(logits)[0]
+    start = np.full((length + 1, classes), IMPOSSIBLE, np.float32)
+    start[0, blank] = 0.0
+    score = tf.tile(tf.constant(start)[None], [batch, 1, 1])  # [B, counts, classes]
+    read = tf.zeros([batch, length + 1, classes], tf.int64)   # each state's characters
+    chars = tf.range(blank, dtype=tf.int64)
+    no_entry = tf.fill([batch, 1, blank], IMPOSSIBLE)
+    for t in range(steps):
+        step = log_probs[:, t]
+        # The two best states of each count: a character enters after the best one that is
+        # not itself (a repeat needs a blank in between); a blank follows the best one.
+        top, previous = tf.math.top_k(score, 2)                       # [B, counts, 2]
+        top_read = tf.gather(read, previous, axis=2, batch_dims=2)
+        repeat = tf.cast(previous[:, :-1, :1], tf.int64) == chars     # [B, length, chars]
+        entry_score = tf.concat(
+            [no_entry, tf.where(repeat, top[:, :-1, 1:], top[:, :-1, :1])], axis=1)
+        entry_read = tf.concat([read[:, :1, :blank], blank * tf.where(
+            repeat, top_read[:, :-1, 1:], top_read[:, :-1, :1]) + chars], axis=1)
+        enters = entry_score > score[:, :, :blank]
+        score = tf.concat([tf.maximum(entry_score, score[:, :, :blank]) + step[:, None, :blank],
+                           top[:, :, :1] + step[:, None, blank:]], axis=2)
+        read = tf.concat([tf.where(enters, entry_read, read[:, :, :blank]), top_read[:, :, :1]],
+                         axis=2)
+    best = tf.argmax(score[:, length], axis=1, output_type=tf.int32)
+    number = tf.gather(read[:, length], best, axis=1, batch_dims=1)
+    places = tf.constant([blank ** k for k in reversed(range(length))], tf.int64)
+    return (tf.cast(number[:, None] // places % blank, tf.int32),
+            tf.exp(tf.reduce_max(score[:, length], axis=1)))
 
 
 def _sparse(dense: tf.Tensor) -> tf.SparseTensor:

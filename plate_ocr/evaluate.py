@@ -15,13 +15,13 @@ import tensorflow as tf
 from plate_ocr import export, input_pipeline, records
 
 
-def _alphabet_beside(path: str) -> str:
+def _config_beside(path: str) -> dict:
     config = os.path.join(os.path.dirname(os.path.abspath(path)), export.CONFIG_FILE)
     if not os.path.exists(config):
         raise FileNotFoundError(f"no {export.CONFIG_FILE} beside {path}: it names the "
                                 "alphabet")
     with open(config, encoding="utf-8") as f:
-        return json.load(f)["alphabet"]
+        return json.load(f)
 
 
 def load_predictor(path: str):
@@ -35,13 +35,15 @@ def load_predictor(path: str):
     if os.path.exists(os.path.join(path, export.SAVED_MODEL, "saved_model.pb")):
         path = os.path.join(path, export.SAVED_MODEL)
     if path.endswith(".tflite"):
-        predict = export.load_tflite(path, _alphabet_beside(path))
+        predict = export.load_tflite(path, _config_beside(path)["alphabet"])
         shape = tf.lite.Interpreter(model_path=path).get_input_details()[0]["shape_signature"]
         return predict, tuple(int(d) for d in shape[1:])
     if path.endswith(".keras"):
         model = keras.models.load_model(path)
         shape = tuple(model.input_shape[1:])
-        serve = export.serving_function(model, _alphabet_beside(path), *shape)
+        config = _config_beside(path)
+        serve = export.serving_function(model, config["alphabet"], config["plate_length"],
+                                        *shape)
     else:
         serve = export.load_serving(path)
         shape = tuple(serve.structured_input_signature[1]["images"].shape[1:])

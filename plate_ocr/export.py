@@ -18,16 +18,18 @@ TFLITE_MODEL = "model.tflite"
 CONFIG_FILE = "config.json"  # written by training: image size, alphabet, model shape
 
 
-def serving_function(model: keras.Model, alphabet: str | None, height: int, width: int):
+def serving_function(model: keras.Model, alphabet: str | None, plate_length: int,
+                     height: int, width: int):
     """A tf.function: uint8 [N, H, W] -> {"text": string [N], "confidence": float32 [N]}.
 
-    With alphabet None it returns {"labels": int32 [N, T] padded with -1, "confidence"}
-    instead (TFLite's built-in ops have no strings).
+    It reads exactly plate_length characters per plate (ctc.fixed_length_decode). With
+    alphabet None it returns {"labels": int32 [N, plate_length], "confidence"} instead
+    (TFLite's built-in ops have no strings).
     """
     @tf.function(input_signature=[tf.TensorSpec([None, height, width], tf.uint8, name="images")])
     def serve(images):
         logits = model(tf.cast(images, tf.float32), training=False)
-        decoded, confidence = ctc.greedy_decode(logits)
+        decoded, confidence = ctc.fixed_length_decode(logits, plate_length)
         if alphabet is None:
             return {"labels": decoded, "confidence": confidence}
         return {"text": ctc.to_strings(decoded, alphabet), "confidence": confidence}
@@ -42,7 +44,7 @@ def _write_archive(model: keras.Model, path: str, serve) -> None:
 
 
 def export_model(model: keras.Model, config: model_lib.ModelConfig, export_root: str,
-                 alphabet: str, height: int, width: int) -> dict:
+                 alphabet: str, plate_length: int, height: int, width: int) -> dict:
     """Writes the three export formats into export_root.
 
     The SavedModel serves the model with BatchNorm folded into the convolutions (faster, same
@@ -59,7 +61,7 @@ def export_model(model: keras.Model, config: model_lib.ModelConfig, export_root:
                       export_root)
     saved_model = os.path.join(export_root, SAVED_MODEL)
     inference = model_lib.fold_batch_norm(model, config)
-    _write_archive(inference, saved_model, serving_function(inference, alphabet, height, width))
+    _write_archive(inference, saved_model, serving_function(inference, alphabet, plate_length, height, width))
     paths = {"saved_model": saved_model,
              "keras": os.path.join(export_root, KERAS_MODEL),
              "weights": os.path.join(export_root, KERAS_WEIGHTS)}
@@ -76,13 +78,14 @@ def load_serving(saved_model: str):
     return tf.saved_model.load(saved_model).signatures["serving_default"]
 
 
-def export_tflite(model: keras.Model, config: model_lib.ModelConfig, path: str) -> str:
+def export_tflite(model: keras.Model, config: model_lib.ModelConfig, plate_length: int,
+                  path: str) -> str:
     """Writes a TFLite model (built-in ops only): uint8 images -> labels, confidence."""
     height, width = model.input_shape[1:]
     # The RNN unrolled: no tensor-list while loop to convert.
     unrolled = model_lib.fold_batch_norm(model, config, unroll=True)
     with tempfile.TemporaryDirectory() as scratch:
-        _write_archive(unrolled, scratch, serving_function(unrolled, None, height, width))
+        _write_archive(unrolled, scratch, serving_function(unrolled, None, plate_length, height, width))
         converter = tf.lite.TFLiteConverter.from_saved_model(scratch)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         flatbuffer = converter.convert()

@@ -80,8 +80,8 @@ def _image_summary(trainer: Trainer, sample: tuple[np.ndarray, np.ndarray]) -> n
     images, labels = sample
     logits = trainer.model(tf.cast(images, tf.float32), training=False)
     alphabet = trainer.info["alphabet"]
-    predictions = [t.decode() for t in ctc.to_strings(ctc.greedy_decode(logits)[0],
-                                                       alphabet).numpy()]
+    decoded = ctc.fixed_length_decode(logits, labels.shape[1])[0]
+    predictions = [t.decode() for t in ctc.to_strings(decoded, alphabet).numpy()]
     truths = ["".join(alphabet[i] for i in label) for label in labels]
     return pictures.prediction_grid(list(images), predictions, truths)
 
@@ -313,7 +313,8 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
                                       "validation accuracy against training time")
         print("time to validation accuracy: " + format_time_to_accuracy(reached))
     result["exports"] = export.export_model(trainer.model, config.model, out_dir,
-                                            info["alphabet"], *trainer.shape)
+                                            info["alphabet"], info["plate_length"],
+                                            *trainer.shape)
     _write_json(os.path.join(out_dir, "final_metrics.json"), result)
     if not chief:
         tf.io.gfile.rmtree(out_dir)

@@ -247,7 +247,9 @@ class Trainer:
 
     def _train_replica(self, images, labels, weights):
         logits, per_example = self.gradient_step(images, labels, weights)
-        # The weights are the loss's: every training plate counts once in the metrics.
+        # The weights are the loss's: every training plate counts once in the metrics. Read
+        # greedily: a running figure, 4 ms a step cheaper than the fixed-length search that
+        # evaluation and the exports use.
         sums = ctc.metric_sums(labels, ctc.greedy_decode(logits)[0], tf.ones_like(weights))
         sums["loss"] = tf.reduce_sum(per_example)
         return sums
@@ -275,7 +277,9 @@ class Trainer:
             # ended that way): it adds nothing to the sums.
             return {key: tf.constant(0.0) for key in ctc.SUM_KEYS + ("loss",)}
         logits = self.model(tf.cast(images, tf.float32), training=False)
-        sums = ctc.metric_sums(labels, ctc.greedy_decode(logits)[0], weights)
+        # Read as the exports read: exactly as many characters as the labels have.
+        decoded = ctc.fixed_length_decode(logits, labels.shape[1])[0]
+        sums = ctc.metric_sums(labels, decoded, weights)
         sums["loss"] = tf.reduce_sum(ctc.per_example_loss(labels, logits, self.ctc_kernel)
                                      * weights)
         return sums

@@ -20,7 +20,7 @@ def untrained_model(tmp_path_factory) -> str:
     config = cli_train.config_from(SMOKE_CONFIG).model
     model_dir = str(tmp_path_factory.mktemp("untrained"))
     export.export_model(model.build_crnn(config, 64, 128, len(ALPHABET) + 1), config, model_dir,
-                        ALPHABET, 64, 128)
+                        ALPHABET, 5, 64, 128)
     return model_dir
 
 

@@ -1,4 +1,6 @@
-"""CTC loss, greedy decoding and metrics on hand-built tensors."""
+"""CTC loss, greedy and fixed-length decoding and metrics on hand-built tensors."""
+
+import itertools
 
 import numpy as np
 import tensorflow as tf
@@ -31,6 +33,55 @@ def test_greedy_decode_collapses_repeats_and_removes_blanks():
     assert decoded[1].numpy().tolist() == [5] + [ctc.PAD] * 11
     assert decoded[2].numpy().tolist() == [ctc.PAD] * 12
     assert np.all((confidence.numpy() > 0.5) & (confidence.numpy() <= 1.0))
+
+
+def best_path_of_length(log_probs: np.ndarray, length: int) -> tuple[list[int], float]:
+    """By brute force: the most probable path over every path that reads `length` labels."""
+    steps, classes = log_probs.shape
+    best, best_score = None, -np.inf
+    for path in itertools.product(range(classes), repeat=steps):
+        read = [c for i, c in enumerate(path)
+                if c != classes - 1 and (i == 0 or path[i - 1] != c)]
+        score = sum(log_probs[t, c] for t, c in enumerate(path))
+        if len(read) == length and score > best_score:
+            best, best_score = read, score
+    return best, best_score
+
+
+def test_fixed_length_decode_finds_the_best_path_of_that_length():
+    # Every path of 7 steps over 3 characters + blank: the search must find the same one.
+    logits = tf.random.stateless_normal((12, 7, 4), seed=(5, 6)) * 2.0
+    log_probs = tf.nn.log_softmax(logits).numpy()
+    for length in (1, 3):
+        decoded, confidence = ctc.fixed_length_decode(logits, length)
+        assert decoded.shape == (12, length) and decoded.dtype == tf.int32
+        for b in range(12):
+            read, score = best_path_of_length(log_probs[b], length)
+            assert decoded[b].numpy().tolist() == read
+            np.testing.assert_allclose(confidence[b].numpy(), np.exp(score), rtol=1e-4)
+
+
+def test_fixed_length_decode_reads_exactly_the_length_and_agrees_with_greedy_there():
+    B = BLANK
+    logits = logits_for([
+        [1, 1, B, 2, 2, B, 3, B, 3, 4, B, B],  # greedy reads 1 2 3 3 4: both agree
+        [1, B, 2, B, 3, B, 3, B, 4, B, 4, B],  # greedy reads 6: one digit too many
+        [1, 1, 1, B, 2, 2, 2, B, 3, B, B, 4],  # greedy reads 4: one too few
+    ])
+    # The best 5-digit paths change the least sure step: a 3 to a blank on the second
+    # plate, a 1 to a blank (splitting the 1s in two) on the third.
+    logits = logits.numpy()
+    logits[1, 6, [3, BLANK]] = [5.0, 4.9]
+    logits[2, 1, [1, BLANK]] = [5.0, 4.0]
+    decoded, confidence = ctc.fixed_length_decode(tf.constant(logits), 5)
+    greedy = ctc.greedy_decode(tf.constant(logits))[0].numpy()
+    assert decoded[0].numpy().tolist() == [1, 2, 3, 3, 4] == greedy[0, :5].tolist()
+    assert decoded[1].numpy().tolist() == [1, 2, 3, 4, 4]
+    assert decoded[2].numpy().tolist() == [1, 1, 2, 3, 4]
+    assert np.all((confidence.numpy() > 0) & (confidence.numpy() <= 1))
+    assert confidence[0] > confidence[1]
+    compiled = tf.function(lambda x: ctc.fixed_length_decode(x, 5), jit_compile=True)
+    assert compiled(tf.constant(logits))[0].numpy().tolist() == decoded.numpy().tolist()
 
 
 def test_loss_is_lower_for_the_true_label():

@@ -57,7 +57,8 @@ def test_saved_model_keras_and_tflite_give_the_same_predictions(trained, tiny_re
     config = json.load(open(f"{model_dir}/config.json"))
     model_config = model.config_from_dict(config["model"])
     export.export_tflite(keras.models.load_model(f"{model_dir}/{export.KERAS_MODEL}"),
-                         model_config, f"{model_dir}/{export.TFLITE_MODEL}")
+                         model_config, config["plate_length"],
+                         f"{model_dir}/{export.TFLITE_MODEL}")
     readings = {}
     for name in (model_dir, f"{model_dir}/{export.KERAS_MODEL}",
                  f"{model_dir}/{export.TFLITE_MODEL}"):
