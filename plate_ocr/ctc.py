@@ -74,15 +74,15 @@ def fixed_length_decode(logits: tf.Tensor, length: int) -> tuple[tf.Tensor, tf.T
     """
     steps, classes = logits.shape[1], logits.shape[-1]
     blank = blank_index(classes)
-    if blank ** length >= 2 ** 63:
-        raise ValueError(f"{length} characters of {blank} classes do not fit an int64")
+    if blank ** length >= 2 ** 31:  # int32: TFLite divides no int64
+        raise ValueError(f"{length} characters of an alphabet of {blank} do not fit an int32")
     log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
     batch = tf.shape(logits)[0]
     start = np.full((length + 1, classes), IMPOSSIBLE, np.float32)
     start[0, blank] = 0.0
     score = tf.tile(tf.constant(start)[None], [batch, 1, 1])  # [B, counts, classes]
-    read = tf.zeros([batch, length + 1, classes], tf.int64)   # each state's characters
-    chars = tf.range(blank, dtype=tf.int64)
+    read = tf.zeros([batch, length + 1, classes], tf.int32)   # each state's characters
+    chars = tf.range(blank)
     no_entry = tf.fill([batch, 1, blank], IMPOSSIBLE)
     for t in range(steps):
         step = log_probs[:, t]
@@ -90,7 +90,7 @@ def fixed_length_decode(logits: tf.Tensor, length: int) -> tuple[tf.Tensor, tf.T
         # not itself (a repeat needs a blank in between); a blank follows the best one.
         top, previous = tf.math.top_k(score, 2)                       # [B, counts, 2]
         top_read = tf.gather(read, previous, axis=2, batch_dims=2)
-        repeat = tf.cast(previous[:, :-1, :1], tf.int64) == chars     # [B, length, chars]
+        repeat = previous[:, :-1, :1] == chars     # [B, length, chars]
         entry_score = tf.concat(
             [no_entry, tf.where(repeat, top[:, :-1, 1:], top[:, :-1, :1])], axis=1)
         entry_read = tf.concat([read[:, :1, :blank], blank * tf.where(
@@ -102,8 +102,8 @@ def fixed_length_decode(logits: tf.Tensor, length: int) -> tuple[tf.Tensor, tf.T
                          axis=2)
     best = tf.argmax(score[:, length], axis=1, output_type=tf.int32)
     number = tf.gather(read[:, length], best, axis=1, batch_dims=1)
-    places = tf.constant([blank ** k for k in reversed(range(length))], tf.int64)
-    return (tf.cast(number[:, None] // places % blank, tf.int32),
+    places = tf.constant([blank ** k for k in reversed(range(length))], tf.int32)
+    return (number[:, None] // places % blank,
             tf.exp(tf.reduce_max(score[:, length], axis=1)))
 
 

@@ -3,6 +3,7 @@
 import itertools
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from plate_ocr import ctc
@@ -82,6 +83,8 @@ def test_fixed_length_decode_reads_exactly_the_length_and_agrees_with_greedy_the
     assert confidence[0] > confidence[1]
     compiled = tf.function(lambda x: ctc.fixed_length_decode(x, 5), jit_compile=True)
     assert compiled(tf.constant(logits))[0].numpy().tolist() == decoded.numpy().tolist()
+    with pytest.raises(ValueError, match="int32"):  # 36 ** 6 labels: more than an int32 holds
+        ctc.fixed_length_decode(tf.zeros([1, 16, 37]), 6)
 
 
 def test_loss_is_lower_for_the_true_label():
