@@ -36,6 +36,9 @@ class AugmentConfig:
     contrast_prob: float = 0.7  # background and ink grey levels drawn from the ranges below
     background_min: int = 150
     ink_max: int = 100
+    # Grey levels the background keeps above the ink everywhere: gradient and texture darken
+    # it no further (without this floor they sank it to the ink's level on 1-2% of plates).
+    min_contrast: float = 50.0
     gradient_prob: float = 0.4
     gradient: float = 60.0  # grey levels across the plate
     texture_prob: float = 0.3
@@ -181,12 +184,14 @@ def _neighbourhood(inks: np.ndarray, grow: bool) -> np.ndarray:
     return reduce(reduce(rows[..., :-2], rows[..., 1:-1]), rows[..., 2:])
 
 
-def _shade(inks: np.ndarray, draws: Sequence[_Draws], out: np.ndarray) -> None:
+def _shade(inks: np.ndarray, draws: Sequence[_Draws], min_contrast: float,
+           out: np.ndarray) -> None:
     """Grey levels, gradient and texture, the ink, border, inversion, blur and noise.
 
     Args:
       inks: uint8 [N, H, W] coverage, N up to _SHADED_AT_ONCE.
       draws: each plate's draws.
+      min_contrast: grey levels the background keeps above the ink level.
       out: uint8 [N, H, W] for the plates.
     """
     count, height, width = inks.shape
@@ -216,6 +221,7 @@ def _shade(inks: np.ndarray, draws: Sequence[_Draws], out: np.ndarray) -> None:
         for i, plate_texture in zip(textured, texture):
             plate[i] += plate_texture
     ink_level = values("ink_level")
+    np.maximum(plate, ink_level + np.float32(min_contrast), out=plate)
     np.divide(inks, np.float32(255), out=work)  # the coverage
     work *= np.subtract(ink_level, plate, out=spare)
     plate += work  # plate + (ink_level - plate) * coverage
@@ -311,7 +317,7 @@ def augment_plates(inks: np.ndarray, config: AugmentConfig,
     plates = np.empty_like(inks)
     for start in range(0, count, _SHADED_AT_ONCE):
         part = slice(start, start + _SHADED_AT_ONCE)
-        _shade(inks[part], draws[part], plates[part])
+        _shade(inks[part], draws[part], config.min_contrast, plates[part])
     qualities = np.array([d.jpeg_quality for d in draws])
     for quality in np.unique(qualities[qualities > 0]).tolist():
         chosen = np.flatnonzero(qualities == quality)

@@ -159,6 +159,7 @@ def augment(ink: tf.Tensor, config: augment_lib.AugmentConfig, seed: tf.Tensor,
     texture = tf.image.resize(coarse, tf.stack([height, width]), method="bilinear")[..., 0]
     plate += texture * per_plate(tf.where(uniform["texture"] < config.texture_prob,
                                           uniform["texture_amount"] * config.texture, 0.0))
+    plate = tf.maximum(plate, per_plate(ink_level) + config.min_contrast)
     plate += (per_plate(ink_level) - plate) * coverage
     frame = tf.pad(tf.zeros(tf.stack([height - 2, width - 2]), tf.bool), [[1, 1], [1, 1]],
                    constant_values=True)

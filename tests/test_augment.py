@@ -34,6 +34,32 @@ def test_every_effect_off_gives_the_clean_plate(faces):
         assert np.array_equal(clean, plain)
 
 
+# Grey levels, gradient and texture at their darkest; nothing that moves or smears the ink.
+SHADED = dataclasses.replace(augment.CLEAN, contrast_prob=1.0, gradient_prob=1.0,
+                             texture_prob=1.0, background_min=100, texture=40.0)
+
+
+def contrasts(clean: np.ndarray, shaded: np.ndarray) -> np.ndarray:
+    """Per plate: darkest background pixel minus lightest ink pixel (full coverage)."""
+    background = np.where(clean == 255, shaded, 255).min(axis=(1, 2)).astype(int)
+    return background - np.where(clean == 0, shaded, 0).max(axis=(1, 2))
+
+
+@pytest.mark.parametrize("floor", [50.0, 0.0], ids=["floor", "no_floor"])
+def test_the_background_stays_min_contrast_above_the_ink(faces, floor):
+    families = fonts.group_by_family(faces["train"])
+    clean_style = dataclasses.replace(STYLE, augment=augment.CLEAN)
+    style = dataclasses.replace(STYLE, augment=dataclasses.replace(SHADED, min_contrast=floor))
+    clean, shaded = [np.stack([
+        writer.make_plate(index, families, s, writer.plate_rng(0, "test_aug", index),
+                          augmented=True)[0] for index in range(60)])
+        for s in (clean_style, style)]
+    if floor:
+        assert contrasts(clean, shaded).min() >= floor - 1  # rounding
+    else:  # the floor is what keeps them apart: without it the background sinks to the ink
+        assert (contrasts(clean, shaded) <= 0).sum() >= 3
+
+
 @pytest.mark.parametrize("config", [augment.AugmentConfig(), ALL_ON], ids=["default", "all_on"])
 def test_plates_augmented_together_are_each_the_plate_augmented_alone(faces, config):
     families = fonts.group_by_family(faces["train"])

@@ -68,6 +68,13 @@ def test_warped_ink_stays_inside_the_frame(inks):
     assert 0.5 < ratio.min() and ratio.max() < 2
 
 
+def test_the_background_stays_min_contrast_above_the_ink(inks):
+    from test_augment import SHADED, contrasts
+    ink, margin = inks
+    plates = augment_ops_augment(ink, SHADED, SEED, margin)
+    assert contrasts(255 - ink.numpy(), plates).min() >= SHADED.min_contrast - 1
+
+
 def test_every_effect_at_once_keeps_plates_distinct(inks):
     ink, margin = inks
     plates = augment_ops_augment(ink, ALL_ON, SEED, margin).astype(float)
