@@ -36,8 +36,9 @@ class AugmentConfig:
     contrast_prob: float = 0.7  # background and ink grey levels drawn from the ranges below
     background_min: int = 150
     ink_max: int = 100
-    # Grey levels the background keeps above the ink everywhere: gradient and texture darken
-    # it no further (without this floor they sank it to the ink's level on 1-2% of plates).
+    # Grey levels the background keeps above the ink as its strokes show after the blur,
+    # everywhere: gradient and texture darken it no further, and thin or blurred strokes get
+    # darker ink on a lighter plate (see _contrast_floor).
     min_contrast: float = 50.0
     gradient_prob: float = 0.4
     gradient: float = 60.0  # grey levels across the plate
@@ -220,9 +221,10 @@ def _shade(inks: np.ndarray, draws: Sequence[_Draws], min_contrast: float,
         texture *= amount[:, None, None]
         for i, plate_texture in zip(textured, texture):
             plate[i] += plate_texture
-    ink_level = values("ink_level")
-    np.maximum(plate, ink_level + np.float32(min_contrast), out=plate)
+    passes = np.array([d.blur_passes for d in draws])
     np.divide(inks, np.float32(255), out=work)  # the coverage
+    ink_level, floor = _contrast_floor(work, passes, values("ink_level"), min_contrast)
+    np.maximum(plate, floor, out=plate)
     work *= np.subtract(ink_level, plate, out=spare)
     plate += work  # plate + (ink_level - plate) * coverage
     bordered = chosen("border")
@@ -231,7 +233,6 @@ def _shade(inks: np.ndarray, draws: Sequence[_Draws], min_contrast: float,
     plate[bordered, :, 0], plate[bordered, :, -1] = edge, edge
     inverted = chosen("invert")
     plate[inverted] = 255.0 - plate[inverted]
-    passes = np.array([d.blur_passes for d in draws])
     for times in np.unique(passes[passes > 0]).tolist():
         blurred = np.flatnonzero(passes == times)
         plates = np.take(plate, blurred, axis=0, out=work[:len(blurred)])
@@ -245,6 +246,36 @@ def _shade(inks: np.ndarray, draws: Sequence[_Draws], min_contrast: float,
                                     out=work[0])
     np.clip(np.rint(plate, out=plate), 0, 255, out=plate)
     np.copyto(out, plate, casting="unsafe")
+
+
+def _contrast_floor(coverage: np.ndarray, passes: np.ndarray, ink_level: np.ndarray,
+                    min_contrast: float) -> tuple[np.ndarray, np.ndarray]:
+    """The ink level and the background's floor that keep each plate's strokes min_contrast
+    grey levels apart from it after its blur.
+
+    A stroke shows (background - ink) x the coverage it keeps through the blur: the mean of
+    the blurred coverage over the ink, weighted by the coverage (~0.85 for a sharp regular
+    face, ~0.3 for a blurred hairline). The background may not come closer to the ink than
+    min_contrast over that; where that would pass white, the ink darkens instead.
+
+    Args:
+      coverage: float32 [N, H, W] ink coverage 0-1, after the stroke effect.
+      passes: int [N] each plate's blur passes.
+      ink_level: float32 [N, 1, 1] as drawn.
+    Returns:
+      (float32 [N, 1, 1] ink level, float32 [N, 1, 1] the background's floor).
+    """
+    blurred = coverage.copy()
+    for times in np.unique(passes[passes > 0]).tolist():
+        chosen = np.flatnonzero(passes == times)
+        part = blurred[chosen]
+        _blur(part, times, np.empty_like(part))
+        blurred[chosen] = part
+    kept = ((blurred * coverage).sum(axis=(1, 2)) /
+            np.maximum(coverage.sum(axis=(1, 2)), np.float32(1e-6)))[:, None, None]
+    need = np.float32(min_contrast) / np.maximum(kept, np.float32(1e-3))
+    ink_level = np.minimum(ink_level, np.maximum(np.float32(255) - need, np.float32(0)))
+    return ink_level, np.minimum(ink_level + need, np.float32(255))
 
 
 def _blur(plates: np.ndarray, passes: int, spare: np.ndarray) -> None:

@@ -113,6 +113,23 @@ def _blur(plates: tf.Tensor) -> tf.Tensor:
     return tf.nn.conv2d(rows, tf.reshape(kernel, [1, 3, 1, 1]), 1, "VALID")[..., 0]
 
 
+def _maybe_blur(plates: tf.Tensor, blur: tf.Tensor, twice: tf.Tensor) -> tf.Tensor:
+    """Blurred once, twice or not at all, plate by plate (bool [B, 1, 1] each)."""
+    blurred = _blur(plates)
+    return tf.where(blur, tf.where(twice, _blur(blurred), blurred), plates)
+
+
+def _contrast_floor(coverage: tf.Tensor, blur: tf.Tensor, twice: tf.Tensor,
+                    ink_level: tf.Tensor, min_contrast: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """augment._contrast_floor: the ink level [B] and the background's floor [B] that keep
+    the strokes min_contrast apart from it after the blur."""
+    kept = (tf.reduce_sum(_maybe_blur(coverage, blur, twice) * coverage, axis=[1, 2])
+            / tf.maximum(tf.reduce_sum(coverage, axis=[1, 2]), 1e-6))
+    need = min_contrast / tf.maximum(kept, 1e-3)
+    ink_level = tf.minimum(ink_level, tf.maximum(255 - need, 0.0))
+    return ink_level, tf.minimum(ink_level + need, 255.0)
+
+
 def augment(ink: tf.Tensor, config: augment_lib.AugmentConfig, seed: tf.Tensor,
             margin: int) -> tf.Tensor:
     """Turns a batch of ink coverages (uint8, 255 = ink) into photographed-looking plates.
@@ -159,17 +176,17 @@ def augment(ink: tf.Tensor, config: augment_lib.AugmentConfig, seed: tf.Tensor,
     texture = tf.image.resize(coarse, tf.stack([height, width]), method="bilinear")[..., 0]
     plate += texture * per_plate(tf.where(uniform["texture"] < config.texture_prob,
                                           uniform["texture_amount"] * config.texture, 0.0))
-    plate = tf.maximum(plate, per_plate(ink_level) + config.min_contrast)
+    blur = per_plate(uniform["blur"] < config.blur_prob)
+    twice = per_plate(uniform["blur_twice"] < (config.blur_sigma - 0.7) / 0.3)
+    ink_level, floor = _contrast_floor(coverage, blur, twice, ink_level, config.min_contrast)
+    plate = tf.maximum(plate, per_plate(floor))
     plate += (per_plate(ink_level) - plate) * coverage
     frame = tf.pad(tf.zeros(tf.stack([height - 2, width - 2]), tf.bool), [[1, 1], [1, 1]],
                    constant_values=True)
     plate = tf.where(frame[None] & per_plate(uniform["border"] < config.border_prob),
                      per_plate(ink_level), plate)
     plate = tf.where(per_plate(uniform["invert"] < config.invert_prob), 255.0 - plate, plate)
-    blurred = _blur(plate)
-    twice = per_plate(uniform["blur_twice"] < (config.blur_sigma - 0.7) / 0.3)
-    plate = tf.where(per_plate(uniform["blur"] < config.blur_prob),
-                     tf.where(twice, _blur(blurred), blurred), plate)
+    plate = _maybe_blur(plate, blur, twice)
     noise = tf.random.stateless_normal(tf.stack([batch, height, width]), seed=seeds[3])
     plate += noise * per_plate(tf.where(uniform["noise"] < config.noise_prob,
                                         uniform["noise_amount"] * config.noise_sigma, 0.0))

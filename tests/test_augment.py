@@ -37,6 +37,8 @@ def test_every_effect_off_gives_the_clean_plate(faces):
 # Grey levels, gradient and texture at their darkest; nothing that moves or smears the ink.
 SHADED = dataclasses.replace(augment.CLEAN, contrast_prob=1.0, gradient_prob=1.0,
                              texture_prob=1.0, background_min=100, texture=40.0)
+# Grey levels and two blur passes on a flat plate.
+BLURRED = dataclasses.replace(augment.CLEAN, contrast_prob=1.0, blur_prob=1.0, blur_sigma=1.0)
 
 
 def contrasts(clean: np.ndarray, shaded: np.ndarray) -> np.ndarray:
@@ -45,19 +47,38 @@ def contrasts(clean: np.ndarray, shaded: np.ndarray) -> np.ndarray:
     return background - np.where(clean == 0, shaded, 0).max(axis=(1, 2))
 
 
+def stroke_contrasts(clean: np.ndarray, blurred: np.ndarray) -> np.ndarray:
+    """Per plate on a flat background: how much darker than it the ink shows, weighted by
+    the clean coverage; infinite on a white plate (the floor reached white: the ink is black
+    or min_contrast away)."""
+    coverage = (255 - clean.astype(float)) / 255
+    background = blurred.max(axis=(1, 2), keepdims=True)
+    darker = background - blurred.astype(float)
+    shown = (coverage * darker).sum(axis=(1, 2)) / coverage.sum(axis=(1, 2))
+    return np.where(background[:, 0, 0] == 255, np.inf, shown)
+
+
+def plates_of(faces, config: augment.AugmentConfig, count: int = 60) -> np.ndarray:
+    families = fonts.group_by_family(faces["train"])
+    style = dataclasses.replace(STYLE, augment=config)
+    return np.stack([writer.make_plate(index, families, style,
+                                       writer.plate_rng(0, "test_aug", index), augmented=True)[0]
+                     for index in range(count)])
+
+
 @pytest.mark.parametrize("floor", [50.0, 0.0], ids=["floor", "no_floor"])
 def test_the_background_stays_min_contrast_above_the_ink(faces, floor):
-    families = fonts.group_by_family(faces["train"])
-    clean_style = dataclasses.replace(STYLE, augment=augment.CLEAN)
-    style = dataclasses.replace(STYLE, augment=dataclasses.replace(SHADED, min_contrast=floor))
-    clean, shaded = [np.stack([
-        writer.make_plate(index, families, s, writer.plate_rng(0, "test_aug", index),
-                          augmented=True)[0] for index in range(60)])
-        for s in (clean_style, style)]
+    clean = plates_of(faces, augment.CLEAN)
+    shaded = contrasts(clean, plates_of(faces, dataclasses.replace(SHADED, min_contrast=floor)))
+    blurred = stroke_contrasts(
+        clean, plates_of(faces, dataclasses.replace(BLURRED, min_contrast=floor)))
     if floor:
-        assert contrasts(clean, shaded).min() >= floor - 1  # rounding
-    else:  # the floor is what keeps them apart: without it the background sinks to the ink
-        assert (contrasts(clean, shaded) <= 0).sum() >= 3
+        assert shaded.min() >= floor - 1  # rounding
+        assert blurred.min() >= floor - 1
+    else:  # the floor is what keeps them apart: without it the background sinks to the ink,
+        # and blurred strokes fade
+        assert (shaded <= 0).sum() >= 3
+        assert (blurred < 50).sum() >= 3
 
 
 @pytest.mark.parametrize("config", [augment.AugmentConfig(), ALL_ON], ids=["default", "all_on"])
