@@ -120,8 +120,10 @@ def run_multi_worker(args: list[str], count: int = 2) -> list[tuple[str, str]]:
                                        "task": {"type": "worker", "index": index}})))
                  for index in range(count)]
     outputs = [process.communicate(timeout=400) for process in processes]
-    for process, (stdout, stderr) in zip(processes, outputs):
-        assert process.returncode == 0, stderr[-3000:]
+    failed = [f"worker {index}: {stderr[-2000:]}"
+              for index, (process, (_, stderr)) in enumerate(zip(processes, outputs))
+              if process.returncode != 0]
+    assert not failed, "\n".join(failed)  # every failing worker's log: the first may not say why
     return outputs
 
 
