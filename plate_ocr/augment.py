@@ -265,14 +265,14 @@ def _contrast_floor(coverage: np.ndarray, passes: np.ndarray, ink_level: np.ndar
     Returns:
       (float32 [N, 1, 1] ink level, float32 [N, 1, 1] the background's floor).
     """
-    blurred = coverage.copy()
+    # sum(blurred x coverage) per plate, without a blurred copy of the plates never blurred.
+    kept = np.einsum("nij,nij->n", coverage, coverage)
     for times in np.unique(passes[passes > 0]).tolist():
         chosen = np.flatnonzero(passes == times)
-        part = blurred[chosen]
+        part = coverage[chosen]
         _blur(part, times, np.empty_like(part))
-        blurred[chosen] = part
-    kept = ((blurred * coverage).sum(axis=(1, 2)) /
-            np.maximum(coverage.sum(axis=(1, 2)), np.float32(1e-6)))[:, None, None]
+        kept[chosen] = np.einsum("nij,nij->n", part, coverage[chosen])
+    kept = (kept / np.maximum(coverage.sum(axis=(1, 2)), np.float32(1e-6)))[:, None, None]
     need = np.float32(min_contrast) / np.maximum(kept, np.float32(1e-3))
     ink_level = np.minimum(ink_level, np.maximum(np.float32(255) - need, np.float32(0)))
     return ink_level, np.minimum(ink_level + need, np.float32(255))
