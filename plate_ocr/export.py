@@ -61,7 +61,8 @@ def export_model(model: keras.Model, config: model_lib.ModelConfig, export_root:
                       export_root)
     saved_model = os.path.join(export_root, SAVED_MODEL)
     inference = model_lib.fold_batch_norm(model, config)
-    _write_archive(inference, saved_model, serving_function(inference, alphabet, plate_length, height, width))
+    _write_archive(inference, saved_model,
+                   serving_function(inference, alphabet, plate_length, height, width))
     paths = {"saved_model": saved_model,
              "keras": os.path.join(export_root, KERAS_MODEL),
              "weights": os.path.join(export_root, KERAS_WEIGHTS)}
@@ -85,7 +86,8 @@ def export_tflite(model: keras.Model, config: model_lib.ModelConfig, plate_lengt
     # The RNN unrolled: no tensor-list while loop to convert.
     unrolled = model_lib.fold_batch_norm(model, config, unroll=True)
     with tempfile.TemporaryDirectory() as scratch:
-        _write_archive(unrolled, scratch, serving_function(unrolled, None, plate_length, height, width))
+        _write_archive(unrolled, scratch,
+                       serving_function(unrolled, None, plate_length, height, width))
         converter = tf.lite.TFLiteConverter.from_saved_model(scratch)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         flatbuffer = converter.convert()
