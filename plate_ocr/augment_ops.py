@@ -73,9 +73,9 @@ def warp(ink: tf.Tensor, uniform: dict[str, tf.Tensor], jitter: tf.Tensor,
                      (2 * uniform["rotate_amount"] - 1) * math.radians(config.rotate_degrees), 0.0)
     shear = tf.where(uniform["shear"] < config.shear_prob,
                      (2 * uniform["shear_amount"] - 1) * config.shear, 0.0)
+    # In heights of the ink box, as augment's: the far end keeps 2/3 of the near end's height.
     jitter = tf.where((uniform["perspective"] < config.perspective_prob)[:, None, None],
-                      jitter * config.perspective * size,
-                      0.0)
+                      jitter * config.perspective * (bottom + 1 - top)[:, None, None], 0.0)
     # Pixel centres: the box spans left - 0.5 .. right + 0.5.
     corners = tf.stack([tf.stack([left - 0.5, top - 0.5], -1),
                         tf.stack([right + 0.5, top - 0.5], -1),
@@ -152,9 +152,9 @@ def augment(ink: tf.Tensor, config: augment_lib.AugmentConfig, seed: tf.Tensor,
         return value[:, None, None]
 
     coverage = warp(tf.cast(ink, tf.float32), uniform, jitter, config, margin)
-    # Strokes: a 3x3 maximum thickens; thinning blends the 3x3 minimum with the original, so
-    # hairline strokes fade instead of vanishing.
-    grown = tf.nn.max_pool2d(coverage[..., None], 3, 1, "SAME")[..., 0]
+    # Strokes, as augment._stroke: the 3x3 maximum (minimum) blended half and half with the
+    # original, about half a pixel on each side.
+    grown = (coverage + tf.nn.max_pool2d(coverage[..., None], 3, 1, "SAME")[..., 0]) / 2
     thinned = (coverage - tf.nn.max_pool2d(-coverage[..., None], 3, 1, "SAME")[..., 0]) / 2
     stroke = per_plate(uniform["stroke"] < config.stroke_prob)
     coverage = tf.where(stroke & per_plate(uniform["stroke_grow"] < 0.5), grown,

@@ -33,7 +33,8 @@ def warp_inks(inks: np.ndarray, angle: np.ndarray, shear: np.ndarray, jitter: np
       inks: uint8 [N, H, W] coverage of the glyphs (255 = ink).
       angle: float [N] rotations in radians; 0: none.
       shear: float [N] horizontal shear factors; 0: none.
-      jitter: float [N, 4, 2] displacement of the box's corners in pixels; zeros: none.
+      jitter: float [N, 4, 2] displacement of the box's corners in heights of the box (its
+        pixels' scale: a box of small digits moves less); zeros: none.
       margin: pixels the ink keeps from the frame.
     Returns:
       uint8 [N, H, W]: the warped coverage, a new array.
@@ -64,7 +65,7 @@ def warp_inks(inks: np.ndarray, angle: np.ndarray, shear: np.ndarray, jitter: np
                       axis=-1).reshape(len(scale), len(moved), 2, 2)
     # A product of matrices, as for one plate alone: BLAS rounds its sums its own way.
     target = ((corners - half[:, None]) @ linear.swapaxes(2, 3) + centre[:, None]
-              + jitter[moved] * scale[..., None, None])
+              + jitter[moved] * size[:, 1, None, None] * scale[..., None, None])
     low, high = np.floor(target.min(axis=2)), np.ceil(target.max(axis=2))
     fits = ((low > margin).all(axis=2) & (high[..., 0] < width - margin - 1)
             & (high[..., 1] < height - margin - 1))

@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from plate_ocr import augment, fonts, records, writer
+from plate_ocr import augment, fonts, records, render, writer
 
 STYLE = writer.PlateStyle()
 ALL_ON = dataclasses.replace(augment.AugmentConfig(), **{
@@ -128,3 +128,33 @@ def test_records_hold_augmented_splits_of_test_and_validation_labels(write_recor
         augmented = read_examples(records.split_files(info, str(tmp_path), split))
         assert [e["text"] for e in augmented] == [e["text"] for e in clean[:counts[split]]]
         assert all(a["image"] != b["image"] for a, b in zip(augmented, clean))
+
+
+def open_pixels(inks: np.ndarray, clean: np.ndarray) -> np.ndarray:
+    """Per plate: pixels under half coverage inside the clean ink's box (counters, gaps)."""
+    def between_first_and_last(present):  # bool [N, size]
+        return (np.cumsum(present, axis=1) > 0) & (np.cumsum(present[:, ::-1], axis=1) > 0)[:, ::-1]
+    inside = (between_first_and_last(clean.any(axis=2))[:, :, None]
+              & between_first_and_last(clean.any(axis=1))[:, None, :])
+    return ((inks < 128) & inside).sum(axis=(1, 2))
+
+
+def test_thickening_keeps_counters_and_gaps_open_and_thinning_keeps_the_strokes(faces):
+    # The tightest plates: 18 px, no spacing, digits with counters, in every training face.
+    inks = []
+    for face in faces["train"]:
+        glyphs = render.load_glyphs(face.path, 18, STYLE.alphabet)
+        image, _ = render.render_plate([glyphs[c] for c in "80868"], 0, STYLE.spec,
+                                       np.random.default_rng(0))
+        inks.append(255 - image)
+    inks = np.stack(inks)
+    draws = augment._draw(augment.CLEAN, np.random.default_rng(0), *inks.shape[1:])
+    thick, thin = inks.copy(), inks.copy()
+    augment._stroke(thick, [draws._replace(stroke=1)] * len(inks))
+    augment._stroke(thin, [draws._replace(stroke=-1)] * len(inks))
+    assert (thick >= inks).all() and (thin <= inks).all()
+    assert (thick.sum(axis=(1, 2)) > inks.sum(axis=(1, 2))).all()
+    # A whole pixel more on each side closed all of them in a bold face (OSP DIN: none left).
+    assert (open_pixels(thick, inks) >= open_pixels(inks, inks) / 3).all()
+    # Thinning fades a hairline to half its coverage at most, never removes it.
+    assert (thin >= inks // 2).all()
