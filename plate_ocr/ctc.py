@@ -64,15 +64,15 @@ def fixed_length_decode(logits: tf.Tensor, length: int) -> tuple[tf.Tensor, tf.T
 
     Every plate has `length` characters: greedy decoding can read one more or one fewer (a
     digit dropped or split in two), this cannot. When the best path reads `length`
-    characters both give the same labels. The search is unrolled over the (static) time
-    steps with dense ops. A state is (characters read so far, class of the last step); each
+    characters both give the same labels. The search is a while loop over the time steps
+    with dense ops. A state is (characters read so far, class of the last step); each
     carries the characters of its best path as a number in base len(alphabet), so there is
     nothing to trace back.
 
     Returns:
       (int32 [B, length] labels, float32 [B] confidence: the probability of that path).
     """
-    steps, classes = logits.shape[1], logits.shape[-1]
+    steps, classes = tf.shape(logits)[1], logits.shape[-1]
     blank = blank_index(classes)
     if blank ** length >= 2 ** 31:  # int32: TFLite divides no int64
         raise ValueError(f"{length} characters of an alphabet of {blank} do not fit an int32")
@@ -84,13 +84,13 @@ def fixed_length_decode(logits: tf.Tensor, length: int) -> tuple[tf.Tensor, tf.T
     read = tf.zeros([batch, length + 1, classes], tf.int32)   # each state's characters
     chars = tf.range(blank)
     no_entry = tf.fill([batch, 1, blank], IMPOSSIBLE)
-    for t in range(steps):
-        step = log_probs[:, t]
+    def advance(t, score, read):
+        step = tf.gather(log_probs, t, axis=1)                       # [B, classes]
         # The two best states of each count: a character enters after the best one that is
         # not itself (a repeat needs a blank in between); a blank follows the best one.
         top, previous = tf.math.top_k(score, 2)                       # [B, counts, 2]
         top_read = tf.gather(read, previous, axis=2, batch_dims=2)
-        repeat = previous[:, :-1, :1] == chars     # [B, length, chars]
+        repeat = previous[:, :-1, :1] == chars                        # [B, length, chars]
         entry_score = tf.concat(
             [no_entry, tf.where(repeat, top[:, :-1, 1:], top[:, :-1, :1])], axis=1)
         entry_read = tf.concat([read[:, :1, :blank], blank * tf.where(
@@ -100,6 +100,11 @@ def fixed_length_decode(logits: tf.Tensor, length: int) -> tuple[tf.Tensor, tf.T
                            top[:, :, :1] + step[:, None, blank:]], axis=2)
         read = tf.concat([tf.where(enters, entry_read, read[:, :, :blank]), top_read[:, :, :1]],
                          axis=2)
+        return t + 1, score, read
+
+    # A while loop, not a Python one: 64 unrolled steps took 2 s to trace in every graph.
+    _, score, read = tf.while_loop(lambda t, *_: t < steps, advance,
+                                   (tf.constant(0), score, read))
     best = tf.argmax(score[:, length], axis=1, output_type=tf.int32)
     number = tf.gather(read[:, length], best, axis=1, batch_dims=1)
     places = tf.constant([blank ** k for k in reversed(range(length))], tf.int32)
