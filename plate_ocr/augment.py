@@ -193,7 +193,12 @@ def _neighbourhood(inks: np.ndarray, grow: bool) -> np.ndarray:
 
 def _shade(inks: np.ndarray, draws: Sequence[_Draws], min_contrast: float,
            out: np.ndarray) -> None:
-    """Grey levels, gradient and texture, the ink, border, inversion, blur and noise.
+    """Grey levels, gradient and texture, the ink and border (blurred), inversion and noise.
+
+    The blur acts on the ink's coverage, not on the finished plate: the shading under it is
+    smooth (a ramp, texture interpolated from an eighth of the resolution), which a 3x3
+    blur leaves as it is, so the ink's edges are all it would change. One blur of the
+    coverage serves both the contrast floor and the plate.
 
     Args:
       inks: uint8 [N, H, W] coverage, N up to _SHADED_AT_ONCE.
@@ -202,7 +207,7 @@ def _shade(inks: np.ndarray, draws: Sequence[_Draws], min_contrast: float,
       out: uint8 [N, H, W] for the plates.
     """
     count, height, width = inks.shape
-    plate, work, spare = _workspace(height, width)[:, :count]
+    plate, coverage, spare = _workspace(height, width)[:, :count]
 
     def values(name: str) -> np.ndarray:  # float32 [N, 1, 1], broadcasting over the pixels
         return np.array([getattr(d, name) for d in draws], np.float32).reshape(count, 1, 1)
@@ -223,41 +228,45 @@ def _shade(inks: np.ndarray, draws: Sequence[_Draws], min_contrast: float,
         # Bilinear upsampling as two small products with cached weights (PIL's resize of a
         # float image cost several times as much).
         texture = np.matmul(_bilinear_matrix(height, height // 8) @ coarse,
-                            _bilinear_matrix(width, width // 8).T, out=work[:len(textured)])
+                            _bilinear_matrix(width, width // 8).T, out=spare[:len(textured)])
         texture *= amount[:, None, None]
         for i, plate_texture in zip(textured, texture):
             plate[i] += plate_texture
     passes = np.array([d.blur_passes for d in draws])
-    np.divide(inks, np.float32(255), out=work)  # the coverage
-    ink_level, floor = _contrast_floor(work, passes, values("ink_level"), min_contrast)
+    np.divide(inks, np.float32(255), out=coverage)
+    ink_level, floor = _contrast_floor(coverage, passes, values("ink_level"), min_contrast)
     np.maximum(plate, floor, out=plate)
-    work *= np.subtract(ink_level, plate, out=spare)
-    plate += work  # plate + (ink_level - plate) * coverage
-    bordered = chosen("border")
-    edge = ink_level[bordered, 0]
-    plate[bordered, 0], plate[bordered, -1] = edge, edge
-    plate[bordered, :, 0], plate[bordered, :, -1] = edge, edge
+    # The border (ink level, a pixel wide) as more coverage: the ink keeps a margin from it.
+    for i in chosen("border").tolist():
+        coverage[i] += _frame(height, width, int(passes[i]))
+    coverage *= np.subtract(ink_level, plate, out=spare)
+    plate += coverage  # plate + (ink_level - plate) * coverage
     inverted = chosen("invert")
     plate[inverted] = 255.0 - plate[inverted]
-    for times in np.unique(passes[passes > 0]).tolist():
-        blurred = np.flatnonzero(passes == times)
-        plates = np.take(plate, blurred, axis=0, out=work[:len(blurred)])
-        _blur(plates, times, spare[:len(blurred)])
-        plate[blurred] = plates
     noise_bank = _noise_bank(height, width)
     for i, draw in enumerate(draws):
         if draw.noise:
             top, left, amount = draw.noise
             plate[i] += np.multiply(noise_bank[top:top + height, left:left + width], amount,
-                                    out=work[0])
+                                    out=spare[0])
     np.clip(np.rint(plate, out=plate), 0, 255, out=plate)
     np.copyto(out, plate, casting="unsafe")
 
 
+@functools.cache
+def _frame(height: int, width: int, passes: int) -> np.ndarray:
+    """float32 [H, W]: a one-pixel frame round the plate, blurred `passes` times."""
+    frame = np.zeros((1, height, width), np.float32)
+    frame[:, [0, -1]], frame[:, :, [0, -1]] = 1, 1
+    _blur(frame, passes, np.empty_like(frame))
+    return frame[0]
+
+
 def _contrast_floor(coverage: np.ndarray, passes: np.ndarray, ink_level: np.ndarray,
                     min_contrast: float) -> tuple[np.ndarray, np.ndarray]:
-    """The ink level and the background's floor that keep each plate's strokes min_contrast
-    grey levels apart from it after its blur.
+    """Blurs the coverage of the plates that drew a blur, in place, and returns the ink
+    level and the background's floor that keep each plate's strokes min_contrast grey
+    levels apart from it.
 
     A stroke shows (background - ink) x the coverage it keeps through the blur: the mean of
     the blurred coverage over the ink, weighted by the coverage (~0.85 for a sharp regular
@@ -265,20 +274,21 @@ def _contrast_floor(coverage: np.ndarray, passes: np.ndarray, ink_level: np.ndar
     min_contrast over that; where that would pass white, the ink darkens instead.
 
     Args:
-      coverage: float32 [N, H, W] ink coverage 0-1, after the stroke effect.
+      coverage: float32 [N, H, W] ink coverage 0-1, after the stroke effect; blurred here.
       passes: int [N] each plate's blur passes.
       ink_level: float32 [N, 1, 1] as drawn.
     Returns:
       (float32 [N, 1, 1] ink level, float32 [N, 1, 1] the background's floor).
     """
-    # sum(blurred x coverage) per plate, without a blurred copy of the plates never blurred.
-    kept = np.einsum("nij,nij->n", coverage, coverage)
+    total = coverage.sum(axis=(1, 2))
+    kept = np.einsum("nij,nij->n", coverage, coverage)  # sum(blurred x coverage) per plate
     for times in np.unique(passes[passes > 0]).tolist():
         chosen = np.flatnonzero(passes == times)
         part = coverage[chosen]
         _blur(part, times, np.empty_like(part))
         kept[chosen] = np.einsum("nij,nij->n", part, coverage[chosen])
-    kept = (kept / np.maximum(coverage.sum(axis=(1, 2)), np.float32(1e-6)))[:, None, None]
+        coverage[chosen] = part
+    kept = (kept / np.maximum(total, np.float32(1e-6)))[:, None, None]
     need = np.float32(min_contrast) / np.maximum(kept, np.float32(1e-3))
     ink_level = np.minimum(ink_level, np.maximum(np.float32(255) - need, np.float32(0)))
     return ink_level, np.minimum(ink_level + need, np.float32(255))

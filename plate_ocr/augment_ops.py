@@ -119,11 +119,11 @@ def _maybe_blur(plates: tf.Tensor, blur: tf.Tensor, twice: tf.Tensor) -> tf.Tens
     return tf.where(blur, tf.where(twice, _blur(blurred), blurred), plates)
 
 
-def _contrast_floor(coverage: tf.Tensor, blur: tf.Tensor, twice: tf.Tensor,
-                    ink_level: tf.Tensor, min_contrast: float) -> tuple[tf.Tensor, tf.Tensor]:
+def _contrast_floor(coverage: tf.Tensor, blurred: tf.Tensor, ink_level: tf.Tensor,
+                    min_contrast: float) -> tuple[tf.Tensor, tf.Tensor]:
     """augment._contrast_floor: the ink level [B] and the background's floor [B] that keep
-    the strokes min_contrast apart from it after the blur."""
-    kept = (tf.reduce_sum(_maybe_blur(coverage, blur, twice) * coverage, axis=[1, 2])
+    the strokes min_contrast apart from it after the blur (`blurred`: the coverage blurred)."""
+    kept = (tf.reduce_sum(blurred * coverage, axis=[1, 2])
             / tf.maximum(tf.reduce_sum(coverage, axis=[1, 2]), 1e-6))
     need = min_contrast / tf.maximum(kept, 1e-3)
     ink_level = tf.minimum(ink_level, tf.maximum(255 - need, 0.0))
@@ -176,17 +176,19 @@ def augment(ink: tf.Tensor, config: augment_lib.AugmentConfig, seed: tf.Tensor,
     texture = tf.image.resize(coarse, tf.stack([height, width]), method="bilinear")[..., 0]
     plate += texture * per_plate(tf.where(uniform["texture"] < config.texture_prob,
                                           uniform["texture_amount"] * config.texture, 0.0))
+    # As augment._shade: the blur acts on the ink's coverage (the shading under it is smooth).
     blur = per_plate(uniform["blur"] < config.blur_prob)
     twice = per_plate(uniform["blur_twice"] < (config.blur_sigma - 0.7) / 0.3)
-    ink_level, floor = _contrast_floor(coverage, blur, twice, ink_level, config.min_contrast)
+    blurred = _maybe_blur(coverage, blur, twice)
+    ink_level, floor = _contrast_floor(coverage, blurred, ink_level, config.min_contrast)
     plate = tf.maximum(plate, per_plate(floor))
+    # The border (ink level, a pixel wide) as more coverage, blurred as the plate's ink.
+    frame = tf.pad(tf.zeros(tf.stack([1, height - 2, width - 2])), [[0, 0], [1, 1], [1, 1]],
+                   constant_values=1.0)
+    frame = _maybe_blur(frame, blur, twice)
+    coverage = blurred + tf.where(per_plate(uniform["border"] < config.border_prob), frame, 0.0)
     plate += (per_plate(ink_level) - plate) * coverage
-    frame = tf.pad(tf.zeros(tf.stack([height - 2, width - 2]), tf.bool), [[1, 1], [1, 1]],
-                   constant_values=True)
-    plate = tf.where(frame[None] & per_plate(uniform["border"] < config.border_prob),
-                     per_plate(ink_level), plate)
     plate = tf.where(per_plate(uniform["invert"] < config.invert_prob), 255.0 - plate, plate)
-    plate = _maybe_blur(plate, blur, twice)
     noise = tf.random.stateless_normal(tf.stack([batch, height, width]), seed=seeds[3])
     plate += noise * per_plate(tf.where(uniform["noise"] < config.noise_prob,
                                         uniform["noise_amount"] * config.noise_sigma, 0.0))
