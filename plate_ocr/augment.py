@@ -120,45 +120,50 @@ class _Draws(NamedTuple):
     jpeg_quality: int  # 0: no JPEG
 
 
-def _uniform(rng: np.random.Generator, low: float, high: float) -> float:
-    """rng.uniform(low, high): the same number (low + range * a double), at a third the cost."""
-    return low + (high - low) * rng.random()
+# One uniform per plate for each of these, drawn in a single call (a call to the generator
+# costs more than the numbers it draws), by use; augment_ops draws the same columns.
+DRAWS = ("rotate", "rotate_amount", "shear", "shear_amount", "perspective", "stroke",
+         "stroke_grow", "contrast", "background", "ink_level", "gradient", "direction",
+         "gradient_amount", "texture", "texture_amount", "border", "invert", "blur",
+         "blur_twice", "noise", "noise_top", "noise_left", "noise_amount", "jpeg",
+         "jpeg_quality")
 
 
 def _draw(config: AugmentConfig, rng: np.random.Generator, height: int, width: int) -> _Draws:
-    """One plate's draws, in the order that fixes its pixels (effect by effect)."""
-    angle = np.deg2rad(_uniform(rng, -1, 1) * config.rotate_degrees) \
-        if rng.random() < config.rotate_prob else 0.0
-    shear = _uniform(rng, -1, 1) * config.shear if rng.random() < config.shear_prob else 0.0
+    """One plate's draws: the DRAWS, then the perspective's corners and the texture's coarse
+    noise for a plate that drew them."""
+    u = dict(zip(DRAWS, rng.random(len(DRAWS)).tolist()))
+    angle = (np.deg2rad((2 * u["rotate_amount"] - 1) * config.rotate_degrees)
+             if u["rotate"] < config.rotate_prob else 0.0)
+    shear = (2 * u["shear_amount"] - 1) * config.shear if u["shear"] < config.shear_prob else 0.0
     jitter = (rng.uniform(-1, 1, (4, 2)) * config.perspective
-              if rng.random() < config.perspective_prob else np.zeros((4, 2)))
-    stroke = (1 if rng.random() < 0.5 else -1) if rng.random() < config.stroke_prob else 0
+              if u["perspective"] < config.perspective_prob else np.zeros((4, 2)))
+    stroke = (1 if u["stroke_grow"] < 0.5 else -1) if u["stroke"] < config.stroke_prob else 0
     background, ink_level = 255.0, 0.0
-    if rng.random() < config.contrast_prob:
-        background = _uniform(rng, config.background_min, 255)
-        ink_level = _uniform(rng, 0, config.ink_max)
+    if u["contrast"] < config.contrast_prob:
+        background = config.background_min + (255 - config.background_min) * u["background"]
+        ink_level = config.ink_max * u["ink_level"]
     gradient = None
-    if rng.random() < config.gradient_prob:
-        direction = _uniform(rng, 0, 2 * np.pi)
-        strength = _uniform(rng, 0, config.gradient)
+    if u["gradient"] < config.gradient_prob:
+        direction, strength = 2 * np.pi * u["direction"], config.gradient * u["gradient_amount"]
         gradient = (np.cos(direction) * strength, np.sin(direction) * strength)
     texture = None
-    if rng.random() < config.texture_prob:
+    if u["texture"] < config.texture_prob:
         coarse = rng.standard_normal((height // 8, width // 8), dtype=np.float32)
-        texture = (coarse, _uniform(rng, 0, config.texture))
-    border = rng.random() < config.border_prob
-    invert = rng.random() < config.invert_prob
+        texture = (coarse, config.texture * u["texture_amount"])
     blur_passes = 0
-    if rng.random() < config.blur_prob:
-        blur_passes = 1 + int(rng.random() < (config.blur_sigma - 0.7) / 0.3)
+    if u["blur"] < config.blur_prob:
+        blur_passes = 1 + int(u["blur_twice"] < (config.blur_sigma - 0.7) / 0.3)
     noise = None
-    if rng.random() < config.noise_prob:
-        top, left = int(rng.integers(height)), int(rng.integers(width))
-        noise = (top, left, _uniform(rng, 0, config.noise_sigma))
-    jpeg_quality = (int(rng.integers(config.jpeg_quality_min, 96))
-                    if rng.random() < config.jpeg_prob else 0)
-    return _Draws(angle, shear, jitter, stroke, background, ink_level, gradient, texture, border,
-                  invert, blur_passes, noise, jpeg_quality)
+    if u["noise"] < config.noise_prob:
+        noise = (int(u["noise_top"] * height), int(u["noise_left"] * width),
+                 config.noise_sigma * u["noise_amount"])
+    jpeg_quality = (config.jpeg_quality_min + int((96 - config.jpeg_quality_min)
+                                                  * u["jpeg_quality"])
+                    if u["jpeg"] < config.jpeg_prob else 0)
+    return _Draws(angle, shear, jitter, stroke, background, ink_level, gradient, texture,
+                  u["border"] < config.border_prob, u["invert"] < config.invert_prob,
+                  blur_passes, noise, jpeg_quality)
 
 
 def _stroke(inks: np.ndarray, draws: Sequence[_Draws]) -> None:
@@ -215,12 +220,11 @@ def _shade(inks: np.ndarray, draws: Sequence[_Draws], min_contrast: float,
     def chosen(name: str) -> np.ndarray:  # the plates that drew the effect
         return np.flatnonzero([bool(getattr(d, name)) for d in draws])
 
-    # Background + (x gradient + y gradient), as for one plate; a plate without a gradient
+    # (Background + y gradient) + x gradient, as for one plate; a plate without a gradient
     # gets one of 0 grey levels, which adds exactly nothing.
     gradient = np.array([d.gradient or (0.0, 0.0) for d in draws], np.float32)[..., None, None]
-    np.copyto(plate, gradient[:, 1] * _centred_coordinates(height)[:, None])
-    plate += gradient[:, 0] * _centred_coordinates(width)
-    plate += values("background")
+    np.add(values("background") + gradient[:, 1] * _centred_coordinates(height)[:, None],
+           gradient[:, 0] * _centred_coordinates(width), out=plate)
     textured = chosen("texture")
     if len(textured):
         coarse = np.stack([draws[i].texture[0] for i in textured])
@@ -235,7 +239,13 @@ def _shade(inks: np.ndarray, draws: Sequence[_Draws], min_contrast: float,
     passes = np.array([d.blur_passes for d in draws])
     np.divide(inks, np.float32(255), out=coverage)
     ink_level, floor = _contrast_floor(coverage, passes, values("ink_level"), min_contrast)
-    np.maximum(plate, floor, out=plate)
+    # Up to the floor, the plates whose shading may reach below it (np.maximum costs five
+    # additions): the background less half of each gradient, less the texture's extreme.
+    lowest = values("background")[:, 0, 0] - np.abs(gradient).sum(axis=(1, 2, 3)) / 2
+    for i in textured.tolist():
+        lowest[i] -= draws[i].texture[1] * np.abs(draws[i].texture[0]).max()
+    for i in np.flatnonzero(lowest < floor[:, 0, 0]).tolist():
+        np.maximum(plate[i], floor[i], out=plate[i])
     # The border (ink level, a pixel wide) as more coverage: the ink keeps a margin from it.
     for i in chosen("border").tolist():
         coverage[i] += _frame(height, width, int(passes[i]))
@@ -280,13 +290,15 @@ def _contrast_floor(coverage: np.ndarray, passes: np.ndarray, ink_level: np.ndar
     Returns:
       (float32 [N, 1, 1] ink level, float32 [N, 1, 1] the background's floor).
     """
-    total = coverage.sum(axis=(1, 2))
-    kept = np.einsum("nij,nij->n", coverage, coverage)  # sum(blurred x coverage) per plate
+    def dots(a, b):  # per plate, sum(a x b): a product of [1, HW] and [HW, 1] each
+        return (a.reshape(len(a), 1, -1) @ b.reshape(len(b), -1, 1))[:, 0, 0]
+    total = dots(coverage, np.ones_like(coverage[:1]))
+    kept = dots(coverage, coverage)  # sum(blurred x coverage) per plate
     for times in np.unique(passes[passes > 0]).tolist():
         chosen = np.flatnonzero(passes == times)
         part = coverage[chosen]
         _blur(part, times, np.empty_like(part))
-        kept[chosen] = np.einsum("nij,nij->n", part, coverage[chosen])
+        kept[chosen] = dots(part, coverage[chosen])
         coverage[chosen] = part
     kept = (kept / np.maximum(total, np.float32(1e-6)))[:, None, None]
     need = np.float32(min_contrast) / np.maximum(kept, np.float32(1e-3))

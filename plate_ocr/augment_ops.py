@@ -13,11 +13,6 @@ import tensorflow as tf
 
 from plate_ocr import augment as augment_lib
 
-# Uniform draws per plate, by use (the order of _DRAWS is the column of each).
-_DRAWS = ("rotate", "rotate_amount", "shear", "shear_amount", "perspective", "stroke",
-          "stroke_grow", "contrast", "background", "ink_level", "gradient", "direction",
-          "gradient_amount", "texture", "texture_amount", "border", "invert", "blur",
-          "blur_twice", "noise", "noise_amount", "jpeg", "jpeg_quality")
 _SCALES = (1.0, 0.5, 0.25)  # a warp that leaves the frame is tried smaller, then dropped
 
 
@@ -144,8 +139,8 @@ def augment(ink: tf.Tensor, config: augment_lib.AugmentConfig, seed: tf.Tensor,
     """
     batch, height, width = tf.shape(ink)[0], tf.shape(ink)[1], tf.shape(ink)[2]
     seeds = tf.random.experimental.stateless_split(seed, 4)
-    columns = tf.random.stateless_uniform([batch, len(_DRAWS)], seed=seeds[0])
-    uniform = {name: columns[:, i] for i, name in enumerate(_DRAWS)}
+    columns = tf.random.stateless_uniform([batch, len(augment_lib.DRAWS)], seed=seeds[0])
+    uniform = {name: columns[:, i] for i, name in enumerate(augment_lib.DRAWS)}
     jitter = tf.random.stateless_uniform([batch, 4, 2], seed=seeds[1], minval=-1.0)
 
     def per_plate(value):  # [B] -> [B, 1, 1]

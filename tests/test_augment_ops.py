@@ -53,7 +53,7 @@ def test_warped_ink_stays_inside_the_frame(inks):
     geometry = dataclasses.replace(augment.CLEAN, rotate_prob=1.0, shear_prob=1.0,
                                    perspective_prob=1.0)
     uniform = {name: tf.random.stateless_uniform([ink.shape[0]], seed=[i, 1])
-               for i, name in enumerate(augment_ops._DRAWS)}
+               for i, name in enumerate(augment.DRAWS)}
     jitter = tf.random.stateless_uniform([ink.shape[0], 4, 2], seed=[9, 9], minval=-1.0)
     warped = augment_ops.warp(tf.cast(ink, tf.float32), uniform, jitter, geometry,
                               margin).numpy()

@@ -56,7 +56,7 @@ def test_the_perspective_keeps_the_far_digits_two_thirds_as_tall(faces, ops):
     else:
         import tensorflow as tf
         from plate_ocr import augment_ops
-        uniform = {name: tf.zeros([1]) for name in augment_ops._DRAWS}
+        uniform = {name: tf.zeros([1]) for name in augment.DRAWS}
         warped = augment_ops.warp(tf.cast(ink, tf.float32), uniform, tf.constant(corners),
                                   config, STYLE.spec.margin)[0].numpy() > 127
     near, far = _end_heights(warped)
