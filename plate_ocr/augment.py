@@ -223,7 +223,8 @@ def _shade(inks: np.ndarray, draws: Sequence[_Draws], min_contrast: float,
     # (Background + y gradient) + x gradient, as for one plate; a plate without a gradient
     # gets one of 0 grey levels, which adds exactly nothing.
     gradient = np.array([d.gradient or (0.0, 0.0) for d in draws], np.float32)[..., None, None]
-    np.add(values("background") + gradient[:, 1] * _centred_coordinates(height)[:, None],
+    background = values("background")
+    np.add(background + gradient[:, 1] * _centred_coordinates(height)[:, None],
            gradient[:, 0] * _centred_coordinates(width), out=plate)
     textured = chosen("texture")
     if len(textured):
@@ -241,7 +242,7 @@ def _shade(inks: np.ndarray, draws: Sequence[_Draws], min_contrast: float,
     ink_level, floor = _contrast_floor(coverage, passes, values("ink_level"), min_contrast)
     # Up to the floor, the plates whose shading may reach below it (np.maximum costs five
     # additions): the background less half of each gradient, less the texture's extreme.
-    lowest = values("background")[:, 0, 0] - np.abs(gradient).sum(axis=(1, 2, 3)) / 2
+    lowest = background[:, 0, 0] - np.abs(gradient).sum(axis=(1, 2, 3)) / 2
     for i in textured.tolist():
         lowest[i] -= draws[i].texture[1] * np.abs(draws[i].texture[0]).max()
     for i in np.flatnonzero(lowest < floor[:, 0, 0]).tolist():

@@ -68,7 +68,6 @@ def test_warped_ink_stays_inside_the_frame(inks):
     assert 0.5 < ratio.min() and ratio.max() < 2
 
 
-
 def test_thickening_keeps_counters_and_gaps_open(inks):
     from test_augment import open_pixels
     ink, margin = inks
@@ -78,6 +77,7 @@ def test_thickening_keeps_counters_and_gaps_open(inks):
     thick = stroked.sum(axis=(1, 2)) > clean.sum(axis=(1, 2))
     assert 0.3 < thick.mean() < 0.7  # the others thinned
     assert (open_pixels(stroked, clean) >= open_pixels(clean, clean) / 3)[thick].all()
+
 
 def test_the_background_stays_min_contrast_above_the_ink(inks):
     from test_augment import BLURRED, SHADED, contrasts, stroke_contrasts
