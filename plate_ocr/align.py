@@ -5,7 +5,7 @@ steps before it finds where the characters are. A clean plate says where they ar
 columns span the characters, and a plate's characters share that span about equally. Each
 character's frames are the ones nearest the centre of its share, every other frame is blank:
 one valid CTC path (a blank always separates two characters, repeated or not), which a
-cross-entropy per frame teaches from the first step (BUILD-notes.md, "Time to accuracy").
+cross-entropy per frame teaches from the first step (docs/experiments.md, "Time to accuracy").
 """
 
 import tensorflow as tf

@@ -1,402 +1,458 @@
-"""Make a clean plate look photographed: geometry, strokes, lighting, texture, blur, noise, JPEG.
+"""Domain randomization: clean plates' ink turned into plates as cameras and other software show them.
 
-Each effect has a probability and a range (AugmentConfig); every draw comes from the plate's
-own generator, so an augmented plate is still a pure function of (seed, split, index). The
-geometric effects are undone (shrunk, then dropped) when they would move ink out of the frame.
+One implementation, in batched TF ops, serves the records' augmented splits (the writer runs it
+over its chunks) and the training stream (`--source=render --render_augment`, in the graph).
+Every draw comes from the plate's own stateless key, so a plate is a pure function of
+(its ink, its key): the same pixels whichever batch it is in, in whichever process.
 
-Plates are augmented a chunk at a time (augment_plates): first each plate's draws, from its
-own generator in a fixed order, then each effect as a few numpy calls over the chunk (a numpy
-call costs about as much as the arithmetic on one 64x128 plate), PIL's warp (warp.py) one
-plate at a time and JPEG one quality at a time. Each plate goes through the same float
-operations in the same order as alone: its pixels do not depend on the chunk, to the bit.
+The effects, each with a probability and a range (AugmentConfig), in the order applied:
+- geometry of the ink box: scale (small and large text), horizontal stretch (condensed and
+  wide faces), rotation, shear, perspective, and a new position anywhere it fits; the whole
+  distortion shrinks until the box fits in the frame, so every glyph's ink stays inside it;
+- strokes a little thicker or thinner;
+- the plate as a box around the text on a page of another grey (its edges visible), a border
+  line inside it, screws at its ends, a dark strip at its left end, clutter on the page;
+- grey levels of ink, box and page, light digits on a dark box, gradient, texture;
+- Gaussian and horizontal motion blur, downscale-then-upscale (1/2 or 1/3), sensor noise, JPEG.
+The ink keeps min_contrast grey levels from the box under it, as the blur leaves its strokes
+(the contrast floor), so that every augmented plate stays legible.
 """
 
-import dataclasses
 import functools
-import io
-from typing import NamedTuple, Sequence
+import math
+import zlib
 
 import numpy as np
-from PIL import Image
+import tensorflow as tf
 
-from plate_ocr import warp
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentConfig:
-    """Probabilities (`*_prob`) and ranges of each effect; all zero probabilities: clean."""
-
-    rotate_prob: float = 0.5
-    rotate_degrees: float = 4.0  # up to this, either way
-    shear_prob: float = 0.4
-    shear: float = 0.2  # horizontal shear factor, either way (italic-like slant)
-    perspective_prob: float = 0.3
-    # Corner displacement as a fraction of the ink box's height, each way: the far end of
-    # the digits at least (1 - 2x) / (1 + 2x) the height of the near end (2/3 at 0.1).
-    perspective: float = 0.1
-    stroke_prob: float = 0.3  # thicken or thin the strokes by about a pixel (half each side)
-    contrast_prob: float = 0.7  # background and ink grey levels drawn from the ranges below
-    background_min: int = 150
-    ink_max: int = 100
-    # Grey levels the background keeps above the ink as its strokes show after the blur,
-    # everywhere: gradient and texture darken it no further, and thin or blurred strokes get
-    # darker ink on a lighter plate (see _contrast_floor).
-    min_contrast: float = 50.0
-    gradient_prob: float = 0.4
-    gradient: float = 60.0  # grey levels across the plate
-    texture_prob: float = 0.3
-    texture: float = 25.0  # grey levels of low-frequency texture
-    border_prob: float = 0.3
-    invert_prob: float = 0.15  # light digits on a dark plate
-    blur_prob: float = 0.4
-    blur_sigma: float = 1.0  # 0.7: one binomial pass; up to 1.0: sometimes two
-    noise_prob: float = 0.5
-    noise_sigma: float = 12.0
-    jpeg_prob: float = 0.3
-    jpeg_quality_min: int = 25
+from plate_ocr.augment_config import AugmentConfig
 
 
-CLEAN = AugmentConfig(**{f.name: 0.0 for f in dataclasses.fields(AugmentConfig)
-                         if f.name.endswith("_prob")})
+# One uniform per plate for each of these, drawn from the plate's key in one call.
+DRAWS = ("scale", "scale_amount", "squeeze", "stretch", "stretch_amount", "rotate", "rotate_amount",
+         "shear", "shear_amount", "perspective", "position", "x", "y", "stroke", "stroke_grow", "box",
+         "pad_left", "pad_right", "pad_top", "pad_bottom", "contrast", "background",
+         "ink_level", "page", "gradient", "direction", "gradient_amount", "texture",
+         "texture_amount", "border", "border_width", "border_inset", "screws", "screw_radius",
+         "strip", "strip_width", "clutter", "clutter_x", "clutter_y", "clutter_w",
+         "clutter_h", "clutter_level", "invert", "blur", "blur_amount", "motion",
+         "motion_amount", "resample", "resample_amount", "noise", "noise_top", "noise_left",
+         "noise_amount", "texture_top", "texture_left", "jpeg", "jpeg_quality")
+_JITTER = 8  # the perspective's corner displacements, after the DRAWS
+_BANK_SEED = 20261202  # the noise banks: the same in every process
+
+
+def plate_keys(seed: int, split: str, indices) -> tf.Tensor:
+    """The stateless keys of plates `indices` of a split: int64 [B, 2].
+
+    The split enters by its CRC (stable across processes, unlike hash()); Philox gives each
+    (key, counter) pair its own stream.
+    """
+    indices = tf.cast(tf.convert_to_tensor(indices), tf.int64)
+    stream = tf.constant(seed * 2 ** 32 + zlib.crc32(split.encode()), tf.int64)
+    return tf.stack([tf.fill(tf.shape(indices), stream), indices], axis=1)
+
+
+def _uniforms(keys: tf.Tensor, count: int) -> tf.Tensor:
+    """float32 [B, count] uniforms in [0, 1), row b from keys[b] alone."""
+    return tf.map_fn(lambda key: tf.random.stateless_uniform([count], seed=key), keys,
+                     fn_output_signature=tf.float32)
 
 
 @functools.cache
-def _noise_bank(height: int, width: int) -> np.ndarray:
-    """Standard normal noise for twice the plate in each direction, the same in every process.
+def _bank(height: int, width: int) -> np.ndarray:
+    """Standard normal noise twice the size each way, the same in every process."""
+    return np.random.default_rng(_BANK_SEED).standard_normal((2 * height, 2 * width),
+                                                             dtype=np.float32)
 
-    A plate's noise is a window of it at offsets from the plate's generator: a slice instead
-    of 8,192 fresh normal draws, which took a sixth of an augmented plate's time.
+
+def _bank_windows(shape: tuple[int, int], top: tf.Tensor, left: tf.Tensor) -> tf.Tensor:
+    """Windows [B, h, w] of a fixed standard-normal bank twice the size, at fractions
+    top, left [B] of its free room: per-plate noise without per-pixel draws."""
+    height, width = shape
+    bank = tf.constant(_bank(height, width))
+    corners = tf.stack([tf.cast(top * height, tf.int32), tf.cast(left * width, tf.int32)], 1)
+    # A slice per plate: six times cheaper here than gathering the windows' rows and columns.
+    return tf.map_fn(lambda corner: tf.slice(bank, corner, [height, width]), corners,
+                     fn_output_signature=tf.float32)
+
+
+def _max3x3(plates: tf.Tensor) -> tf.Tensor:
+    """The 3x3 maximum of each pixel of [B, H, W] (edges repeated), as shifted maxima: five
+    times faster here than max_pool2d."""
+    rows = tf.pad(plates, [[0, 0], [1, 1], [0, 0]], mode="SYMMETRIC")
+    rows = tf.maximum(tf.maximum(rows[:, :-2], rows[:, 1:-1]), rows[:, 2:])
+    columns = tf.pad(rows, [[0, 0], [0, 0], [1, 1]], mode="SYMMETRIC")
+    return tf.maximum(tf.maximum(columns[:, :, :-2], columns[:, :, 1:-1]), columns[:, :, 2:])
+
+
+def _whole_vectors(function, values: tf.Tensor) -> tf.Tensor:
+    """function (exp, cos...) of per-plate values [B, ...], computed on a batch padded to a
+    multiple of 16: Eigen's vectorized transcendentals round differently from the scalar
+    code it runs on a short tail, which made a plate's bits depend on its batch."""
+    batch = tf.shape(values)[0]
+    padding = [[0, -batch % 16]] + [[0, 0]] * (len(values.shape) - 1)
+    return function(tf.pad(values, padding))[:batch]
+
+
+def _ink_box(ink: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """First and last inked row and column of each plate, as float32 [B] each."""
+    def first_last(present):  # [B, N] bool
+        size = tf.shape(present)[1]
+        index = tf.range(size)[None, :]
+        first = tf.reduce_min(tf.where(present, index, size), axis=1)
+        last = tf.reduce_max(tf.where(present, index, -1), axis=1)
+        return tf.cast(first, tf.float32), tf.cast(last, tf.float32)
+    top, bottom = first_last(tf.reduce_any(ink > 0, axis=2))
+    left, right = first_last(tf.reduce_any(ink > 0, axis=1))
+    return top, bottom, left, right
+
+
+def _homographies(source: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
+    """The 8 coefficients mapping target points to source points, [B, 4, 2] each -> [B, 8].
+
+    In the form of ImageProjectiveTransformV3: an output pixel (x, y) samples the input at
+    ((a0 x + a1 y + a2) / k, (b0 x + b1 y + b2) / k), k = c0 x + c1 y + 1.
     """
-    return np.random.default_rng(0).standard_normal((2 * height, 2 * width), dtype=np.float32)
+    x, y = target[..., 0], target[..., 1]
+    u, v = source[..., 0], source[..., 1]
+    zeros, ones = tf.zeros_like(x), tf.ones_like(x)
+    rows_u = tf.stack([x, y, ones, zeros, zeros, zeros, -u * x, -u * y], axis=-1)
+    rows_v = tf.stack([zeros, zeros, zeros, x, y, ones, -v * x, -v * y], axis=-1)
+    matrix = tf.concat([rows_u, rows_v], axis=1)  # [B, 8, 8]
+    vector = tf.concat([u, v], axis=1)[..., None]  # [B, 8, 1]
+    return tf.linalg.solve(matrix, vector)[..., 0]
 
 
-@functools.cache
-def _centred_coordinates(size: int) -> np.ndarray:
-    """Pixel positions as fractions of the size, centred on 0: -0.5 .. 0.5."""
-    return np.arange(size, dtype=np.float32) / size - 0.5
+def _apply(transform: tf.Tensor, points: tf.Tensor) -> tf.Tensor:
+    """Points [B, N, 2] through homographies [B, 8] (the ImageProjectiveTransform form)."""
+    a = transform[:, None, :]
+    x, y = points[..., 0], points[..., 1]
+    k = a[..., 6] * x + a[..., 7] * y + 1
+    return tf.stack([(a[..., 0] * x + a[..., 1] * y + a[..., 2]) / k,
+                     (a[..., 3] * x + a[..., 4] * y + a[..., 5]) / k], axis=-1)
 
 
-@functools.cache
-def _bilinear_matrix(size: int, coarse_size: int) -> np.ndarray:
-    """[size, coarse_size] weights that upsample a coarse axis bilinearly (pixel centres)."""
-    source = np.clip((np.arange(size) + 0.5) * coarse_size / size - 0.5, 0, coarse_size - 1)
-    low = np.floor(source).astype(int)
-    high = np.minimum(low + 1, coarse_size - 1)
-    matrix = np.zeros((size, coarse_size), np.float32)
-    np.add.at(matrix, (np.arange(size), low), 1 - (source - low))
-    np.add.at(matrix, (np.arange(size), high), source - low)
-    return matrix
+def _box_corners(left, top, right, bottom) -> tf.Tensor:
+    """[B, 4, 2] corners, clockwise on screen from the top left."""
+    return tf.stack([tf.stack([left, top], -1), tf.stack([right, top], -1),
+                     tf.stack([right, bottom], -1), tf.stack([left, bottom], -1)], axis=1)
 
 
-_SHADED_AT_ONCE = 64  # plates per _shade call: its workspace holds 3 floats a pixel of them
+def _depth_inside(corners: tf.Tensor, height: int, width: int) -> tf.Tensor:
+    """Each pixel centre's distance inside a convex quadrilateral [B, 4, 2] (negative
+    outside): float32 [B, H, W]."""
+    start, end = corners, tf.roll(corners, -1, axis=1)
+    edge = end - start
+    length = tf.norm(edge, axis=-1) + 1e-6
+    # Clockwise on screen (y down): the inside is to the right of each edge.
+    normal = tf.stack([-edge[..., 1], edge[..., 0]], axis=-1) / length[..., None]
+    ys = tf.range(height, dtype=tf.float32)[:, None]
+    xs = tf.range(width, dtype=tf.float32)[None, :]
+    distance = ((xs[None, None] - start[..., 0, None, None]) * normal[..., 0, None, None]
+                + (ys[None, None] - start[..., 1, None, None]) * normal[..., 1, None, None])
+    return tf.reduce_min(distance, axis=1)
 
 
-@functools.cache
-def _workspace(height: int, width: int) -> np.ndarray:
-    """float32 [3, _SHADED_AT_ONCE, H, W] that _shade works in, call after call.
-
-    Fresh arrays this large would be fresh pages every time (glibc hands large freed blocks
-    back to the system), and the first touch of a page costs more than the arithmetic on it.
-    Not for two threads at once.
-    """
-    return np.empty((3, _SHADED_AT_ONCE, height, width), np.float32)
+def _transform(images: tf.Tensor, transforms: tf.Tensor, fill_mode: str = "CONSTANT"):
+    """ImageProjectiveTransformV3 of [B, H, W] float32 images."""
+    shape = tf.shape(images)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images[..., None], transforms=transforms, output_shape=shape[1:3],
+        fill_value=0.0, interpolation="BILINEAR", fill_mode=fill_mode)[..., 0]
 
 
-class _Draws(NamedTuple):
-    """One plate's draws; None (or the value that changes nothing) for an effect not drawn."""
+def _geometry(ink: tf.Tensor, u: dict, jitter: tf.Tensor, config: AugmentConfig,
+              margin: int):
+    """The warped ink and where its box went.
 
-    angle: float  # radians
-    shear: float
-    jitter: np.ndarray  # float [4, 2]: the box corners' displacement in ink-box heights
-    stroke: int  # 1: thicken, -1: thin, 0: neither
-    background: float
-    ink_level: float
-    gradient: tuple[float, float] | None  # grey levels across the plate, along x and along y
-    texture: tuple[np.ndarray, float] | None  # float32 [H/8, W/8] normal noise, its amount
-    border: bool
-    invert: bool
-    blur_passes: int
-    noise: tuple[int, int, float] | None  # top and left of its window of the bank, amount
-    jpeg_quality: int  # 0: no JPEG
-
-
-# One uniform per plate for each of these, drawn in a single call (a call to the generator
-# costs more than the numbers it draws), by use; augment_ops draws the same columns.
-DRAWS = ("rotate", "rotate_amount", "shear", "shear_amount", "perspective", "stroke",
-         "stroke_grow", "contrast", "background", "ink_level", "gradient", "direction",
-         "gradient_amount", "texture", "texture_amount", "border", "invert", "blur",
-         "blur_twice", "noise", "noise_top", "noise_left", "noise_amount", "jpeg",
-         "jpeg_quality")
-
-
-def _draw(config: AugmentConfig, rng: np.random.Generator, height: int, width: int) -> _Draws:
-    """One plate's draws: the DRAWS, then the perspective's corners and the texture's coarse
-    noise for a plate that drew them."""
-    u = dict(zip(DRAWS, rng.random(len(DRAWS)).tolist()))
-    angle = (np.deg2rad((2 * u["rotate_amount"] - 1) * config.rotate_degrees)
-             if u["rotate"] < config.rotate_prob else 0.0)
-    shear = (2 * u["shear_amount"] - 1) * config.shear if u["shear"] < config.shear_prob else 0.0
-    jitter = (rng.uniform(-1, 1, (4, 2)) * config.perspective
-              if u["perspective"] < config.perspective_prob else np.zeros((4, 2)))
-    stroke = (1 if u["stroke_grow"] < 0.5 else -1) if u["stroke"] < config.stroke_prob else 0
-    background, ink_level = 255.0, 0.0
-    if u["contrast"] < config.contrast_prob:
-        background = config.background_min + (255 - config.background_min) * u["background"]
-        ink_level = config.ink_max * u["ink_level"]
-    gradient = None
-    if u["gradient"] < config.gradient_prob:
-        direction, strength = 2 * np.pi * u["direction"], config.gradient * u["gradient_amount"]
-        gradient = (np.cos(direction) * strength, np.sin(direction) * strength)
-    texture = None
-    if u["texture"] < config.texture_prob:
-        coarse = rng.standard_normal((height // 8, width // 8), dtype=np.float32)
-        texture = (coarse, config.texture * u["texture_amount"])
-    blur_passes = 0
-    if u["blur"] < config.blur_prob:
-        blur_passes = 1 + int(u["blur_twice"] < (config.blur_sigma - 0.7) / 0.3)
-    noise = None
-    if u["noise"] < config.noise_prob:
-        noise = (int(u["noise_top"] * height), int(u["noise_left"] * width),
-                 config.noise_sigma * u["noise_amount"])
-    jpeg_quality = (config.jpeg_quality_min + int((96 - config.jpeg_quality_min)
-                                                  * u["jpeg_quality"])
-                    if u["jpeg"] < config.jpeg_prob else 0)
-    return _Draws(angle, shear, jitter, stroke, background, ink_level, gradient, texture,
-                  u["border"] < config.border_prob, u["invert"] < config.invert_prob,
-                  blur_passes, noise, jpeg_quality)
-
-
-def _stroke(inks: np.ndarray, draws: Sequence[_Draws]) -> None:
-    """Thickens or thins the strokes of the plates that drew it by about a pixel, in place.
-
-    The 3x3 maximum (minimum) moves every edge out (in) by a whole pixel; blended half and
-    half with the original, by half a pixel on each side: a hairline fades instead of
-    vanishing, and the counters and gaps of a bold face at 18 px stay open (the whole
-    maximum closed nearly all of them).
-    """
-    strokes = np.array([d.stroke for d in draws])
-    for grow in (True, False):
-        chosen = np.flatnonzero(strokes == (1 if grow else -1))
-        if len(chosen):
-            ink = inks[chosen]
-            inks[chosen] = (ink.astype(np.uint16) + _neighbourhood(ink, grow)) // 2
-
-
-def _neighbourhood(inks: np.ndarray, grow: bool) -> np.ndarray:
-    """3x3 maximum (grow) or minimum (shrink) of each plate's ink, zeros beyond the frame.
-
-    Rows, then columns: 4 reductions of shifted views instead of 9 (np.pad is 10x slower
-    than filling a zeroed array).
-    """
-    count, height, width = inks.shape
-    padded = np.zeros((count, height + 2, width + 2), inks.dtype)
-    padded[:, 1:-1, 1:-1] = inks
-    reduce = np.maximum if grow else np.minimum
-    rows = reduce(reduce(padded[:, :-2], padded[:, 1:-1]), padded[:, 2:])
-    return reduce(reduce(rows[..., :-2], rows[..., 1:-1]), rows[..., 2:])
-
-
-def _shade(inks: np.ndarray, draws: Sequence[_Draws], min_contrast: float,
-           out: np.ndarray) -> None:
-    """Grey levels, gradient and texture, the ink and border (blurred), inversion and noise.
-
-    The blur acts on the ink's coverage, not on the finished plate: the shading under it is
-    smooth (a ramp, texture interpolated from an eighth of the resolution), which a 3x3
-    blur leaves as it is, so the ink's edges are all it would change. One blur of the
-    coverage serves both the contrast floor and the plate.
-
-    Args:
-      inks: uint8 [N, H, W] coverage, N up to _SHADED_AT_ONCE.
-      draws: each plate's draws.
-      min_contrast: grey levels the background keeps above the ink level.
-      out: uint8 [N, H, W] for the plates.
-    """
-    count, height, width = inks.shape
-    plate, coverage, spare = _workspace(height, width)[:, :count]
-
-    def values(name: str) -> np.ndarray:  # float32 [N, 1, 1], broadcasting over the pixels
-        return np.array([getattr(d, name) for d in draws], np.float32).reshape(count, 1, 1)
-
-    def chosen(name: str) -> np.ndarray:  # the plates that drew the effect
-        return np.flatnonzero([bool(getattr(d, name)) for d in draws])
-
-    # (Background + y gradient) + x gradient, as for one plate; a plate without a gradient
-    # gets one of 0 grey levels, which adds exactly nothing.
-    gradient = np.array([d.gradient or (0.0, 0.0) for d in draws], np.float32)[..., None, None]
-    background = values("background")
-    np.add(background + gradient[:, 1] * _centred_coordinates(height)[:, None],
-           gradient[:, 0] * _centred_coordinates(width), out=plate)
-    textured = chosen("texture")
-    if len(textured):
-        coarse = np.stack([draws[i].texture[0] for i in textured])
-        amount = np.array([draws[i].texture[1] for i in textured], np.float32)
-        # Bilinear upsampling as two small products with cached weights (PIL's resize of a
-        # float image cost several times as much).
-        texture = np.matmul(_bilinear_matrix(height, height // 8) @ coarse,
-                            _bilinear_matrix(width, width // 8).T, out=spare[:len(textured)])
-        texture *= amount[:, None, None]
-        for i, plate_texture in zip(textured, texture):
-            plate[i] += plate_texture
-    passes = np.array([d.blur_passes for d in draws])
-    np.divide(inks, np.float32(255), out=coverage)
-    ink_level, floor = _contrast_floor(coverage, passes, values("ink_level"), min_contrast)
-    # Up to the floor, the plates whose shading may reach below it (np.maximum costs five
-    # additions): the background less half of each gradient, less the texture's extreme.
-    lowest = background[:, 0, 0] - np.abs(gradient).sum(axis=(1, 2, 3)) / 2
-    for i in textured.tolist():
-        lowest[i] -= draws[i].texture[1] * np.abs(draws[i].texture[0]).max()
-    for i in np.flatnonzero(lowest < floor[:, 0, 0]).tolist():
-        np.maximum(plate[i], floor[i], out=plate[i])
-    # The border (ink level, a pixel wide) as more coverage: the ink keeps a margin from it.
-    for i in chosen("border").tolist():
-        coverage[i] += _frame(height, width, int(passes[i]))
-    coverage *= np.subtract(ink_level, plate, out=spare)
-    plate += coverage  # plate + (ink_level - plate) * coverage
-    inverted = chosen("invert")
-    plate[inverted] = 255.0 - plate[inverted]
-    noise_bank = _noise_bank(height, width)
-    for i, draw in enumerate(draws):
-        if draw.noise:
-            top, left, amount = draw.noise
-            plate[i] += np.multiply(noise_bank[top:top + height, left:left + width], amount,
-                                    out=spare[0])
-    np.clip(np.rint(plate, out=plate), 0, 255, out=plate)
-    np.copyto(out, plate, casting="unsafe")
-
-
-@functools.cache
-def _frame(height: int, width: int, passes: int) -> np.ndarray:
-    """float32 [H, W]: a one-pixel frame round the plate, blurred `passes` times."""
-    frame = np.zeros((1, height, width), np.float32)
-    frame[:, [0, -1]], frame[:, :, [0, -1]] = 1, 1
-    _blur(frame, passes, np.empty_like(frame))
-    return frame[0]
-
-
-def _contrast_floor(coverage: np.ndarray, passes: np.ndarray, ink_level: np.ndarray,
-                    min_contrast: float) -> tuple[np.ndarray, np.ndarray]:
-    """Blurs the coverage of the plates that drew a blur, in place, and returns the ink
-    level and the background's floor that keep each plate's strokes min_contrast grey
-    levels apart from it.
-
-    A stroke shows (background - ink) x the coverage it keeps through the blur: the mean of
-    the blurred coverage over the ink, weighted by the coverage (~0.85 for a sharp regular
-    face, ~0.3 for a blurred hairline). The background may not come closer to the ink than
-    min_contrast over that; where that would pass white, the ink darkens instead.
-
-    Args:
-      coverage: float32 [N, H, W] ink coverage 0-1, after the stroke effect; blurred here.
-      passes: int [N] each plate's blur passes.
-      ink_level: float32 [N, 1, 1] as drawn.
     Returns:
-      (float32 [N, 1, 1] ink level, float32 [N, 1, 1] the background's floor).
+      (coverage float32 [B, H, W] 0..255, the ink box's warped corners [B, 4, 2], the
+      forward homography [B, 8] from clean-plate to augmented-plate coordinates, the scale
+      from clean to augmented pixels [B]).
     """
-    def dots(a, b):  # per plate, sum(a x b): a product of [1, HW] and [HW, 1] each
-        return (a.reshape(len(a), 1, -1) @ b.reshape(len(b), -1, 1))[:, 0, 0]
-    total = dots(coverage, np.ones_like(coverage[:1]))
-    kept = dots(coverage, coverage)  # sum(blurred x coverage) per plate
-    for times in np.unique(passes[passes > 0]).tolist():
-        chosen = np.flatnonzero(passes == times)
-        part = coverage[chosen]
-        _blur(part, times, np.empty_like(part))
-        kept[chosen] = dots(part, coverage[chosen])
-        coverage[chosen] = part
-    kept = (kept / np.maximum(total, np.float32(1e-6)))[:, None, None]
-    need = np.float32(min_contrast) / np.maximum(kept, np.float32(1e-3))
-    ink_level = np.minimum(ink_level, np.maximum(np.float32(255) - need, np.float32(0)))
-    return ink_level, np.minimum(ink_level + need, np.float32(255))
+    height, width = ink.shape[1], ink.shape[2]
+    top, bottom, left, right = _ink_box(ink)
+    corners = _box_corners(left - 0.5, top - 0.5, right + 0.5, bottom + 0.5)
+    centre = tf.reduce_mean(corners, axis=1, keepdims=True)
+    box_height = bottom + 1 - top
+    log_scale = math.log(config.scale_min) + u["scale_amount"] * math.log(
+        config.scale_max / config.scale_min)
+    scale = tf.where(u["scale"] < config.scale_prob, _whole_vectors(tf.exp, log_scale), 1.0)
+    stretch = tf.where(u["stretch"] < config.stretch_prob,
+                       _whole_vectors(tf.exp, math.log(1 + config.stretch)
+                                      * (2 * u["stretch_amount"] - 1)), 1.0)
+    angle = tf.where(u["rotate"] < config.rotate_prob,
+                     (2 * u["rotate_amount"] - 1) * math.radians(config.rotate_degrees), 0.0)
+    shear = tf.where(u["shear"] < config.shear_prob,
+                     (2 * u["shear_amount"] - 1) * config.shear, 0.0)
+    cos, sin = _whole_vectors(tf.cos, angle), _whole_vectors(tf.sin, angle)
+    # rotate @ shear @ diag(stretch, 1), times the scale.
+    linear = scale[:, None, None] * tf.stack(
+        [tf.stack([cos * stretch, cos * shear - sin], -1),
+         tf.stack([sin * stretch, sin * shear + cos], -1)], axis=1)  # [B, 2, 2]
+    # In heights of the ink box, as its size before the scale: the far end keeps 2/3.
+    jitter = tf.where((u["perspective"] < config.perspective_prob)[:, None, None],
+                      jitter * config.perspective * box_height[:, None, None], 0.0)
+    # Elementwise, not a batched matmul: its blocking, and so its rounding, follows the batch.
+    relative = corners - centre
+    target = (linear[:, None, :, 0] * relative[..., 0:1]
+              + linear[:, None, :, 1] * relative[..., 1:2] + jitter * scale[:, None, None])
+    low, high = tf.reduce_min(target, axis=1), tf.reduce_max(target, axis=1)  # [B, 2]
+    # The frame less the margin: the distortion shrinks until the box fits. Text too wide for
+    # the frame is condensed first, to 0.7 of its width at most, on half the plates: tall,
+    # narrow digits, as tight crops of condensed plate faces show them.
+    margin = tf.cast(margin, tf.float32)
+    room = tf.stack([width - 2 * margin, height - 2 * margin])
+    too_wide = room[0] / tf.maximum(high[:, 0] - low[:, 0], 1.0)
+    squeeze = tf.where((u["squeeze"] < config.squeeze_prob) & (too_wide < 1),
+                       tf.maximum(too_wide, 0.7), 1.0)
+    target *= tf.stack([squeeze, tf.ones_like(squeeze)], axis=1)[:, None, :]
+    low, high = tf.reduce_min(target, axis=1), tf.reduce_max(target, axis=1)
+    fit = tf.minimum(1.0, tf.reduce_min(room / tf.maximum(high - low, 1.0), axis=1))
+    target *= fit[:, None, None]
+    low, high = low * fit[:, None], high * fit[:, None]
+    free = room - (high - low)
+    # The box's first pixel edge: anywhere it fits, or where it was, moved only as far as
+    # it must to fit.
+    first = margin - 0.5
+    anywhere = first + tf.stack([u["x"], u["y"]], axis=1) * free
+    kept = tf.clip_by_value(centre[:, 0, :] + low, first, first + free)
+    start = tf.where((u["position"] < config.position_prob)[:, None], anywhere, kept)
+    target += (start - low)[:, None, :]
+    backward = _homographies(corners, target)
+    coverage = _transform(tf.cast(ink, tf.float32), backward)
+    return coverage, target, _homographies(target, corners), scale * fit
 
 
-def _blur(plates: np.ndarray, passes: int, spare: np.ndarray) -> None:
-    """[1, 2, 1] / 4 across, then down, `passes` times, in place (each about a Gaussian of
-    sigma 0.7).
-
-    The divisions by 4 wait for the end, all in one: dividing by a power of 2 is exact, so
-    waiting changes no rounding. spare: an array of the same shape to work in.
-    """
-    for _ in range(passes):
-        _sum_neighbours(plates, 2, spare)
-        _sum_neighbours(spare, 1, plates)
-    plates /= 16 ** passes
+_LANES = 16  # the blur's channels come in whole vectors of this many floats
 
 
-def _sum_neighbours(plates: np.ndarray, axis: int, out: np.ndarray) -> None:
-    """(previous + 2 this) + next, down (axis 1) or across (axis 2), edges repeated.
-
-    The sums run on the flat arrays with neighbours a row or a pixel apart: one long loop per
-    step (a slice across the plates is three times slower). What that gets wrong, where a
-    neighbour is in the next row or plate, is the edges, set apart after.
-    """
-    step = plates.strides[axis] // plates.itemsize
-    flat, inner = plates.reshape(-1), out.reshape(-1)[step:-step]
-    np.multiply(flat[step:-step], 2, out=inner)
-    inner += flat[:-2 * step]
-    inner += flat[2 * step:]
-    source, target = np.moveaxis(plates, axis, 0), np.moveaxis(out, axis, 0)
-    target[0] = 3 * source[0] + source[1]
-    target[-1] = source[-2] + 3 * source[-1]
-
-
-def _jpeg(plates: np.ndarray, quality: int) -> np.ndarray:
-    """Plates through a JPEG encoder and decoder at that quality: uint8 [N, H, W].
-
-    The plates are one image, one above the other: JPEG codes 8x8 blocks on their own (but
-    for the lossless chain of DC values), so when H is a multiple of 8 each plate comes back
-    as it would alone, for one set-up of the encoder and decoder instead of N.
-    """
-    count, height, width = plates.shape
-    buffer = io.BytesIO()
-    Image.frombuffer("L", (width, count * height), plates, "raw", "L", 0, 1).save(
-        buffer, format="JPEG", quality=quality)
-    # The decoder straight onto the bytes: Image.open's parsing costs as much as decoding.
-    decoded = Image.frombytes("L", (width, count * height), buffer.getvalue(), "jpeg", "L", "")
-    return np.frombuffer(decoded.tobytes(), np.uint8).reshape(plates.shape)
+def _separable_blur(plates: tf.Tensor, rows: tf.Tensor, columns: tf.Tensor) -> tf.Tensor:
+    """Each plate [B, H, W] convolved with its own vertical [B, k] and horizontal [B, k]
+    kernels (odd k), edges repeated: the batch laid along the channels of one depthwise conv,
+    padded to whole vectors of channels, so that every plate takes the same code path in any
+    batch."""
+    batch = tf.shape(plates)[0]
+    padding = -batch % _LANES
+    radius = rows.shape[1] // 2
+    images = tf.transpose(plates, [1, 2, 0])[None]  # [1, H, W, B]
+    images = tf.pad(images, [[0, 0], [radius, radius], [radius, radius], [0, 0]],
+                    mode="SYMMETRIC")
+    images = tf.pad(images, [[0, 0], [0, 0], [0, 0], [0, padding]])
+    vertical = tf.pad(tf.transpose(rows), [[0, 0], [0, padding]])[:, None, :, None]
+    horizontal = tf.pad(tf.transpose(columns), [[0, 0], [0, padding]])[None, :, :, None]
+    images = tf.nn.depthwise_conv2d(images, vertical, [1, 1, 1, 1], "VALID")
+    images = tf.nn.depthwise_conv2d(images, horizontal, [1, 1, 1, 1], "VALID")
+    return tf.transpose(images[0, :, :, :batch], [2, 0, 1])
 
 
-def augment_plates(inks: np.ndarray, config: AugmentConfig,
-                   rngs: Sequence[np.random.Generator], margin: int) -> np.ndarray:
-    """Turns plates' ink coverage (uint8, 255 = ink) into photographed-looking plates.
+_BLUR_RADIUS = 4
 
-    Plate i is a function of inks[i] and rngs[i] alone: the pixels augment() gives it. The
-    more plates at once, the more of them share a JPEG quality.
+
+def _blur_kernels(u: dict, config: AugmentConfig,
+                  text_height: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Each plate's vertical and horizontal kernels [B, 2 * _BLUR_RADIUS + 1]: a Gaussian
+    (or the identity), the horizontal one convolved with a motion box. Both are bounded by
+    the text's height in pixels [B] (full strength from 16 px): small text stays legible."""
+    taps = tf.range(-_BLUR_RADIUS, _BLUR_RADIUS + 1, dtype=tf.float32)[None, :]
+    legible = tf.minimum(text_height / 16, 1.0)
+    sigma = 0.4 + u["blur_amount"] * (config.blur_sigma - 0.4) * legible
+    gaussian = _whole_vectors(tf.exp, -0.5 * tf.square(taps / sigma[:, None]))
+    identity = tf.cast(tf.equal(taps, 0.0), tf.float32)
+    gaussian = tf.where((u["blur"] < config.blur_prob)[:, None], gaussian, identity)
+    gaussian /= tf.reduce_sum(gaussian, axis=1, keepdims=True)
+    # A box of `length` pixels (anti-aliased at its ends), then the Gaussian along it:
+    # both are short, so the box is applied as a sampled kernel of the same taps.
+    length = tf.where(u["motion"] < config.motion_prob,
+                      1.0 + u["motion_amount"] * (config.motion - 1.0) * legible, 1.0)
+    box = tf.clip_by_value(length[:, None] / 2 + 0.5 - tf.abs(taps), 0.0, 1.0)
+    box /= tf.reduce_sum(box, axis=1, keepdims=True)
+    # Full convolution of the two, cut back to the taps (the box is at most 2 * radius wide).
+    padded = tf.pad(gaussian, [[0, 0], [_BLUR_RADIUS, _BLUR_RADIUS]])
+    windows = tf.stack([padded[:, i:i + 2 * _BLUR_RADIUS + 1]
+                        for i in range(2 * _BLUR_RADIUS + 1)], axis=1)  # [B, k, k]
+    horizontal = tf.reduce_sum(windows * tf.reverse(box, axis=[1])[:, None, :], axis=2)
+    return gaussian, horizontal / tf.reduce_sum(horizontal, axis=1, keepdims=True)
+
+
+def _resample(plates: tf.Tensor, u: dict, config: AugmentConfig, text_height: tf.Tensor,
+              height: int, width: int) -> tf.Tensor:
+    """Averaged over 2x2 or 3x3 blocks and scaled back bilinearly: a low-resolution crop,
+    whose text keeps 8 pixels of height or more (3x3 from 24 px of text, 2x2 from 16)."""
+    images = plates[..., None]
+    halved = tf.image.resize(tf.nn.avg_pool2d(images, 2, 2, "SAME"), [height, width])
+    thirds = tf.image.resize(tf.nn.avg_pool2d(images, 3, 3, "SAME"), [height, width])
+    thirds_fit = (u["resample_amount"] >= 0.5) & (text_height >= 24)
+    chosen = tf.where(thirds_fit[:, None, None, None], thirds, halved)
+    apply = (u["resample"] < config.resample_prob) & (text_height >= 16)
+    return tf.where(apply[:, None, None], chosen[..., 0], plates)
+
+
+def _levels(u: dict, config: AugmentConfig):
+    """The ink's, the box's and the page's grey levels [B], in the plate's polarity before
+    any inversion (so the contrast floor reads them one way)."""
+    contrast = u["contrast"] < config.contrast_prob
+    background = tf.where(contrast, config.background_min + u["background"]
+                          * (255 - config.background_min), 255.0)
+    ink_level = tf.where(contrast, u["ink_level"] * config.ink_max, 0.0)
+    invert = u["invert"] < config.invert_prob
+    # The page as it will be seen, 40 levels or more from the box as it will be seen.
+    seen_box = tf.where(invert, 255 - background, background)
+    page = u["page"] * 255
+    close = tf.abs(page - seen_box) < 40
+    page = tf.where(close, tf.where(seen_box >= 128, seen_box - 40 - u["page"] * (seen_box - 40),
+                                    seen_box + 40 + u["page"] * (215 - seen_box)), page)
+    page = tf.where(invert, 255 - page, page)
+    return ink_level, background, page, invert
+
+
+def augment_with_ink(ink: tf.Tensor, config: AugmentConfig, keys: tf.Tensor,
+                     margin: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Turns a batch of ink coverages into plates as other cameras and software show them.
 
     Args:
-      inks: uint8 [N, H, W] coverage of the glyphs, all inside the frame's margin.
-      config: probabilities and ranges.
-      rngs: the plates' generators, one each.
-      margin: pixels the ink keeps from the frame.
+      ink: uint8 [B, H, W] (static H, W), 255 = ink, all ink inside the frame's margin.
+      config: probabilities and ranges (the records' plate_style.augment).
+      keys: int64 [B, 2] each plate's stateless key (plate_keys).
+      margin: pixels the ink keeps from the frame (int or int32 scalar).
     Returns:
-      uint8 [N, H, W] grey plates.
+      (uint8 [B, H, W] plates, uint8 [B, H, W] the warped ink as a clean dark-on-white plate:
+      where its characters went, for align.frame_targets).
     """
-    count, height, width = inks.shape
-    draws = [_draw(config, rng, height, width) for rng in rngs]
-    inks = warp.warp_inks(inks, np.array([d.angle for d in draws]),
-                          np.array([d.shear for d in draws]),
-                          np.stack([d.jitter for d in draws]), margin)
-    _stroke(inks, draws)
-    plates = np.empty_like(inks)
-    for start in range(0, count, _SHADED_AT_ONCE):
-        part = slice(start, start + _SHADED_AT_ONCE)
-        _shade(inks[part], draws[part], config.min_contrast, plates[part])
-    qualities = np.array([d.jpeg_quality for d in draws])
-    for quality in np.unique(qualities[qualities > 0]).tolist():
-        chosen = np.flatnonzero(qualities == quality)
-        # All plates of a quality as one image when they are whole 8x8 blocks (_jpeg).
-        for group in [chosen] if height % 8 == 0 else [[i] for i in chosen]:
-            plates[group] = _jpeg(plates[group], quality)
-    return plates
+    height, width = ink.shape[1], ink.shape[2]
+    columns = _uniforms(keys, len(DRAWS) + _JITTER)
+    u = {name: columns[:, i] for i, name in enumerate(DRAWS)}
+    jitter = tf.reshape(2 * columns[:, len(DRAWS):] - 1, [-1, 4, 2])
+
+    def per_plate(value):  # [B] -> [B, 1, 1]
+        return value[:, None, None]
+
+    coverage, text_corners, forward, scale = _geometry(ink, u, jitter, config, margin)
+    # Strokes: the 3x3 maximum (minimum) blended half and half with the original, about
+    # half a pixel on each side.
+    grown = (coverage + _max3x3(coverage)) / 2
+    thinned = (coverage - _max3x3(-coverage)) / 2
+    stroke = per_plate(u["stroke"] < config.stroke_prob)
+    coverage = tf.where(stroke & per_plate(u["stroke_grow"] < 0.5), grown,
+                        tf.where(stroke, thinned, coverage)) / 255.0
+    clean_ink = tf.where(coverage > 0.2, tf.constant(0, tf.uint8), tf.constant(255, tf.uint8))
+
+    # The box: the text's box padded (in text heights) and warped with it; or the image.
+    top, bottom, left, right = _ink_box(ink)
+    text_height = bottom + 1 - top
+    pads = [config.box_pad_min + u[f"pad_{side}"] * (config.box_pad_max - config.box_pad_min)
+            for side in ("left", "right", "top", "bottom")]
+    pads = [pad * text_height for pad in pads]
+    box_source = _box_corners(left - 0.5 - pads[0], top - 0.5 - pads[2],
+                              right + 0.5 + pads[1], bottom + 0.5 + pads[3])
+    boxed = u["box"] < config.box_prob
+    edge = tf.zeros_like(left) - 0.5
+    frame = _box_corners(edge, edge, edge + width, edge + height)
+    box_corners = tf.where(boxed[:, None, None], _apply(forward, box_source), frame)
+    depth = _depth_inside(box_corners, height, width)  # [B, H, W]
+    text_depth = _depth_inside(text_corners, height, width)
+    in_box = tf.clip_by_value(depth + 0.5, 0.0, 1.0)
+    # Room between the text and the box's edge, in pixels of the plate: the border line and
+    # the screws are drawn only where they keep a pixel from the ink.
+    gap = tf.reduce_min(tf.where(text_depth > -0.5, depth, 1e3), axis=[1, 2])  # [B]
+    border_width = 1.0 + u["border_width"] * 1.5
+    inset = u["border_inset"] * tf.maximum(gap - border_width - 1.5, 0.0)
+    border = (u["border"] < config.border_prob) & (gap >= border_width + 1.5)
+    line = tf.clip_by_value(per_plate(border_width / 2 + 0.5)
+                            - tf.abs(depth - per_plate(inset + border_width / 2)), 0.0, 1.0)
+    marks = tf.where(per_plate(border), line, 0.0)
+    # Screws: discs midway between the box's ends and the text, at the text's mid-height.
+    radius = 1.0 + u["screw_radius"] * 1.5
+    side_gap = tf.minimum(text_corners[:, 0, 0] - box_corners[:, 0, 0],
+                          box_corners[:, 1, 0] - text_corners[:, 1, 0])
+    screws = (u["screws"] < config.screws_prob) & boxed & (side_gap >= 2 * radius + 3)
+    mid_y = tf.reduce_mean(text_corners[:, :, 1], axis=1)
+    ys = tf.range(height, dtype=tf.float32)[None, :, None]
+    xs = tf.range(width, dtype=tf.float32)[None, None, :]
+    for end in (0, 1):
+        x = (text_corners[:, end, 0] + box_corners[:, end, 0]) / 2
+        disc = tf.clip_by_value(per_plate(radius + 0.5) - tf.sqrt(
+            tf.square(xs - per_plate(x)) + tf.square(ys - per_plate(mid_y))), 0.0, 1.0)
+        marks = tf.maximum(marks, tf.where(per_plate(screws), disc, 0.0))
+    # A dark strip at the box's left end, where the text leaves room for it.
+    strip_width = (0.3 + 0.4 * u["strip_width"]) * text_height * scale
+    strip = (u["strip"] < config.strip_prob) & (side_gap >= strip_width + 3)
+    from_left = xs - per_plate(box_corners[:, 0, 0] + 0.5)
+    band = tf.clip_by_value(per_plate(strip_width) - from_left + 0.5, 0.0, 1.0) * in_box
+    marks = tf.maximum(marks, tf.where(per_plate(strip), band, 0.0))
+
+    ink_level, background, page, invert = _levels(u, config)
+    plate = per_plate(page) + per_plate(background - page) * in_box
+    direction = 2 * math.pi * u["direction"]
+    strength = tf.where(u["gradient"] < config.gradient_prob,
+                        u["gradient_amount"] * config.gradient, 0.0)
+    across = tf.range(width, dtype=tf.float32) / width - 0.5
+    down = tf.range(height, dtype=tf.float32) / height - 0.5
+    plate += (per_plate(_whole_vectors(tf.cos, direction) * strength) * across[None, None, :]
+              + per_plate(_whole_vectors(tf.sin, direction) * strength) * down[None, :, None])
+    coarse = _bank_windows((height // 8, width // 8), u["texture_top"], u["texture_left"])
+    texture = tf.image.resize(coarse[..., None], [height, width], method="bilinear")[..., 0]
+    plate += texture * per_plate(tf.where(u["texture"] < config.texture_prob,
+                                          u["texture_amount"] * config.texture, 0.0))
+    # Clutter: a block of another grey on the page, two pixels or more off the text.
+    x0, y0 = u["clutter_x"] * width, u["clutter_y"] * height
+    x1, y1 = x0 + 4 + u["clutter_w"] * width / 2, y0 + 3 + u["clutter_h"] * height / 2
+    block = ((xs >= per_plate(x0)) & (xs < per_plate(x1)) & (ys >= per_plate(y0))
+             & (ys < per_plate(y1)) & (text_depth < -2.5) & (in_box < 1.0))
+    block &= per_plate((u["clutter"] < config.clutter_prob) & boxed)
+    plate = tf.where(block, per_plate(u["clutter_level"] * 255), plate)
+
+    # The contrast floor, as the blur will leave the strokes.
+    shown_height = text_height * scale
+    rows, columns_kernel = _blur_kernels(u, config, shown_height)
+    blurred = _resample(_separable_blur(coverage, rows, columns_kernel), u, config,
+                        shown_height, height, width)
+    kept = (tf.reduce_sum(blurred * coverage, axis=[1, 2])
+            / tf.maximum(tf.reduce_sum(coverage, axis=[1, 2]), 1e-6))
+    need = config.min_contrast / tf.maximum(kept, 1e-3)
+    ink_level = tf.minimum(ink_level, tf.maximum(255 - need, 0.0))
+    floor = tf.minimum(ink_level + need, 255.0)
+    plate = tf.where(in_box > 0.5, tf.maximum(plate, per_plate(floor)), plate)
+    coverage = tf.maximum(coverage, marks)
+    plate += (per_plate(ink_level) - plate) * coverage
+    plate = tf.where(per_plate(invert), 255.0 - plate, plate)
+    plate = _separable_blur(plate, rows, columns_kernel)
+    plate = _resample(plate, u, config, shown_height, height, width)
+    noise = _bank_windows((height, width), u["noise_top"], u["noise_left"])
+    plate += noise * per_plate(tf.where(u["noise"] < config.noise_prob,
+                                        u["noise_amount"] * config.noise_sigma, 0.0))
+    plates = tf.cast(tf.clip_by_value(tf.round(plate), 0, 255), tf.uint8)
+    quality = tf.cast(config.jpeg_quality_min + u["jpeg_quality"]
+                      * (96 - config.jpeg_quality_min), tf.int32)
+    jpeg = u["jpeg"] < config.jpeg_prob
+
+    def maybe_jpeg(args):
+        image, apply, image_quality = args
+        return tf.cond(apply, lambda: tf.image.adjust_jpeg_quality(
+            image[..., None], image_quality)[..., 0], lambda: image)
+    plates = tf.map_fn(maybe_jpeg, (plates, jpeg, quality), fn_output_signature=tf.uint8)
+    return plates, clean_ink
 
 
-def augment(ink: np.ndarray, config: AugmentConfig, rng: np.random.Generator,
-            margin: int) -> np.ndarray:
-    """Turns a plate's ink coverage (uint8, 255 = ink) into a photographed-looking plate.
+def augment(ink: tf.Tensor, config: AugmentConfig, keys: tf.Tensor, margin: int) -> tf.Tensor:
+    """augment_with_ink's plates only: uint8 [B, H, W]."""
+    return augment_with_ink(ink, config, keys, margin)[0]
 
-    Args:
-      ink: uint8 [H, W] coverage of the glyphs, all inside the frame's margin.
-      config: probabilities and ranges.
-      rng: the plate's generator.
-      margin: pixels the ink keeps from the frame.
-    Returns:
-      uint8 [H, W] grey plate.
+
+@functools.cache
+def _compiled(config: AugmentConfig, margin: int, height: int, width: int):
+    """augment() as one graph per (config, margin, plate size), for any batch size."""
+    return tf.function(lambda ink, keys: augment(ink, config, keys, margin),
+                       input_signature=[tf.TensorSpec([None, height, width], tf.uint8),
+                                        tf.TensorSpec([None, 2], tf.int64)])
+
+
+def augment_plates(inks: np.ndarray, config: AugmentConfig, keys: np.ndarray,
+                   margin: int) -> np.ndarray:
+    """augment() for numpy callers (the records' writer): uint8 [B, H, W] -> uint8 [B, H, W].
+
+    keys: int64 [B, 2], each plate's (plate_keys).
     """
-    return augment_plates(ink[None], config, [rng], margin)[0]
+    return _compiled(config, margin, *inks.shape[1:])(tf.constant(inks, tf.uint8),
+                                     tf.constant(keys, tf.int64)).numpy()

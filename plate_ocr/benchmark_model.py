@@ -189,16 +189,16 @@ def _time_to_accuracy(flagfile: str, records_dir: str, model_dir: str, curve_pat
         config.model, info["image_height"], info["image_width"],
         len(info["alphabet"]) + 1).count_params()}
     figures["examples_per_s"] = history[-1]["examples"] / history[-1]["train_seconds"]
-    for target, entry in train.time_to_accuracy(history).items():
-        name = f"{100 * target:g}"
-        figures[f"minutes_to_{name}"] = entry["minutes"] if entry else math.inf
-        if target == train.TARGETS[-1]:
-            figures[f"examples_to_{name}"] = entry["examples"] if entry else math.inf
+    for split, targets in (("", (0.99, 0.995)), ("val", (0.99, 0.999)),
+                           ("foreign", (0.97, 0.99))):
+        for target, entry in train.time_to_accuracy(history, targets, split).items():
+            name = f"minutes_to_{100 * target:g}" + (f"_{split}" if split else "")
+            figures[name] = entry["minutes"] if entry else math.inf
     figures["train_minutes"] = result["train_seconds"] / 60
     figures["wall_minutes"] = wall / 60
     figures["test_plate_accuracy"] = result["test"]["plate_accuracy"]
     predict = evaluate.load_predictor(model_dir)[0]
-    for split in ("heldout", "test_aug"):
+    for split in ("heldout", "test_aug", "foreign"):
         if info["splits"].get(split, {}).get("num_examples"):
             report, _ = evaluate.evaluate_split(predict, records_dir, split)
             figures[f"{split}_plate_accuracy"] = report["plate_accuracy"]

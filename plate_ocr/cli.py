@@ -71,7 +71,7 @@ def gather_fonts() -> None:
                     packages and "apt-get install -y " + " ".join(packages),
                     others and "pip install " + " ".join(s.split(":", 1)[1] for s in others)])))
         summary = []
-        for split in (fonts.TRAIN, fonts.HELDOUT):
+        for split in (fonts.TRAIN, fonts.HELDOUT, fonts.FOREIGN):
             faces, rejected = fonts.usable_faces(FLAGS.font_dir, FLAGS.alphabet, split, 0)
             for file, reason in rejected.items():
                 print(f"left out {file}: {reason}", file=sys.stderr)
@@ -88,20 +88,30 @@ _MAKE_RECORDS_FLAGS = (
     "output_dir", "num_train", "num_val", "num_test", "num_heldout", "shards", "eval_shards",
     "seed", "workers", "font_dir", "min_font_families", "font_size_min", "font_size_max",
     "spacing_min", "spacing_max", "alphabet", "plate_length", "overwrite", "num_test_aug",
-    "num_val_aug", "augment_train")
+    "num_val_aug", "augment_train", "num_foreign")
 
 
 def _define_augment_flags() -> list[str]:
     """One --aug_<name> flag per AugmentConfig field, its default the dataclass's."""
     import dataclasses
-    from plate_ocr import augment
+    from plate_ocr import augment_config
     names = []
-    for field in dataclasses.fields(augment.AugmentConfig):
+    for field in dataclasses.fields(augment_config.AugmentConfig):
         define = flags.DEFINE_integer if field.type in (int, "int") else flags.DEFINE_float
         define(f"aug_{field.name}", field.default, f"Augmentation: {field.name.replace('_', ' ')}"
                " (probabilities 0-1).", lower_bound=0)
         names.append(f"aug_{field.name}")
     return names
+
+
+def _foreign_faces():
+    """The foreign faces (foreign.usable_faces), or CommandError if Cairo cannot load."""
+    try:
+        from plate_ocr import foreign
+    except (ImportError, OSError) as error:  # cairocffi or libcairo2 not installed
+        raise CommandError(f"Cairo, which draws the foreign split, cannot load ({error}): run "
+                           "bin/setup, or pass --num_foreign 0") from None
+    return foreign.usable_faces(FLAGS.font_dir, FLAGS.alphabet)
 
 
 def make_records() -> None:
@@ -132,6 +142,9 @@ def make_records() -> None:
                          "augmented test split).", lower_bound=0)
     flags.DEFINE_integer("num_val_aug", 2000, "Augmented plates of validation labels (what "
                          "bin/train --val_split=val_aug validates on).", lower_bound=0)
+    flags.DEFINE_integer("num_foreign", 2000, "Plates of test labels drawn by Cairo in font "
+                         "families training never uses, as crops of other sizes (the foreign "
+                         "split: how the model generalizes); 0: none.", lower_bound=0)
     flags.DEFINE_boolean("augment_train", False, "Augment the training plates too (blur, "
                          "noise, tilt, lighting...: see the --aug_* flags).")
     augment_flags = _define_augment_flags()
@@ -160,26 +173,34 @@ def make_records() -> None:
             # They reuse another split's labels: left at their defaults, they shrink with it.
             flag = FLAGS[f"num_{split}"]
             counts[split] = flag.value if flag.present else min(flag.value, counts[base])
+        # The foreign split reads test labels too (foreign.LABELS_FROM), and shrinks with them;
+        # writer.write_dataset does not render it: foreign.add_split does, after it.
+        num_foreign = (FLAGS.num_foreign if FLAGS["num_foreign"].present
+                       else min(FLAGS.num_foreign, counts["test"]))
         try:
+            if num_foreign > counts["test"]:
+                raise ValueError(f"--num_foreign ({num_foreign}) must not exceed --num_test "
+                                 f"({counts['test']}): its plates reuse test labels")
             labels = records.draw_labels(counts, FLAGS.alphabet, FLAGS.plate_length, FLAGS.seed)
             train_faces, rejected = fonts.usable_faces(
                 FLAGS.font_dir, FLAGS.alphabet, fonts.TRAIN, FLAGS.min_font_families)
             heldout_faces, rejected_heldout = fonts.usable_faces(
                 FLAGS.font_dir, FLAGS.alphabet, fonts.HELDOUT, 1 if FLAGS.num_heldout else 0)
-            from plate_ocr import augment
-            augment_config = augment.AugmentConfig(
+            from plate_ocr import augment_config
+            augment_values = augment_config.AugmentConfig(
                 **{name[len("aug_"):]: FLAGS[name].value for name in augment_flags})
             style = writer.PlateStyle(
                 FLAGS.alphabet, FLAGS.plate_length, FLAGS.font_size_min, FLAGS.font_size_max,
-                FLAGS.spacing_min, FLAGS.spacing_max, augment=augment_config,
+                FLAGS.spacing_min, FLAGS.spacing_max, augment=augment_values,
                 augmented_splits=writer.PlateStyle.augmented_splits
                 + (("train",) if FLAGS.augment_train else ()))
             writer.check_fit(train_faces + heldout_faces, style)
+            foreign_faces, rejected_foreign = _foreign_faces() if num_foreign else ([], {})
         except (ValueError, fonts.FontError) as error:
             raise CommandError(str(error)) from None
-        for file, reason in {**rejected, **rejected_heldout}.items():
+        for file, reason in {**rejected, **rejected_heldout, **rejected_foreign}.items():
             print(f"left out font {file}: {reason}", file=sys.stderr)
-        total = sum(counts.values())
+        total = sum(counts.values()) + num_foreign
         with tqdm(total=total, unit="plate", desc="make_records", smoothing=0.1) as bar:
             try:
                 info = writer.write_dataset(
@@ -188,10 +209,16 @@ def make_records() -> None:
                      for split in records.SPLITS},
                     {"train": train_faces, "heldout": heldout_faces}, style, FLAGS.seed,
                     FLAGS.workers, bar.update, {"flags": _flag_values(_MAKE_RECORDS_FLAGS + tuple(augment_flags))})
+                if num_foreign:
+                    from plate_ocr import foreign
+                    info = foreign.add_split(
+                        FLAGS.output_dir, info, labels[foreign.LABELS_FROM][:num_foreign],
+                        foreign_faces, FLAGS.eval_shards, bar.update)
             except OSError as error:  # disk full, permissions: no shard is left half-written
                 raise CommandError(f"writing records to {FLAGS.output_dir} failed: "
                                    f"{error.strerror or error}") from None
-        seconds = info["write_seconds"]
+        seconds = info["write_seconds"] + info.get("foreign_write_seconds", 0)
+        counts["foreign"] = num_foreign
         print(f"wrote {total:,} plates ({', '.join(f'{s} {n:,}' for s, n in counts.items())}) "
               f"to {FLAGS.output_dir} in {seconds:.1f} s ({total / seconds:,.0f} plates/s, "
               f"{FLAGS.workers} workers, {info['max_worker_rss_mb']:.0f} MB per worker)")

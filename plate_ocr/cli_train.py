@@ -32,7 +32,8 @@ def train_config(values: flags.FlagValues = FLAGS):
         stem_filters=values.stem_filters, conv_filters=_int_list(values, "conv_filters"),
         pool_widths=_int_list(values, "pool_widths"),
         dense_units=values.dense_units, rnn_units=values.rnn_units, rnn=values.rnn,
-        dropout=values.dropout, batch_norm_momentum=values.batch_norm_momentum)
+        dropout=values.dropout, batch_norm_momentum=values.batch_norm_momentum,
+        input_norm=values.input_norm)
     return trainer.TrainConfig(
         records_dir=values.records_dir, model=model_config, batch_size=values.batch_size,
         eval_batch_size=values.eval_batch_size, learning_rate=values.learning_rate,
@@ -47,7 +48,8 @@ def train_config(values: flags.FlagValues = FLAGS):
         jit_compile=values.jit_compile, ema_momentum=values.ema_momentum,
         data_service=_data_service(values.data_service), data_timeout=values.data_timeout,
         source=values.source, render_augment=values.render_augment,
-        init_from=values.init_from, val_split=values.val_split,
+        render_clean_fraction=values.render_clean_fraction, init_from=values.init_from,
+        val_split=values.val_split, watch_splits=tuple(values.watch_splits),
         coarse_ctc_pool=values.coarse_ctc_pool, coarse_ctc_steps=values.coarse_ctc_steps,
         align_steps=values.align_steps, align_weight=values.align_weight,
         tight_plates=input_pipeline.TightPlates(values.tight_weight, values.tight_font_size,
@@ -135,6 +137,8 @@ def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
                          "rendered plates with the effects and ranges of make_records' "
                          "--augment_* flags (as TF ops: new distortions each time round).",
                          **on)
+    flags.DEFINE_float("render_clean_fraction", 0.0, "With --render_augment: the fraction of "
+                       "rendered plates left clean.", lower_bound=0, upper_bound=1, **on)
     flags.DEFINE_string("init_from", "", "A model dir whose best weights start this run "
                         "(fine-tuning, e.g. on augmented records); the model shape must match. "
                         "Used only when --model_dir has no checkpoint yet.", **on)
@@ -156,6 +160,9 @@ def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
                          lower_bound=1, **on)
     flags.DEFINE_enum("rnn", "lstm", ["lstm", "gru"], "Recurrent layer.", **on)
     flags.DEFINE_float("dropout", 0.2, "Dropout rate.", lower_bound=0, upper_bound=0.9, **on)
+    flags.DEFINE_enum("input_norm", "scale", ["scale", "standardize"], "The model's input: "
+                      "pixel values / 255, or each plate standardized (mean 0, deviation 1).",
+                      **on)
     flags.DEFINE_float("batch_norm_momentum", 0.99, "Momentum of BatchNorm's moving statistics.",
                        lower_bound=0, upper_bound=1, **on)
     flags.DEFINE_string("data_service", "", "grpc://HOST:PORT of a tf.data service dispatcher "
@@ -173,6 +180,9 @@ def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
                        "checkpoints kept) when no training batch arrives for this many seconds, "
                        "e.g. when a data-service worker died (0: wait forever).",
                        lower_bound=0, **on)
+    flags.DEFINE_list("watch_splits", [], "Splits also evaluated each epoch and recorded (time "
+                      "to accuracy on them; e.g. val,foreign); never used to choose weights.",
+                      **on)
     flags.DEFINE_enum("val_split", "val", ["val", "val_aug"], "The split validated each "
                       "epoch, for early stopping and the best weights: val_aug (augmented "
                       "plates of the validation labels) for a model trained on augmented "

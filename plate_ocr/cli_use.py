@@ -47,6 +47,9 @@ def _evaluate_split(predict, records_dir: str, info: dict, split: str, model_dir
     result["pictures"] = {"confusion": pictures.confusion_png(
         result["confusion"], info["alphabet"], os.path.join(picture_dir, f"{split}-confusion.png"),
         f"{split}: {result['plates']:,} plates")}
+    result["pictures"]["reliability"] = pictures.reliability_png(
+        result["calibration"]["bins"], os.path.join(picture_dir, f"{split}-reliability.png"),
+        f"{split}: {result['plates']:,} plates, ECE {result['calibration']['ece']:.4f}")
     if misread:
         images, predictions, truths = zip(*misread)
         result["pictures"]["misread"] = pictures.save_png(
@@ -60,18 +63,34 @@ def _evaluate_split(predict, records_dir: str, info: dict, split: str, model_dir
     return result
 
 
+def _evaluate_non_plates(predict, shape, model_dir: str) -> None:
+    """Images that are no plate (noise, blank, photo-like): how many pass the threshold."""
+    from plate_ocr import calibration
+    threshold = predict.min_confidence
+    result = calibration.rejection(predict, FLAGS.non_plates, *shape, threshold)
+    path = os.path.join(model_dir, "metrics-non_plates.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(dict(result, min_confidence=threshold, model=FLAGS.model), f, indent=1)
+    print(f"non-plates read at or above min confidence {threshold:g}: " + "; ".join(
+        f"{kind} {r['accepted']}/{r['images']} (highest confidence {r['max_confidence']:.4f})"
+        for kind, r in result.items()) + f"; metrics: {path}")
+
+
 def evaluate() -> None:
     """Evaluates a model on records splits: tables, metrics files and pictures."""
     _quiet_tensorflow()
     flags.DEFINE_string("model", "runs/fast", _MODEL_HELP)
     flags.DEFINE_list("split", ["test"], "Splits to evaluate, side by side (test, test_aug, "
-                      "heldout, val).")
+                      "heldout, foreign, val).")
     flags.DEFINE_string("records_dir", None, "Records (default: those the model trained on).")
     flags.DEFINE_string("output_json", None, "Metrics file of a single split (default: "
                         "<model dir>/metrics.json for test, metrics-<split>.json otherwise).")
     flags.DEFINE_integer("batch_size", 512, "Plates per prediction call.", lower_bound=1)
     flags.DEFINE_boolean("skip_corrupt", False, "Leave out shards that are missing or corrupt "
                          "(and report the records lost) instead of stopping.")
+    flags.DEFINE_integer("non_plates", 100, "Images of each kind that is no plate (noise, "
+                         "blank, photo-like) to read: how many pass the model's min confidence "
+                         "(0: none).", lower_bound=0)
 
     def main(argv):
         from plate_ocr import records
@@ -91,22 +110,46 @@ def evaluate() -> None:
                 records.split_files(info, records_dir, split)
         except (FileNotFoundError, ValueError) as error:
             raise CommandError(str(error)) from None
-        predict, _ = _load(FLAGS.model)
+        predict, shape = _load(FLAGS.model)
         results = {}
         for split in FLAGS.split:
             name = "metrics.json" if split == "test" else f"metrics-{split}.json"
             results[split] = _evaluate_split(predict, records_dir, info, split, model_dir,
                                              FLAGS.output_json or os.path.join(model_dir, name))
+        if FLAGS.non_plates:
+            _evaluate_non_plates(predict, shape, model_dir)
         if len(results) > 1:
-            print(f"\n{'split':10s} {'plates':>7s} {'plate acc':>10s} {'char acc':>9s} {'CER':>7s}")
+            threshold = f"{predict.min_confidence:g}"
+            print(f"\n{'split':10s} {'plates':>7s} {'plate acc':>10s} {'char acc':>9s} {'CER':>7s}"
+                  f" {'ECE':>7s} {'cov@' + threshold:>9s} {'acc@' + threshold:>9s}")
             for split, m in results.items():
+                at = next(t for t in m["calibration"]["thresholds"]
+                          if t["threshold"] == predict.min_confidence)
+                accepted = (f"{at['accuracy_accepted']:9.4f}" if at["accepted"]
+                            else f"{'-':>9s}")
                 print(f"{split:10s} {m['plates']:7,d} {m['plate_accuracy']:10.4f} "
-                      f"{m['char_accuracy']:9.4f} {m['cer']:7.4f}")
+                      f"{m['char_accuracy']:9.4f} {m['cer']:7.4f} {m['calibration']['ece']:7.4f} "
+                      f"{at['coverage']:9.4f} {accepted}")
 
     run_command(main)
 
 
 # ---------------------------------------------------------------- predict
+
+UNREADABLE = "unreadable"  # what bin/predict prints for a reading under --min_confidence
+
+
+def accuracy_line(labelled: list[tuple[str, str]]) -> str:
+    """bin/predict's accuracy line over (reading, label) pairs: unreadable ones are rejected;
+    accuracy and errors are those of the accepted readings."""
+    accepted = [(text, label) for text, label in labelled if text != UNREADABLE]
+    right = sum(text == label for text, label in accepted)
+    accuracy = f"{right / len(accepted):.4f}" if accepted else "-"
+    coverage = len(accepted) / max(len(labelled), 1)
+    return (f"accuracy: {accuracy} ({right}/{len(accepted)} accepted); coverage {coverage:.4f} "
+            f"({len(accepted)}/{len(labelled)}, {len(labelled) - len(accepted)} unreadable); "
+            f"errors among accepted {len(accepted) - right}")
+
 
 def predict() -> None:
     """Reads plates from image files and folders: one line per image."""
@@ -116,6 +159,10 @@ def predict() -> None:
     flags.DEFINE_boolean("labels_from_filenames", False, "The label is the last run of digits "
                          "of each file's name: report accuracy.")
     flags.DEFINE_string("contact_sheet", None, "Write a PNG of every image with its reading.")
+    flags.DEFINE_float("min_confidence", None, "Readings whose confidence (the probability of "
+                       "the reading) is under this print `unreadable` (default: the threshold "
+                       "stored in the model's export; 0 reads everything).", lower_bound=0,
+                       upper_bound=1)
 
     def main(argv):
         from plate_ocr import pictures, predict as predict_lib
@@ -125,6 +172,8 @@ def predict() -> None:
         if not paths:
             raise CommandError(f"no image files in {' '.join(argv[1:])}")
         predict_fn, (height, width) = _load(FLAGS.model)
+        threshold = (predict_fn.min_confidence if FLAGS.min_confidence is None
+                     else FLAGS.min_confidence)
         failures, rows = 0, []
         for start in range(0, len(paths), FLAGS.batch_size):
             images, good = [], []
@@ -139,13 +188,13 @@ def predict() -> None:
                 continue
             texts, confidences = predict_fn(images)
             for path, image, text, confidence in zip(good, images, texts, confidences):
-                print(f"{path}\t{text}\t{confidence:.4f}")
-                rows.append((path, image, text))
+                reading = text if confidence >= threshold else UNREADABLE
+                print(f"{path}\t{reading}\t{confidence:.4f}")
+                rows.append((path, image, reading))
         if FLAGS.labels_from_filenames:
             labelled = [(text, predict_lib.label_from_filename(path)) for path, _, text in rows]
-            labelled = [(text, label) for text, label in labelled if label is not None]
-            right = sum(text == label for text, label in labelled)
-            print(f"accuracy: {right / max(len(labelled), 1):.4f} ({right}/{len(labelled)})")
+            print(accuracy_line([(text, label) for text, label in labelled
+                                 if label is not None]))
         if FLAGS.contact_sheet and rows:
             truths = [predict_lib.label_from_filename(path) if FLAGS.labels_from_filenames
                       else None for path, _, _ in rows]

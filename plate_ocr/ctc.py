@@ -1,4 +1,5 @@
-"""CTC loss, decoding and plate metrics. The blank is the last class everywhere.
+"""CTC loss, decoding, the probability of a reading and plate metrics. The blank is the last
+class everywhere.
 
 Decoded labels are dense int32 [B, width] padded with -1: dense ops only, so decoding runs
 inside a SavedModel signature, under XLA and in TFLite.
@@ -110,6 +111,72 @@ def fixed_length_decode(logits: tf.Tensor, length: int) -> tuple[tf.Tensor, tf.T
     places = tf.constant([blank ** k for k in reversed(range(length))], tf.int32)
     return (number[:, None] // places % blank,
             tf.exp(tf.reduce_max(score[:, length], axis=1)))
+
+
+def label_probability(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """The probability of reading `labels`: summed over every path that reads them.
+
+    exp(-CTC loss), by the forward algorithm written as a product of one transition matrix
+    per time step, multiplied pairwise in log2(T) batched matmuls: dense ops without a
+    loop, so that it runs in a SavedModel signature, under XLA and in TFLite, and adds
+    ~0.5 ms to a one-plate call (a while loop over the steps added 4). In probabilities,
+    not logs: a path's product over some of the steps is at least its product over all of
+    them, so nothing underflows before a reading whose probability itself is under 1e-38.
+
+    It is what the exports return as the confidence of a reading. It is calibrated
+    (measured: the readings of confidence c are right about c of the time, ECE 0.008-0.016
+    on test and held-out fonts, 0.04-0.08 on augmented and Cairo-drawn plates it reads
+    worse), where the best path's probability is not (ECE 0.53: a reading's probability
+    spreads over its alignments, and a right reading often scores ~0.3). A character's best
+    frame posterior, multiplied over the characters, separates right from wrong about as
+    well, but reads noise with 0.75-0.92 confidence; this stays under 0.3 where the model
+    sees no plate.
+
+    Args:
+      logits: float [B, T, classes], T known when traced.
+      labels: int32 [B, L], alphabet indices (no padding).
+    Returns:
+      float32 [B] in [0, 1].
+    """
+    probs = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+    batch, length, classes = tf.shape(labels)[0], labels.shape[1], logits.shape[-1]
+    blank, states_count = blank_index(classes), 2 * length + 1
+    # The labels with a blank before, between and after them: 2L + 1 states.
+    blanks = tf.fill([batch, length], blank)
+    states = tf.concat([tf.reshape(tf.stack([blanks, labels], axis=2), [batch, 2 * length]),
+                        blanks[:, :1]], axis=1)
+    emit = tf.gather(probs, states, axis=2, batch_dims=1)              # [B, T, 2L + 1]
+    # From state i a path stays, moves to i + 1, or skips to i + 2: the blank between two
+    # different characters, never between repeats.
+    skips = tf.concat([tf.zeros([batch, 2], tf.bool),
+                       (states[:, 2:] != blank) & (states[:, 2:] != states[:, :-2])], axis=1)
+    allowed = (tf.constant(np.eye(states_count) + np.eye(states_count, k=1), tf.float32)
+               + tf.constant(np.eye(states_count, k=2), tf.float32)
+               * tf.cast(skips, tf.float32)[:, None, :])                 # [B, from, to]
+    steps = allowed[:, None] * emit[:, 1:, None, :]                   # [B, T - 1, from, to]
+    identity = tf.eye(states_count, batch_shape=[batch, 1])
+    count = logits.shape[1] - 1
+    if count == 0:
+        steps, count = identity, 1
+    while count > 1:
+        if count % 2:
+            steps, count = tf.concat([steps, identity], axis=1), count + 1
+        steps, count = tf.matmul(steps[:, 0::2], steps[:, 1::2]), count // 2
+    # A path starts on the first blank or the first character, ends on the last character
+    # or the blank after it.
+    start = tf.concat([emit[:, 0, :2], tf.zeros([batch, states_count - 2])], axis=1)
+    end = tf.matmul(start[:, None, :], steps[:, 0])[:, 0]
+    return tf.minimum(end[:, -1] + end[:, -2], 1.0)
+
+
+def read_plates(logits: tf.Tensor, length: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """The exports' reading: exactly `length` characters and the probability of that reading.
+
+    Returns:
+      (int32 [B, length] labels of fixed_length_decode, float32 [B] label_probability).
+    """
+    labels, _ = fixed_length_decode(logits, length)
+    return labels, label_probability(logits, labels)
 
 
 def _sparse(dense: tf.Tensor) -> tf.SparseTensor:

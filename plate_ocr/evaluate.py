@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from plate_ocr import export, input_pipeline, records
+from plate_ocr import calibration, export, input_pipeline, records
 
 
 def _config_beside(path: str) -> dict:
@@ -29,6 +29,8 @@ def load_predictor(path: str):
 
     Returns:
       (predict(uint8 [N, H, W]) -> (list of N strings, float32 [N] confidences), (H, W)).
+      The confidence is the probability of the reading (ctc.read_plates) in every format;
+      predict.min_confidence is the model's reject threshold (export.load_export).
     Raises:
       FileNotFoundError: nothing loadable there (one-line message).
     """
@@ -44,14 +46,16 @@ def load_predictor(path: str):
         config = _config_beside(path)
         serve = export.serving_function(model, config["alphabet"], config["plate_length"],
                                         *shape)
+        min_confidence = export.MIN_CONFIDENCE
     else:
-        serve = export.load_serving(path)
+        serve, min_confidence = export.load_export(path)
         shape = tuple(serve.structured_input_signature[1]["images"].shape[1:])
 
     def predict(images: np.ndarray) -> tuple[list[str], np.ndarray]:
         outputs = serve(images=tf.constant(images, tf.uint8))
         return ([text.decode() for text in outputs["text"].numpy()],
                 outputs["confidence"].numpy())
+    predict.min_confidence = min_confidence
     return predict, shape
 
 
@@ -139,24 +143,33 @@ def evaluate_split(predict, records_dir: str, split: str, batch_size: int = 512,
     """Predicts every plate of a split, after checking its shards against the metadata.
 
     Returns:
-      (report dict, up to max_misread (image, prediction, truth) of misread plates).
+      (report dict with "calibration" (calibration.calibration of the confidences, at
+       calibration.THRESHOLDS and the predictor's min_confidence) and "min_confidence",
+       up to max_misread (image, prediction, truth) of misread plates).
     Raises:
       ValueError: a shard is missing or corrupt (and skip_corrupt is off).
     """
     info = records.read_info(records_dir)
     files, lost = input_pipeline.readable_files(info, records_dir, split, skip_corrupt)
-    truths, predictions, fonts, sizes, misread = [], [], [], [], []
+    truths, predictions, confidences, fonts, sizes, misread = [], [], [], [], [], []
     for batch in read_split(records_dir, split, batch_size, files):
-        texts, _ = predict(batch["image"])
+        texts, batch_confidences = predict(batch["image"])
         for image, text, truth in zip(batch["image"], texts, batch["text"]):
             if text != truth and len(misread) < max_misread:
                 misread.append((image, text, truth))
         truths += batch["text"]
         predictions += texts
+        confidences += np.asarray(batch_confidences, np.float64).tolist()
         fonts += batch["font"]
         sizes += batch["font_size"]
         on_batch(len(texts))
-    return (dict(report(truths, predictions, fonts, sizes, info["alphabet"]), lost_records=lost),
+    min_confidence = getattr(predict, "min_confidence", None)
+    thresholds = set(calibration.THRESHOLDS) | ({min_confidence} if min_confidence is not None
+                                                else set())
+    correct = [t == p for t, p in zip(truths, predictions)]
+    return (dict(report(truths, predictions, fonts, sizes, info["alphabet"]), lost_records=lost,
+                 min_confidence=min_confidence,
+                 calibration=calibration.calibration(confidences, correct, thresholds)),
             misread)
 
 
@@ -175,4 +188,7 @@ def format_table(result: dict, worst: int = 5) -> str:
     fonts = sorted(result["per_font"].items(), key=lambda kv: kv[1]["plate_accuracy"])[:worst]
     lines.append("  worst fonts      " + "; ".join(
         f"{name} {m['plate_accuracy']:.4f} ({m['plates']})" for name, m in fonts))
+    if "calibration" in result:
+        lines += calibration.format_calibration(result["calibration"],
+                                                result.get("min_confidence"))
     return "\n".join(lines)

@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 MANIFEST_NAME = "manifest.tsv"
 TRAIN = "train"
 HELDOUT = "heldout"
+FOREIGN = "foreign"  # families only the foreign split draws, with Cairo (foreign.py)
 # A code point no text font maps: what it draws is the face's missing-glyph box (.notdef).
 _MISSING_CHAR = "\U000F0000"
 _VERIFY_SIZE = 24
@@ -129,7 +130,7 @@ def usable_faces(font_dir: str, alphabet: str, split: str,
     Args:
       font_dir: the folder with the manifest and the gathered font files.
       alphabet: the characters every face must draw.
-      split: TRAIN or HELDOUT.
+      split: TRAIN, HELDOUT or FOREIGN.
       min_families: fewer usable families than this is an error.
     Returns:
       (faces sorted by file name, {file: reason} for faces left out).

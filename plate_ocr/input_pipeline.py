@@ -22,7 +22,7 @@ AUTOTUNE = tf.data.AUTOTUNE
 class TightPlates:
     """Training plates of font size <= font_size and spacing <= spacing weigh `weight` in the
     loss (1: no emphasis). Their digits span the fewest CTC frames, and they are where a
-    model trained briefly still drops or merges digits (BUILD-notes.md, "Time to accuracy")."""
+    model trained briefly still drops or merges digits (docs/experiments.md, "Time to accuracy")."""
 
     weight: float = 1.0
     font_size: int = 19

@@ -31,6 +31,9 @@ class ModelConfig:
     # Keras' default 0.99 averages the statistics over ~100 steps: with a high learning rate
     # they lag the weights and inference-mode accuracy swings; 0.9 follows within ~10 steps.
     batch_norm_momentum: float = 0.99
+    # "scale": pixel values / 255; "standardize": each plate to zero mean and unit deviation,
+    # so that a grey, low-contrast or dark plate reaches the convolutions as a clean one does.
+    input_norm: str = "scale"
 
 
 def config_from_dict(values: dict) -> ModelConfig:
@@ -75,7 +78,12 @@ def build_crnn(config: ModelConfig, height: int, width: int, num_classes: int,
                          f"{height}x{width} image")
     images = keras.Input((height, width), name="images")
     x = keras.layers.Reshape((height, width, 1))(images)
-    x = keras.layers.Rescaling(1 / 255.0)(x)
+    if config.input_norm == "standardize":
+        x = Standardize(name="standardize")(x)
+    elif config.input_norm == "scale":
+        x = keras.layers.Rescaling(1 / 255.0)(x)
+    else:
+        raise ValueError(f"input_norm must be 'scale' or 'standardize', not {config.input_norm!r}")
 
     def conv_norm_relu(x, filters: int, strides: int, suffix: str):
         # Named conv<suffix> / batch_norm<suffix>: fold_batch_norm pairs them by name.
@@ -106,12 +114,24 @@ def build_crnn(config: ModelConfig, height: int, width: int, num_classes: int,
 
 
 @keras.saving.register_keras_serializable(package="plate_ocr")
+class Standardize(keras.layers.Layer):
+    """Each image [B, H, W, 1] to zero mean and unit standard deviation over its pixels
+    (a flat image stays flat: the deviation's floor is 4 grey levels)."""
+
+    def call(self, inputs):
+        mean = keras.ops.mean(inputs, axis=(1, 2, 3), keepdims=True)
+        deviation = keras.ops.sqrt(keras.ops.mean(keras.ops.square(inputs - mean),
+                                                  axis=(1, 2, 3), keepdims=True))
+        return (inputs - mean) / keras.ops.maximum(deviation, 4.0)
+
+
+@keras.saving.register_keras_serializable(package="plate_ocr")
 class FusedBatchNorm(keras.layers.BatchNormalization):
     """Keras' BatchNormalization, trained through TensorFlow's fused kernel.
 
     Keras 3 computes a training step's batch statistics and normalization as separate ops;
     on this CPU that made the fast model's training step 20-35% slower than FusedBatchNormV3
-    (BUILD-notes.md, "Time to accuracy", run Q). Inference, masks and other axes go to Keras' code. The
+    (docs/experiments.md, "Time to accuracy", run Q). Inference, masks and other axes go to Keras' code. The
     moving variance receives the batch variance with Bessel's correction n / (n - 1) (what
     Keras 2 did), n being the batch's pixels: a difference of < 1e-4 here.
     """

@@ -120,3 +120,32 @@ def time_to_accuracy_png(history: Sequence[dict], path: str, targets: Sequence[f
     axes.set_title(title)
     axes.grid(True, which="both", alpha=0.3)
     return _save_figure(figure, path)
+
+
+def reliability_png(bins: Sequence[dict], path: str, title: str) -> str:
+    """Draws accuracy against confidence (calibration.reliability's bins) as a PNG.
+
+    Top: each bin's accuracy as a bar over its confidence range, its mean confidence as a
+    dot, the diagonal a calibrated model would follow. Bottom: plates per bin (log scale).
+    """
+    figure, (top, bottom) = _pyplot().subplots(
+        2, 1, figsize=(6, 6), dpi=100, sharex=True, height_ratios=[3, 1], layout="constrained")
+    full = [b for b in bins if b["plates"]]
+    lows = [b["low"] for b in full]
+    widths = [b["high"] - b["low"] for b in full]
+    top.bar(lows, [b["accuracy"] for b in full], widths, align="edge", color="tab:blue",
+            edgecolor="white", label="accuracy")
+    top.plot([b["mean_confidence"] for b in full], [b["accuracy"] for b in full], "o",
+             color="black", markersize=3, label="(mean confidence, accuracy)")
+    top.plot([0, 1], [0, 1], ":", color="gray", label="calibrated")
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.set_ylabel("plates read right")
+    top.set_title(title)
+    top.legend(loc="upper left", fontsize=8)
+    bottom.bar(lows, [b["plates"] for b in full], widths, align="edge", color="tab:gray",
+               edgecolor="white")
+    bottom.set_yscale("log")
+    bottom.set_xlabel("confidence (probability of the reading)")
+    bottom.set_ylabel("plates")
+    return _save_figure(figure, path)

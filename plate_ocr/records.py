@@ -14,8 +14,9 @@ import crc32c
 import numpy as np
 
 INFO_NAME = "dataset_info.json"
-INFO_VERSION = 4  # 2: the test_aug split and the augmentation in plate_style; 3: its contrast floor;
-# 4: perspective in ink-box heights, strokes half a pixel each side
+INFO_VERSION = 5  # 2: the test_aug split and the augmentation in plate_style; 3: its contrast floor;
+# 4: perspective in ink-box heights, strokes half a pixel each side; 5: the wide augmentation
+# (augment.py's TF ops: scale, position, box on a page, marks, resampling, motion blur)
 # heldout: test labels in held-out font families; test_aug: test labels, augmented plates;
 # val_aug: validation labels, augmented plates (what an augmented training run validates on).
 # New splits go last: a split's index seeds its plates (writer.plate_rng).
@@ -23,6 +24,8 @@ SPLITS = ("train", "val", "test", "heldout", "test_aug", "val_aug")
 # The splits that reuse the first labels of another, so their accuracy differs from that
 # split's by the fonts or the augmentation alone.
 DERIVED_SPLITS = {"heldout": "test", "test_aug": "test", "val_aug": "val"}
+# The foreign split reads the first test labels too, but Cairo draws it (foreign.add_split)
+# after the writer has rendered these: it is in dataset_info.json's splits, not in SPLITS.
 _LABEL_STREAM = 4  # spawn key of the label draw (apart from every split's plate streams)
 # Feature keys and kinds of the schema: the parsing side builds its spec from these.
 FEATURES = {"image": "bytes", "label": "int64_list", "text": "bytes", "font": "bytes",

@@ -18,15 +18,14 @@ import os
 
 import tensorflow as tf
 
-from plate_ocr import atlas as atlas_lib, augment as augment_lib, augment_ops, input_pipeline
+from plate_ocr import atlas as atlas_lib, augment as augment_lib, augment_config, input_pipeline
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Plates per unit of work: each chunk reads the atlas once (6 MB: 6 KB a plate, less than
 # reading a record), and the tf.data service hands chunks to its workers one at a time.
 CHUNK = 1024
 _COMPOSE_BATCH = 64  # plates composed at once
-_RANDOM_STREAM = 7  # salts of the stateless seeds, apart from anything else seeded by --seed
-_AUGMENT_STREAM = 8
+_RANDOM_STREAM = 7  # salt of the stateless seeds, apart from anything else seeded by --seed
 
 
 def atlas_path(info: dict, records_dir: str) -> str:
@@ -161,24 +160,34 @@ def compose_ink(atlas: dict[str, tf.Tensor], choices: dict[str, tf.Tensor]) -> t
     return ink
 
 
-def chunk_plates(path: str, seed: int, chunk: tf.Tensor,
-                 augment: augment_lib.AugmentConfig | None = None) -> tf.data.Dataset:
-    """The plates of one chunk, in order: (images uint8 [H, W], labels int32 [L]).
+def chunk_plates(path: str, seed: int, chunk: tf.Tensor, height: int, width: int,
+                 augment: augment_config.AugmentConfig | None = None,
+                 clean_fraction: float = 0.0) -> tf.data.Dataset:
+    """The plates of one chunk, in order: (images uint8 [H, W], labels int32 [L], ink uint8
+    [H, W]).
 
-    With `augment`, the plates get augment_ops' effects, drawn per batch of _COMPOSE_BATCH
-    plates from (seed, chunk, batch): still a pure function of (seed, plate).
+    With `augment`, each plate gets augment's effects from its key, plate_keys(seed, "train",
+    plate), except a clean_fraction of them (by plate number): still a pure function of
+    (seed, plate). `ink` is where the plate's characters are, as a clean dark-on-white plate
+    (the plate itself when clean): what align.frame_targets reads.
     """
     atlas = read_atlas(path)
     choices = tf.data.Dataset.from_tensor_slices(draw_plates(atlas, seed, chunk))
-    key = tf.random.experimental.stateless_fold_in(
-        tf.constant([seed, _AUGMENT_STREAM], tf.int64), tf.cast(chunk, tf.int64))
+    first = tf.cast(chunk, tf.int64) * CHUNK
 
     def plates(index, batch):
-        ink = compose_ink(atlas, batch)
+        # Static plate sizes (the atlas holds them as tensors): augment's kernels need them.
+        ink = tf.ensure_shape(compose_ink(atlas, batch), [None, height, width])
+        clean = 255 - ink
         if augment is None:
-            return 255 - ink, batch["label"]
-        batch_key = tf.random.experimental.stateless_fold_in(key, index)
-        return augment_ops.augment(ink, augment, batch_key, atlas["margin"]), batch["label"]
+            return clean, batch["label"], clean
+        plate = first + index * _COMPOSE_BATCH + tf.range(tf.shape(ink)[0], dtype=tf.int64)
+        keys = augment_lib.plate_keys(seed, "train", plate)
+        augmented, warped = augment_lib.augment_with_ink(ink, augment, keys, atlas["margin"])
+        # Which plates stay clean: the golden-ratio sequence of their numbers, evenly spread.
+        keep = tf.math.floormod(tf.cast(plate, tf.float64) * 0.6180339887498949, 1.0) < clean_fraction
+        return (tf.where(keep[:, None, None], clean, augmented), batch["label"],
+                tf.where(keep[:, None, None], clean, warped))
     return choices.batch(_COMPOSE_BATCH).enumerate().map(plates).unbatch()
 
 
@@ -195,7 +204,8 @@ def epoch_chunks(plates_per_epoch: int, shuffle_buffer: int, pipelines: int) -> 
 def make_render_dataset(path: str, batch_size: int, height: int, width: int, plate_length: int,
                         seed: int, first_chunk: int, input_context: tf.distribute.InputContext | None = None,
                         service: str = "", shuffle_buffer: int = 10000,
-                        augment: augment_lib.AugmentConfig | None = None) -> tf.data.Dataset:
+                        augment: augment_config.AugmentConfig | None = None,
+                        clean_fraction: float = 0.0) -> tf.data.Dataset:
     """Endless training batches rendered from the atlas, in process or on a tf.data service.
 
     Args:
@@ -209,23 +219,27 @@ def make_render_dataset(path: str, batch_size: int, height: int, width: int, pla
       service: grpc://HOST:PORT of a tf.data service, or "" to render in this process. On the
         service the chunks are handed out dynamically (make_service_dataset's sharding).
       shuffle_buffer: plates in the shuffle buffer.
-      augment: the effects to apply (augment_ops), or None for clean plates.
+      augment: the effects to apply (augment.py), or None for clean plates.
+      clean_fraction: of the plates, left clean when augmenting.
     Returns:
-      batches of (images uint8 [B, H, W], labels int32 [B, L], weights float32 [B]).
+      batches of (images uint8 [B, H, W], labels int32 [B, L], weights float32 [B], ink
+      uint8 [B, H, W]: where each plate's characters are, for the frame targets).
     """
     pipelines = input_context.num_input_pipelines if input_context else 1
     pipeline_id = input_context.input_pipeline_id if input_context else 0
     # Endless in practice: 2^31 chunks are 2 * 10^12 plates.
     chunks = tf.data.Dataset.range(first_chunk + pipeline_id, first_chunk + 2 ** 31, pipelines)
     # Two chunks at a time: each worker holds only the chunks it renders.
-    dataset = chunks.interleave(lambda chunk: chunk_plates(path, seed, chunk, augment),
+    dataset = chunks.interleave(lambda chunk: chunk_plates(path, seed, chunk, height, width,
+                                                           augment, clean_fraction),
                                 cycle_length=2,
                                 num_parallel_calls=AUTOTUNE, deterministic=True)
     dataset = dataset.shuffle(shuffle_buffer, seed=(seed * 1_000_003 + first_chunk) % 2 ** 31)
     dataset = dataset.batch(batch_size, drop_remainder=not service)
-    dataset = dataset.map(lambda images, labels: input_pipeline.unit_weights(
+    dataset = dataset.map(lambda images, labels, ink: input_pipeline.unit_weights(
         tf.ensure_shape(images, [images.shape[0], height, width]),
-        tf.ensure_shape(labels, [labels.shape[0], plate_length])))
+        tf.ensure_shape(labels, [labels.shape[0], plate_length]))
+        + (tf.ensure_shape(ink, [ink.shape[0], height, width]),))
     if service:
         return input_pipeline.through_service(dataset, service, batch_size)
     return input_pipeline.finish(dataset)

@@ -164,18 +164,26 @@ def over_budget(history: list[dict], train_seconds: float, max_minutes: float) -
     return train_seconds + history[-1]["train_seconds"] - before > 60 * max_minutes
 
 
-def time_to_accuracy(history: list[dict], targets=TARGETS) -> dict[float, dict | None]:
+def time_to_accuracy(history: list[dict], targets=TARGETS,
+                     split: str = "") -> dict[float, dict | None]:
     """The first history entry at or above each validation plate accuracy (None: never).
 
+    Args:
+      history: the run's entries, one per epoch.
+      targets: plate accuracies.
+      split: a watched split (TrainConfig.watch_splits), or "" for the validation split.
     Returns:
       {target: {"minutes", "examples", "epoch", "plate_accuracy"} or None}.
     """
     reached = {}
     for target in targets:
-        entry = next((e for e in history if e["val"]["plate_accuracy"] >= target), None)
+        def accuracy(e):
+            return (e.get("watch", {}).get(split, {}) if split else e["val"]).get(
+                "plate_accuracy", -1.0)
+        entry = next((e for e in history if accuracy(e) >= target), None)
         reached[target] = entry and {
             "minutes": entry["train_seconds"] / 60, "examples": entry["examples"],
-            "epoch": entry["epoch"], "plate_accuracy": entry["val"]["plate_accuracy"]}
+            "epoch": entry["epoch"], "plate_accuracy": accuracy(entry)}
     return reached
 
 
@@ -216,7 +224,10 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
     # Rendered training plates need no training records (the atlas is checked instead).
     splits = (config.val_split, "test") if config.source == "render" else (
         "train", config.val_split, "test")
-    for split in splits:
+    watched = tuple(split for split in config.watch_splits
+                    if info["splits"].get(split, {}).get("num_examples")
+                    and split != config.val_split)
+    for split in splits + watched:
         if info["splits"].get(split, {}).get("num_examples"):
             files[split], lost[split] = input_pipeline.readable_files(
                 info, config.records_dir, split, config.skip_corrupt)
@@ -268,6 +279,8 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
                 tf.train.Checkpoint(model=trainer.model).write(os.path.join(out_dir,
                                                                             BEST_WEIGHTS))
             predictions = _image_summary(trainer, sample)
+            # Watched, never chosen by: the kept weights follow val_split alone.
+            watch = {split: trainer.evaluate(split) for split in watched}
         if improved:
             trainer.best_val_loss.assign(val["loss"])
             trainer.bad_epochs.assign(0)
@@ -282,6 +295,9 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
         _write_scalars(val_writer, step, {
             "loss": val["loss"], "plate_accuracy": val["plate_accuracy"],
             "char_accuracy": val["char_accuracy"], "cer": val["cer"]})
+        for split, metrics in watch.items():
+            _write_scalars(val_writer, step, {f"{split}/plate_accuracy": metrics["plate_accuracy"],
+                                              f"{split}/loss": metrics["loss"]})
         with val_writer.as_default(step=step):
             tf.summary.image("predictions", predictions[None], max_outputs=1)
         # The time-to-accuracy curve: TensorBoard's x axis is the step, so this scalar's step is
@@ -290,7 +306,8 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
             tf.summary.scalar("plate_accuracy_by_train_seconds", val["plate_accuracy"])
         history.append({"epoch": epoch, "step": step,
                         "train_seconds": round(float(trainer.train_seconds), 2),
-                        "examples": step * config.batch_size, "train": train, "val": val})
+                        "examples": step * config.batch_size, "train": train, "val": val,
+                        "watch": watch})
         _write_json(history_path, history)
         manager.save(checkpoint_number=step)
         if chief:
@@ -299,6 +316,8 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
                        f"char acc {val['char_accuracy']:.4f}  "
                        f"{train['examples_per_second']:.0f} ex/s  "
                        f"{float(trainer.train_seconds) / 60:.1f} min"
+                       + "".join(f"  {split} {metrics['plate_accuracy']:.4f}"
+                                 for split, metrics in watch.items())
                        + ("  *best" if improved else ""))
     best = os.path.join(out_dir, BEST_WEIGHTS)
     if tf.io.gfile.exists(best + ".index"):
@@ -311,11 +330,17 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     reached = time_to_accuracy(history)
     result["time_to_accuracy"] = {str(target): entry for target, entry in reached.items()}
+    for split in watched:
+        result[f"time_to_accuracy_{split}"] = {
+            str(target): entry for target, entry in time_to_accuracy(history, split=split).items()}
     if chief and history:
         pictures.time_to_accuracy_png(history, os.path.join(out_dir, CURVE_FILE), TARGETS,
                                       f"{os.path.basename(os.path.abspath(model_dir))}: "
                                       "validation accuracy against training time")
-        print("time to validation accuracy: " + format_time_to_accuracy(reached))
+        print(f"time to {config.val_split} accuracy: " + format_time_to_accuracy(reached))
+        for split in watched:
+            print(f"time to {split} accuracy: "
+                  + format_time_to_accuracy(time_to_accuracy(history, split=split)))
     result["exports"] = export.export_model(trainer.model, config.model, out_dir,
                                             info["alphabet"], info["plate_length"],
                                             *trainer.shape)

@@ -53,18 +53,21 @@ class TrainConfig:
     ema_momentum: float = 0.0  # evaluate, keep and export an average of the weights (0: off)
     data_service: str = ""  # grpc://HOST:PORT: the training input runs on a tf.data service
     source: str = "records"  # "records", or "render": new training plates from the glyph atlas
-    render_augment: bool = False  # with source "render": augment_ops' effects on the plates
+    render_augment: bool = False  # with source "render": augment.py's effects on the plates
+    render_clean_fraction: float = 0.0  # with render_augment: of the plates, left clean
     init_from: str = ""  # a model dir whose best weights start a fresh run (fine-tuning)
     data_timeout: float = 0.0  # stop when no training batch arrives for this long (0: wait)
     val_split: str = "val"  # validated each epoch: early stopping and the best weights
+    # Also evaluated each epoch, for the record (time to accuracy on them), never to choose.
+    watch_splits: tuple[str, ...] = ()
     # An extra CTC loss on the logits averaged over this many time steps (0: none), for the
     # first coarse_ctc_steps steps: a coarse alignment leaves the all-blank plateau sooner,
-    # then gets in the way of condensed faces (BUILD-notes.md, "Time to accuracy").
+    # then gets in the way of condensed faces (docs/experiments.md, "Time to accuracy").
     coarse_ctc_pool: int = 0
     coarse_ctc_steps: int = 600
     # A cross-entropy per frame against targets placed by the ink of the clean training
     # plates (align.py), weighing align_weight, for the first align_steps steps (0: none):
-    # no all-blank plateau (BUILD-notes.md, "Time to accuracy").
+    # no all-blank plateau (docs/experiments.md, "Time to accuracy").
     align_steps: int = 0
     align_weight: float = 10.0
     # Training plates of the records that weigh more in the loss (the smallest, tightest).
@@ -124,11 +127,12 @@ class Trainer:
         # The effects and ranges the records were augmented with (make_records' flags).
         style = writer.style_from_info(info)
         self.render_augment = style.augment if config.render_augment else None
-        if config.align_steps and (
-                config.render_augment
-                or (config.source == "records" and "train" in style.augmented_splits)):
+        # Rendered plates come with their ink (augmented or not); records only with the
+        # plates themselves, which must then be clean.
+        if config.align_steps and config.source == "records" and \
+                "train" in style.augmented_splits:
             raise TrainingError("--align_steps places the frames by the dark ink of clean "
-                                "plates: the training plates are augmented")
+                                "plates: the training records are augmented")
         self.shape = (info["image_height"], info["image_width"])
         if config.coarse_ctc_pool:
             # Five equal digits need 9 steps: one blank between each repeat.
@@ -185,7 +189,7 @@ class Trainer:
             rng_states=[v for v in self.model.non_trainable_variables if _is_rng_state(v)])
         # Only the gradient step is XLA-compiled: the loop around it reads the iterator and
         # the metrics use EditDistance, neither of which XLA has. Off by default: on this CPU
-        # it was slower (see BUILD-notes.md).
+        # it was slower (docs/experiments.md, "Time to accuracy").
         self.gradient_step = tf.function(self._gradient_step, jit_compile=True) \
             if config.jit_compile else self._gradient_step
         # Outside the strategy's scope: the guard's stamp is a plain variable of this process.
@@ -194,13 +198,13 @@ class Trainer:
         self.train_loop = tf.function(self._train_loop)
         self.eval_step = tf.function(self._eval_step)
 
-    def _gradient_step(self, images, labels, weights):
+    def _gradient_step(self, images, labels, weights, ink):
         with tf.GradientTape() as tape:
             logits = self.model(tf.cast(images, tf.float32), training=True)
             per_example = ctc.per_example_loss(labels, logits, self.ctc_kernel)
             loss = tf.nn.compute_average_loss(
                 (per_example + self.coarse_loss(labels, logits)
-                 + self.align_loss(images, labels, logits)) * weights,
+                 + self.align_loss(ink, labels, logits)) * weights,
                 global_batch_size=self.config.batch_size)
             # The identity but under float16, where the LossScaleOptimizer unscales.
             scaled_loss = self.optimizer.scale_loss(loss)
@@ -227,11 +231,12 @@ class Trainer:
         return self._first_steps_only(coarse, self.config.coarse_ctc_steps if pool else 0,
                                       logits)
 
-    def align_loss(self, images: tf.Tensor, labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
-        """Per plate: align_weight times the framewise loss against the ink's frame targets
-        during the first align_steps steps, then 0 (not computed)."""
+    def align_loss(self, ink: tf.Tensor, labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+        """Per plate: align_weight times the framewise loss against the frame targets of the
+        plates' ink (clean plates, dark on light) during the first align_steps steps, then 0
+        (not computed)."""
         def frames():
-            return self.config.align_weight * align.frame_loss(images, labels, logits)
+            return self.config.align_weight * align.frame_loss(ink, labels, logits)
 
         return self._first_steps_only(frames, self.config.align_steps, logits)
 
@@ -245,8 +250,10 @@ class Trainer:
             return none()
         return tf.cond(self.optimizer.iterations < steps, loss, none)
 
-    def _train_replica(self, images, labels, weights):
-        logits, per_example = self.gradient_step(images, labels, weights)
+    def _train_replica(self, images, labels, weights, ink=None):
+        # Rendered plates bring their ink; a clean record is its own.
+        logits, per_example = self.gradient_step(images, labels, weights,
+                                                 images if ink is None else ink)
         # The weights are the loss's: every training plate counts once in the metrics. Read
         # greedily: a running figure, 4 ms a step cheaper than the fixed-length search that
         # evaluation and the exports use.
@@ -310,7 +317,8 @@ class Trainer:
                 return render_source.make_render_dataset(
                     self.atlas, per_replica, *self.shape, self.info["plate_length"],
                     self.config.seed, epoch * stride, context, service,
-                    self.config.shuffle_buffer, self.render_augment)
+                    self.config.shuffle_buffer, self.render_augment,
+                    self.config.render_clean_fraction)
             if service:
                 return input_pipeline.make_service_dataset(
                     files, per_replica, *self.shape, self.info["plate_length"], service,

@@ -18,12 +18,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from plate_ocr import atlas as atlas_lib, augment as augment_lib, fonts, records, render
+from plate_ocr import atlas as atlas_lib, augment_config, fonts, records, render
 
 _PROGRESS_EVERY = 250
-_PNG_STREAM = 5  # spawn key of write_png_plates, apart from the splits' streams (0-4)
-# Plates rendered, then augmented, together: numpy's cost per call spread over them, and the
-# more there are, the more share a JPEG quality (augment.augment_plates).
+_PNG_STREAM = 100  # spawn key of write_png_plates, apart from every split's (its index in SPLITS)
+# Plates rendered, then augmented, together: one call of the augmentation's graph for them all.
 _CHUNK = 1024
 
 
@@ -38,7 +37,7 @@ class PlateStyle:
     spacing_min: int = 0
     spacing_max: int = 8
     spec: render.PlateSpec = render.PlateSpec()
-    augment: augment_lib.AugmentConfig = augment_lib.AugmentConfig()
+    augment: augment_config.AugmentConfig = augment_config.AugmentConfig()
     # Augmented when written; make_records --augment_train adds "train".
     augmented_splits: tuple[str, ...] = ("test_aug", "val_aug")
 
@@ -47,7 +46,7 @@ def style_from_info(info: dict) -> PlateStyle:
     """The PlateStyle recorded in a dataset_info.json."""
     style = dict(info["plate_style"])
     style["spec"] = render.PlateSpec(**style["spec"])
-    style["augment"] = augment_lib.AugmentConfig(**style["augment"])
+    style["augment"] = augment_config.AugmentConfig(**style["augment"])
     style["augmented_splits"] = tuple(style["augmented_splits"])
     return PlateStyle(**style)
 
@@ -125,8 +124,11 @@ def make_plates(numbers: Sequence[int], families: Sequence[Sequence[fonts.Face]]
         images.append(image)
         details.append((digits, text, face, size, spacing))
     if augmented:
+        # TensorFlow only in the processes that augment: clean shards start in a blink.
+        from plate_ocr import augment
         inks = 255 - np.stack(images)
-        images = augment_lib.augment_plates(inks, style.augment, rngs, style.spec.margin)
+        keys = np.stack([rng.integers(2 ** 62, size=2) for rng in rngs])
+        images = augment.augment_plates(inks, style.augment, keys, style.spec.margin)
     return [(image, *detail) for image, detail in zip(images, details)]
 
 

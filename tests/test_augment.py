@@ -1,160 +1,163 @@
-"""Augmented plates: deterministic, all ink inside the frame, clean when every effect is off."""
+"""augment: the one implementation of the augmentation, for the writer and the training stream."""
 
 import dataclasses
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from plate_ocr import augment, fonts, records, render, writer
+from plate_ocr import augment, augment_config, fonts, records, render_source, writer
 
-STYLE = writer.PlateStyle()
-ALL_ON = dataclasses.replace(augment.AugmentConfig(), **{
-    f.name: 1.0 for f in dataclasses.fields(augment.AugmentConfig) if f.name.endswith("_prob")})
+CONFIG = augment_config.AugmentConfig()
+CLEAN = augment_config.CLEAN
+ALL_ON = dataclasses.replace(CONFIG, **{
+    f.name: 1.0 for f in dataclasses.fields(CONFIG) if f.name.endswith("_prob")})
 
 
-def test_augmented_plates_are_a_pure_function_of_seed_split_and_index(faces):
+@pytest.fixture(scope="module")
+def inks(tiny_records) -> tuple[np.ndarray, int]:
+    """The ink of 128 plates composed from the tiny records' atlas, and their margin."""
+    info = records.read_info(tiny_records)
+    atlas = render_source.read_atlas(render_source.atlas_path(info, tiny_records))
+    choices = render_source.draw_plates(atlas, 0, tf.constant(0, tf.int64))
+    ink = render_source.compose_ink(atlas, {k: v[:128] for k, v in choices.items()})
+    return ink.numpy(), writer.style_from_info(info).spec.margin
+
+
+def keys(count: int, seed: int = 0) -> np.ndarray:
+    return augment.plate_keys(seed, "train", np.arange(count)).numpy()
+
+
+def run(ink: np.ndarray, config, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    plates, warped = augment.augment_with_ink(tf.constant(ink), config,
+                                              tf.constant(keys(len(ink), seed)), 2)
+    assert plates.dtype == tf.uint8 and plates.shape == ink.shape == warped.shape
+    return plates.numpy(), warped.numpy()
+
+
+def dilated(mask: np.ndarray, size: int) -> np.ndarray:
+    grown = tf.nn.max_pool2d(tf.constant(mask[..., None], tf.float32), size, 1, "SAME")
+    return grown.numpy()[..., 0] > 0
+
+
+def box_level(plates: np.ndarray, text: np.ndarray) -> np.ndarray:
+    """Per plate: the median grey of a ring 2-4 pixels around the text (the box under it)."""
+    ring = dilated(text, 9) & ~dilated(text, 5)
+    return np.nanmedian(np.where(ring, plates, np.nan).reshape(len(plates), -1), axis=1)
+
+
+def test_every_effect_off_gives_the_clean_plate(inks):
+    ink, _ = inks
+    plates, warped = run(ink, CLEAN)
+    np.testing.assert_array_equal(plates, 255 - ink)
+    sure = ink != 51  # coverage 0.2, the threshold itself, either way in float32
+    np.testing.assert_array_equal(warped[sure], np.where(ink > 51, 0, 255)[sure])
+
+
+def test_a_plate_is_a_pure_function_of_its_ink_and_key_in_any_batch(inks):
+    ink, margin = inks
+    together = augment.augment_plates(ink[:40], ALL_ON, keys(40), margin)
+    np.testing.assert_array_equal(together, augment.augment_plates(ink[:40], ALL_ON, keys(40),
+                                                                   margin))
+    parts = [augment.augment_plates(ink[a:b], ALL_ON, keys(40)[a:b], margin)
+             for a, b in ((0, 1), (1, 13), (13, 40))]
+    np.testing.assert_array_equal(np.concatenate(parts), together)
+    other = augment.augment_plates(ink[:40], ALL_ON, keys(40, seed=1), margin)
+    assert (other != together).any(axis=(1, 2)).all()
+
+
+@pytest.mark.parametrize("config", [CONFIG, ALL_ON], ids=["default", "all_on"])
+def test_every_glyphs_ink_stays_inside_the_frame(inks, config):
+    ink, margin = inks
+    _, warped = run(ink, config)
+    text = warped < 128
+    assert text.sum(axis=(1, 2)).min() > 0.2 * (ink > 128).sum(axis=(1, 2)).min()
+    # The warp's bilinear edge may reach half a pixel into the margin, never the frame.
+    edge = margin - 1
+    assert not text[:, :edge].any() and not text[:, -edge:].any()
+    assert not text[:, :, :edge].any() and not text[:, :, -edge:].any()
+
+
+def test_the_wide_distribution_varies_text_size_and_position(inks):
+    ink, _ = inks
+    _, warped = run(ink, CONFIG)
+    rows = (warped < 128).any(axis=2)
+    heights = rows.shape[1] - np.argmax(rows[:, ::-1], axis=1) - np.argmax(rows, axis=1)
+    clean_heights = (ink > 128).any(axis=2).sum(axis=1)
+    # The records' digits are 13-18 px high: augmented ones reach well beyond both ends.
+    assert heights.min() <= 0.75 * np.median(clean_heights)
+    assert np.percentile(heights, 95) > 1.5 * np.percentile(clean_heights, 95)
+
+
+def test_the_ink_keeps_its_contrast_with_the_box_under_shading_and_blur(inks):
+    ink, _ = inks
+    shaded = dataclasses.replace(CLEAN, contrast_prob=1.0, gradient_prob=1.0, texture_prob=1.0,
+                                 blur_prob=1.0)
+    plates, warped = run(ink, shaded)
+    no_floor, _ = run(ink, dataclasses.replace(shaded, min_contrast=0.0))
+
+    def contrasts(images):
+        text = warped < 128
+        # Background: the box more than 4 pixels from any ink; strokes: the darkest ink.
+        background = np.where(dilated(text, 9), 255, images).min(axis=(1, 2))
+        return background.astype(int) - np.where(text, images, 255).min(axis=(1, 2))
+    assert contrasts(plates).min() >= CONFIG.min_contrast - 1
+    # Without the floor, gradient and texture sink the background towards the ink.
+    assert contrasts(no_floor).min() < CONFIG.min_contrast - 10
+
+
+def test_light_digits_on_a_dark_box_on_another_page(inks):
+    ink, _ = inks
+    config = dataclasses.replace(CLEAN, invert_prob=1.0, box_prob=1.0, contrast_prob=1.0)
+    plates, warped = run(ink, config)
+    text = warped < 128
+    ink_level = np.where(text, plates, 0).max(axis=(1, 2))
+    corners = plates[:, [0, 0, -1, -1], [0, -1, 0, -1]]
+    assert (ink_level > 100).all()  # light digits: the ink was 0..100 before the inversion
+    # The box's edges show: a corner of the page is 40 grey levels from the box under the text.
+    far = np.abs(corners.astype(float) - box_level(plates, text)[:, None]).max(axis=1)
+    assert (far >= 35).mean() > 0.5
+
+
+def test_every_effect_at_once_still_shows_the_digits(inks):
+    ink, _ = inks
+    plates, warped = run(ink, ALL_ON)
+    text = warped < 128
+    around = box_level(plates, text)
+    for plate, mask, level in zip(plates.astype(float), text, around):
+        # The strokes' most ink-like tenth and the box around them differ clearly, in either
+        # polarity.
+        strokes = plate[mask]
+        extreme = np.percentile(strokes, 90 if np.median(strokes) > level else 10)
+        assert abs(extreme - level) > 20
+
+
+def test_the_writer_augments_with_this_implementation(faces):
     families = fonts.group_by_family(faces["train"])
-
-    def plate(index, seed=0):
-        return writer.make_plate(123, families, STYLE, writer.plate_rng(seed, "test_aug", index),
-                                 augmented=True)[0]
-    first = plate(5)
-    assert first.shape == (64, 128) and first.dtype == np.uint8
-    assert np.array_equal(first, plate(5))
-    assert not np.array_equal(first, plate(6)) and not np.array_equal(first, plate(5, seed=1))
-
-
-def test_every_effect_off_gives_the_clean_plate(faces):
-    families = fonts.group_by_family(faces["train"])
-    style = dataclasses.replace(STYLE, augment=augment.CLEAN)
-    for index in range(20):
-        clean = writer.make_plate(index, families, style, writer.plate_rng(0, "train", index))[0]
-        plain = writer.make_plate(index, families, style, writer.plate_rng(0, "train", index),
-                                  augmented=True)[0]
-        assert np.array_equal(clean, plain)
+    style = writer.PlateStyle(augment=CONFIG)
+    rngs = [writer.plate_rng(0, "test_aug", index) for index in range(12)]
+    made = writer.make_plates(list(range(12)), families, style, rngs, augmented=True)
+    clean_rngs = [writer.plate_rng(0, "test_aug", index) for index in range(12)]
+    clean = writer.make_plates(list(range(12)), families, style, clean_rngs)
+    # The plate's key is its generator's next draw after rendering.
+    plate_keys = np.stack([rng.integers(2 ** 62, size=2) for rng in clean_rngs])
+    expected = augment.augment_plates(255 - np.stack([image for image, *_ in clean]), CONFIG,
+                                      plate_keys, style.spec.margin)
+    np.testing.assert_array_equal(np.stack([image for image, *_ in made]), expected)
 
 
-# Grey levels, gradient and texture at their darkest; nothing that moves or smears the ink.
-SHADED = dataclasses.replace(augment.CLEAN, contrast_prob=1.0, gradient_prob=1.0,
-                             texture_prob=1.0, background_min=100, texture=40.0)
-# Grey levels and two blur passes on a flat plate.
-BLURRED = dataclasses.replace(augment.CLEAN, contrast_prob=1.0, blur_prob=1.0, blur_sigma=1.0)
-
-
-def contrasts(clean: np.ndarray, shaded: np.ndarray) -> np.ndarray:
-    """Per plate: darkest background pixel minus lightest ink pixel (full coverage)."""
-    background = np.where(clean == 255, shaded, 255).min(axis=(1, 2)).astype(int)
-    return background - np.where(clean == 0, shaded, 0).max(axis=(1, 2))
-
-
-def stroke_contrasts(clean: np.ndarray, blurred: np.ndarray) -> np.ndarray:
-    """Per plate on a flat background: how much darker than it the ink shows, weighted by
-    the clean coverage; infinite on a white plate (the floor reached white: the ink is black
-    or min_contrast away)."""
-    coverage = (255 - clean.astype(float)) / 255
-    background = blurred.max(axis=(1, 2), keepdims=True)
-    darker = background - blurred.astype(float)
-    shown = (coverage * darker).sum(axis=(1, 2)) / coverage.sum(axis=(1, 2))
-    return np.where(background[:, 0, 0] == 255, np.inf, shown)
-
-
-def plates_of(faces, config: augment.AugmentConfig, count: int = 60) -> np.ndarray:
-    families = fonts.group_by_family(faces["train"])
-    style = dataclasses.replace(STYLE, augment=config)
-    return np.stack([writer.make_plate(index, families, style,
-                                       writer.plate_rng(0, "test_aug", index), augmented=True)[0]
-                     for index in range(count)])
-
-
-@pytest.mark.parametrize("floor", [50.0, 0.0], ids=["floor", "no_floor"])
-def test_the_background_stays_min_contrast_above_the_ink(faces, floor):
-    clean = plates_of(faces, augment.CLEAN)
-    shaded = contrasts(clean, plates_of(faces, dataclasses.replace(SHADED, min_contrast=floor)))
-    blurred = stroke_contrasts(
-        clean, plates_of(faces, dataclasses.replace(BLURRED, min_contrast=floor)))
-    if floor:
-        assert shaded.min() >= floor - 1  # rounding
-        assert blurred.min() >= floor - 1
-    else:  # the floor is what keeps them apart: without it the background sinks to the ink,
-        # and blurred strokes fade
-        assert (shaded <= 0).sum() >= 3
-        assert (blurred < 50).sum() >= 3
-
-
-@pytest.mark.parametrize("config", [augment.AugmentConfig(), ALL_ON], ids=["default", "all_on"])
-def test_plates_augmented_together_are_each_the_plate_augmented_alone(faces, config):
-    families = fonts.group_by_family(faces["train"])
-    style = dataclasses.replace(STYLE, augment=config)
-
-    def plates(labels):  # labels 0..39 as plates 0..39 of the train split, made together
-        rngs = [writer.plate_rng(0, "train", label) for label in labels]
-        made = writer.make_plates(list(labels), families, style, rngs, augmented=True)
-        return np.stack([image for image, *_ in made])
-    alone = np.concatenate([plates([label]) for label in range(40)])
-    # All 40 at once (with ALL_ON some share a JPEG quality: 40 draws of 71), then in chunks
-    # of other sizes.
-    np.testing.assert_array_equal(plates(range(40)), alone)
-    np.testing.assert_array_equal(np.concatenate([plates(range(13)), plates(range(13, 40))]),
-                                  alone)
-
-
-def test_plates_of_one_jpeg_quality_coded_as_one_image_come_back_as_alone():
-    plates = np.random.default_rng(0).integers(0, 256, (5, 64, 128), dtype=np.uint8)
-    together = augment._jpeg(plates, 40)
-    np.testing.assert_array_equal(together,
-                                  np.concatenate([augment._jpeg(p[None], 40) for p in plates]))
-    assert not np.array_equal(together, plates)
-
-
-def test_every_effect_at_once_still_shows_the_digits(faces):
-    families = fonts.group_by_family(faces["train"])
-    style = dataclasses.replace(STYLE, augment=ALL_ON)
-    for index in range(30):
-        image = writer.make_plate(index, families, style, writer.plate_rng(0, "train", index),
-                                  augmented=True)[0]
-        # Ink and plate still differ clearly: the 5th and 95th percentiles are apart.
-        low, high = np.percentile(image, [5, 95])
-        assert high - low > 30, index
-
-
-def test_records_hold_augmented_splits_of_test_and_validation_labels(write_records,
-                                                                      read_examples, tmp_path):
-    counts = {"train": 50, "val": 10, "test": 20, "heldout": 0, "test_aug": 8, "val_aug": 6}
-    shards = {"train": 1, "val": 1, "test": 1, "heldout": 1, "test_aug": 1, "val_aug": 1}
-    info = write_records(str(tmp_path), counts=counts, shards=shards)
-    for split, base in (("test_aug", "test"), ("val_aug", "val")):
-        assert info["splits"][split]["augmented"] and not info["splits"][base]["augmented"]
-        clean = read_examples(records.split_files(info, str(tmp_path), base))
-        augmented = read_examples(records.split_files(info, str(tmp_path), split))
-        assert [e["text"] for e in augmented] == [e["text"] for e in clean[:counts[split]]]
-        assert all(a["image"] != b["image"] for a, b in zip(augmented, clean))
-
-
-def open_pixels(inks: np.ndarray, clean: np.ndarray) -> np.ndarray:
-    """Per plate: pixels under half coverage inside the clean ink's box (counters, gaps)."""
-    def between_first_and_last(present):  # bool [N, size]
-        return (np.cumsum(present, axis=1) > 0) & (np.cumsum(present[:, ::-1], axis=1) > 0)[:, ::-1]
-    inside = (between_first_and_last(clean.any(axis=2))[:, :, None]
-              & between_first_and_last(clean.any(axis=1))[:, None, :])
-    return ((inks < 128) & inside).sum(axis=(1, 2))
-
-
-def test_thickening_keeps_counters_and_gaps_open_and_thinning_keeps_the_strokes(faces):
-    # The tightest plates: 18 px, no spacing, digits with counters, in every training face.
-    inks = []
-    for face in faces["train"]:
-        glyphs = render.load_glyphs(face.path, 18, STYLE.alphabet)
-        image, _ = render.render_plate([glyphs[c] for c in "80868"], 0, STYLE.spec,
-                                       np.random.default_rng(0))
-        inks.append(255 - image)
-    inks = np.stack(inks)
-    draws = augment._draw(augment.CLEAN, np.random.default_rng(0), *inks.shape[1:])
-    thick, thin = inks.copy(), inks.copy()
-    augment._stroke(thick, [draws._replace(stroke=1)] * len(inks))
-    augment._stroke(thin, [draws._replace(stroke=-1)] * len(inks))
-    assert (thick >= inks).all() and (thin <= inks).all()
-    assert (thick.sum(axis=(1, 2)) > inks.sum(axis=(1, 2))).all()
-    # A whole pixel more on each side closed all of them in a bold face (OSP DIN: none left).
-    assert (open_pixels(thick, inks) >= open_pixels(inks, inks) / 3).all()
-    # Thinning fades a hairline to half its coverage at most, never removes it.
-    assert (thin >= inks // 2).all()
+def test_the_training_stream_augments_each_plate_from_its_own_key(tiny_records):
+    info = records.read_info(tiny_records)
+    path = render_source.atlas_path(info, tiny_records)
+    images, labels, ink = next(iter(render_source.chunk_plates(
+        path, 3, tf.constant(2, tf.int64), 64, 128, CONFIG, clean_fraction=0.25).batch(64)))
+    atlas = render_source.read_atlas(path)
+    choices = render_source.draw_plates(atlas, 3, tf.constant(2, tf.int64))
+    clean = 255 - render_source.compose_ink(atlas, {k: v[:64] for k, v in choices.items()})
+    plate_keys = augment.plate_keys(3, "train", 2 * render_source.CHUNK + np.arange(64))
+    expected, warped = augment.augment_with_ink(255 - clean, CONFIG, plate_keys, 2)
+    kept = (images.numpy() == clean.numpy()).all(axis=(1, 2))
+    assert 0.15 < kept.mean() < 0.35  # the clean fraction, by plate number
+    np.testing.assert_array_equal(images.numpy()[~kept], expected.numpy()[~kept])
+    np.testing.assert_array_equal(ink.numpy()[~kept], warped.numpy()[~kept])
+    np.testing.assert_array_equal(ink.numpy()[kept], clean.numpy()[kept])

@@ -87,6 +87,51 @@ def test_fixed_length_decode_reads_exactly_the_length_and_agrees_with_greedy_the
         ctc.fixed_length_decode(tf.zeros([1, 16, 37]), 6)
 
 
+def test_label_probability_sums_every_path_that_reads_the_label():
+    # By brute force over every path of 7 steps over 3 characters + blank, with repeats.
+    logits = tf.random.stateless_normal((4, 7, 4), seed=(7, 8)) * 2.0
+    labels = tf.constant([[0, 1, 2], [1, 1, 0], [2, 2, 2], [0, 0, 1]], tf.int32)
+    probabilities = ctc.label_probability(logits, labels).numpy()
+    log_probs = tf.nn.log_softmax(logits).numpy()
+    for b, label in enumerate(labels.numpy().tolist()):
+        total = sum(np.exp(sum(log_probs[b, t, c] for t, c in enumerate(path)))
+                    for path in itertools.product(range(4), repeat=7)
+                    if [c for i, c in enumerate(path)
+                        if c != 3 and (i == 0 or path[i - 1] != c)] == label)
+        np.testing.assert_allclose(probabilities[b], total, rtol=1e-4)
+    # exp(-CTC loss) (random logits: small enough that it does not underflow), under XLA
+    # too; impossible readings give 0.
+    logits = tf.random.stateless_normal((6, 20, CLASSES), seed=(1, 2))
+    labels = tf.random.stateless_uniform((6, 5), seed=(3, 4), maxval=BLANK, dtype=tf.int32)
+    loss = ctc.per_example_loss(labels, logits).numpy()
+    probabilities = ctc.label_probability(logits, labels).numpy()
+    np.testing.assert_allclose(np.log(probabilities), -loss, rtol=1e-4)
+    compiled = tf.function(ctc.label_probability, jit_compile=True)
+    np.testing.assert_allclose(compiled(logits, labels).numpy(), probabilities, rtol=1e-4)
+    five_ones = tf.ones([1, 5], tf.int32)  # needs 9 steps: 1 blank 1 blank ... 1
+    assert ctc.label_probability(logits[:1, :8], five_ones).numpy()[0] == 0.0
+    assert ctc.label_probability(logits[:1, :9], five_ones).numpy()[0] > 0.0
+
+
+def test_read_plates_is_confident_on_a_clear_reading_and_not_on_an_unclear_one():
+    B = BLANK
+    clear = logits_for([[B, 1, 1, B, 2, B, 3, 3, B, 3, B, 4, B, B, B, B]]).numpy()
+    unclear = clear.copy()
+    unclear[0, 4, [2, 7]] = [5.0, 5.0]  # is the second digit a 2 or a 7?
+    empty = logits_for([[B] * 16]).numpy()  # the model sees no digit
+    labels, confidence = ctc.read_plates(tf.constant(np.concatenate([clear, unclear, empty])),
+                                         5)
+    assert labels[0].numpy().tolist() == [1, 2, 3, 3, 4]
+    assert labels.shape == (3, 5)
+    confidence = confidence.numpy()
+    assert confidence[0] > 0.99
+    assert 0.3 < confidence[1] < 0.6  # half of the probability on each reading
+    assert confidence[2] < 1e-6
+    # The best path alone would say much less than the reading's probability on a clear
+    # plate: it spreads over the alignments (here the blank or digit at each boundary).
+    assert ctc.fixed_length_decode(tf.constant(clear), 5)[1].numpy()[0] < confidence[0]
+
+
 def test_loss_is_lower_for_the_true_label():
     B = BLANK
     logits = logits_for([[0, B, 3, B, 7, 7, B, 7, B, 2, B, B, B, B, B, B]] * 2)

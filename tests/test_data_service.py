@@ -209,12 +209,13 @@ def test_service_workers_render_the_plates_this_process_would(service, tiny_reco
                                                 augment=augment)
     assert dataset.element_spec[0].shape == (32, 64, 128)
     streamed = {hashlib.sha256(image.tobytes()).hexdigest()
-                for images, _, _ in dataset.take(40) for image in images.numpy()}
+                for images, *_ in dataset.take(40) for image in images.numpy()}
     # The workers hand the chunks out from chunk 10, two at a time each.
     local = set()
     for chunk in range(10, 18):
-        plates = render_source.chunk_plates(path, 2, tf.constant(chunk, tf.int64), augment)
-        for images, _ in plates.batch(render_source.CHUNK):
+        plates = render_source.chunk_plates(path, 2, tf.constant(chunk, tf.int64), 64, 128,
+                                            augment)
+        for images, *_ in plates.batch(render_source.CHUNK):
             local |= {hashlib.sha256(image.tobytes()).hexdigest() for image in images.numpy()}
     assert len(streamed) == 40 * 32 and streamed <= local
 

@@ -5,6 +5,7 @@ import os
 import subprocess
 
 from conftest import PROJECT_DIR
+from plate_ocr.export import MIN_CONFIDENCE
 
 
 def run(command, *args):
@@ -24,12 +25,18 @@ def test_make_records_to_predict(tmp_path):
     out = run("evaluate", f"--model={model}", "--split=heldout,test_aug")
     assert "split heldout: 32 plates" in out and "split test_aug: 64 plates" in out
     assert out.splitlines()[-3].split() == ["split", "plates", "plate", "acc", "char", "acc",
-                                            "CER"]
+                                            "CER", "ECE", f"cov@{MIN_CONFIDENCE:g}",
+                                            f"acc@{MIN_CONFIDENCE:g}"]
     metrics = json.load(open(model / "metrics-heldout.json"))
     assert metrics["plates"] == 32 and 0 <= metrics["plate_accuracy"] <= 1
     assert os.path.exists(metrics["pictures"]["confusion"])
+    assert os.path.exists(metrics["pictures"]["reliability"])
+    assert {t["threshold"] for t in metrics["calibration"]["thresholds"]} == {
+        0.5, 0.8, 0.9, 0.95, 0.99}
+    assert f"non-plates read at or above min confidence {MIN_CONFIDENCE:g}" in out
     run("make_test_images", f"--records_dir={records}", f"--output_dir={images}", "--count=12")
     assert len(os.listdir(images)) == 12
     out = run("predict", f"--model={model}", str(images), "--labels_from_filenames",
               f"--contact_sheet={tmp_path / 'sheet.png'}")
-    assert out.splitlines()[-2].endswith("/12)") and (tmp_path / "sheet.png").exists()
+    # Readings under the export's min confidence count as unreadable, not as errors.
+    assert "/12, " in out.splitlines()[-2] and (tmp_path / "sheet.png").exists()

@@ -78,3 +78,9 @@ def test_saved_model_keras_and_tflite_give_the_same_predictions(trained, tiny_re
     assert report["plate_accuracy"] == pytest.approx(result["test"]["plate_accuracy"])
     assert report["cer"] == pytest.approx(result["test"]["cer"])
     assert len(misread) == round(40 * (1 - report["plate_accuracy"]))
+    # With the calibration of its confidences, at the usual thresholds and the model's own.
+    assert report["min_confidence"] == export.MIN_CONFIDENCE
+    assert sum(b["plates"] for b in report["calibration"]["bins"]) == 40
+    assert {t["threshold"] for t in report["calibration"]["thresholds"]} == {
+        0.5, 0.8, 0.9, 0.95, 0.99}
+    assert "ECE" in evaluate.format_table(dict(report, split="test"))

@@ -45,7 +45,7 @@ def test_manifest_rows_are_complete(font_dir):
     entries = fonts.read_manifest(os.path.join(font_dir, fonts.MANIFEST_NAME))
     assert len(entries) > 200
     assert len({e.file for e in entries}) == len(entries)
-    assert {e.split for e in entries} == {fonts.TRAIN, fonts.HELDOUT}
+    assert {e.split for e in entries} == {fonts.TRAIN, fonts.HELDOUT, fonts.FOREIGN}
     assert all(e.source.split(":")[0] in ("debian", "python") for e in entries)
     assert all(e.family and e.style and e.origin for e in entries)
     assert "fonts-dejavu-core" in fonts.debian_packages(entries)

@@ -37,7 +37,13 @@ def test_load_image_errors_are_one_line(tmp_path):
             raise AssertionError("no error")
 
 
-def test_predict_cli_reads_png_jpeg_and_colour_and_reports_bad_files(tiny_records, tmp_path):
+def run_predict(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([os.path.join(PROJECT_DIR, "bin", "predict"), *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_predict_cli_reads_png_jpeg_and_colour_and_reports_bad_files(reading_model, tiny_records,
+                                                                     tmp_path):
     from plate_ocr import evaluate
     batch = next(evaluate.read_split(tiny_records, "test", 3))
     images, texts = batch["image"], batch["text"]
@@ -48,21 +54,58 @@ def test_predict_cli_reads_png_jpeg_and_colour_and_reports_bad_files(tiny_record
                                                        quality=95)
     Image.fromarray(images[2]).convert("RGB").resize((96, 48)).save(folder / f"{texts[2]}.png")
     (folder / "broken.png").write_bytes(b"\x89PNG garbage")
-    model_dir = tmp_path / "model"
-    from plate_ocr import train
-    from test_train import STRATEGY, smoke_config
-    train.train_and_evaluate(smoke_config(tiny_records, epochs=1, steps_per_epoch=1),
-                             str(model_dir), STRATEGY)
     sheet = tmp_path / "sheet.png"
-    result = subprocess.run(
-        [os.path.join(PROJECT_DIR, "bin", "predict"), f"--model={model_dir}", str(folder),
-         "--labels_from_filenames", f"--contact_sheet={sheet}"],
-        capture_output=True, text=True, timeout=300)
+    # --min_confidence=0: every reading is printed, however unsure (these 64x128 plates of
+    # many faces are not what the model learned to read).
+    result = run_predict(f"--model={reading_model[0]}", folder, "--labels_from_filenames",
+                         f"--contact_sheet={sheet}", "--min_confidence=0")
     assert result.returncode == 1  # one bad file
     errors = [line for line in result.stderr.splitlines() if line.startswith("predict: error:")]
     assert len(errors) == 1 and "broken.png" in errors[0]
     lines = [line.split("\t") for line in result.stdout.splitlines() if "\t" in line]
     assert len(lines) == 3 and all(0 <= float(conf) <= 1 for _, _, conf in lines)
-    assert result.stdout.splitlines()[-2].startswith("accuracy: ")
-    assert "(" in result.stdout.splitlines()[-2] and "/3)" in result.stdout.splitlines()[-2]
+    assert all(len(text) == 5 and text.isdigit() for _, text, _ in lines)
+    accuracy = result.stdout.splitlines()[-2]
+    assert accuracy.startswith("accuracy: ") and "/3 accepted)" in accuracy
+    assert "coverage 1.0000 (3/3, 0 unreadable)" in accuracy
     assert Image.open(sheet).size[0] > 0
+
+
+def test_predict_cli_prints_unreadable_under_the_min_confidence(reading_model, tmp_path):
+    from plate_ocr import calibration, cli_use, evaluate, export
+    model_dir, records_dir = reading_model
+    batch = next(evaluate.read_split(records_dir, "test", 4))
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for image, text in zip(batch["image"], batch["text"]):
+        Image.fromarray(image).save(folder / f"{text}.png")
+    for kind in calibration.NON_PLATES:  # no digits in the names: no label
+        Image.fromarray(calibration.non_plates(kind, 1, 32, 64)[0]).save(folder / f"{kind}.png")
+    # The default: the threshold stored in the export.
+    result = run_predict(f"--model={model_dir}", folder, "--labels_from_filenames")
+    assert result.returncode == 0, result.stderr[-2000:]
+    readings = {os.path.basename(line.split("\t")[0]): line.split("\t")[1:]
+                for line in result.stdout.splitlines() if "\t" in line}
+    for kind in calibration.NON_PLATES:
+        text, confidence = readings[f"{kind}.png"]
+        assert text == cli_use.UNREADABLE and float(confidence) < export.MIN_CONFIDENCE
+    right = [readings[f"{truth}.png"][0] == truth for truth in batch["text"]]
+    assert sum(right) >= 3
+    accuracy = result.stdout.splitlines()[-1]
+    assert accuracy.startswith(f"accuracy: 1.0000 ({sum(right)}/{sum(right)} accepted)")
+    # A threshold no reading reaches: every line unreadable, nothing accepted.
+    result = run_predict(f"--model={model_dir}", folder, "--labels_from_filenames",
+                         "--min_confidence=1")
+    lines = [line.split("\t") for line in result.stdout.splitlines() if "\t" in line]
+    assert len(lines) == 7 and all(text == cli_use.UNREADABLE for _, text, _ in lines)
+    assert result.stdout.splitlines()[-1] == (
+        "accuracy: - (0/0 accepted); coverage 0.0000 (0/4, 4 unreadable); "
+        "errors among accepted 0")
+
+
+def test_the_accuracy_line_counts_unreadable_as_rejected():
+    from plate_ocr import cli_use
+    line = cli_use.accuracy_line([("12345", "12345"), ("12345", "12346"), ("unreadable", "1"),
+                                  ("54321", "54321"), ("unreadable", "2")])
+    assert line == ("accuracy: 0.6667 (2/3 accepted); coverage 0.6000 (3/5, 2 unreadable); "
+                    "errors among accepted 1")

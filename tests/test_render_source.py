@@ -89,8 +89,8 @@ def test_plates_cover_the_writers_ranges_with_all_ink_inside_the_margins(renderi
 
 
 def _plates(path: str, seed: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
-    batches = list(render_source.chunk_plates(path, seed, tf.constant(chunk, tf.int64)).batch(
-        render_source.CHUNK))
+    batches = list(render_source.chunk_plates(path, seed, tf.constant(chunk, tf.int64), 64,
+                                              128).batch(render_source.CHUNK))
     assert len(batches) == 1
     return batches[0][0].numpy(), batches[0][1].numpy()
 
@@ -135,7 +135,7 @@ def test_each_input_pipeline_and_each_epoch_renders_its_own_chunks(rendering):
                                                 input_context=context, shuffle_buffer=64)
     assert dataset.element_spec[0].shape == (32, 64, 128)
     assert dataset.element_spec[1].shape == (32, 5)
-    streamed = np.concatenate([images.numpy() for images, _, _ in dataset.take(64)])
+    streamed = np.concatenate([images.numpy() for images, *_ in dataset.take(64)])
     # Pipeline 1 of 2 from chunk 4: chunks 5, 7, ... two at a time (2,048 plates are chunks
     # 5 and 7, and the shuffle buffer's read-ahead of 9 and 11).
     ours = set().union(*(_digests(_plates(path, 0, chunk)[0]) for chunk in (5, 7, 9, 11)))

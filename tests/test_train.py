@@ -114,6 +114,61 @@ def test_time_to_accuracy_names_the_first_validation_at_each_target():
         "99%: 1.00 min (2,000 ex)  99.5%: 2.00 min (4,000 ex)  99.9%: not reached")
 
 
+def test_time_to_accuracy_of_a_watched_split_reads_its_own_figures():
+    history = [{"epoch": epoch, "train_seconds": 60.0 * epoch, "examples": 1000 * epoch,
+                "val": {"plate_accuracy": 0.999}, "watch": {"foreign": {"plate_accuracy": a}}}
+               for epoch, a in enumerate([0.9, 0.975, 0.991], start=1)]
+    reached = train.time_to_accuracy(history, (0.97, 0.99, 0.999), split="foreign")
+    assert reached[0.97]["epoch"] == 2 and reached[0.99]["minutes"] == 3.0
+    assert reached[0.999] is None
+    assert train.time_to_accuracy(history, (0.999,))[0.999]["epoch"] == 1
+
+
+def test_wide_training_with_frame_targets_watches_other_splits(tiny_records, tmp_path):
+    # Rendered, augmented plates (a quarter clean), frame targets from their ink, and the
+    # clean and augmented test splits watched each epoch; the kept weights follow val_aug.
+    config = smoke_config(tiny_records, source="render", render_augment=True,
+                          render_clean_fraction=0.25, align_steps=4, val_split="val_aug",
+                          watch_splits=("val", "test_aug", "nonexistent"),
+                          model=model.ModelConfig(conv_filters=(8, 16, 16, 16), dense_units=16,
+                                                  rnn_units=8, input_norm="standardize"))
+    result = train.train_and_evaluate(config, str(tmp_path / "run"), STRATEGY)
+    history = json.load(open(tmp_path / "run" / train.HISTORY_FILE))
+    assert [sorted(h["watch"]) for h in history] == [["test_aug", "val"]] * 2
+    assert history[-1]["watch"]["val"]["plates"] == TINY_COUNTS["val"]
+    assert set(result["time_to_accuracy_test_aug"]) == {"0.99", "0.995", "0.999"}
+    assert np.isfinite(result["val"]["loss"]) and result["val"]["plates"] == TINY_COUNTS["val_aug"]
+
+
+@pytest.mark.slow
+def test_a_short_run_on_the_wide_distribution_lowers_the_loss_on_foreign_plates(
+        tiny_records, font_dir, tmp_path):
+    import shutil
+    from plate_ocr import foreign
+    records_dir = str(tmp_path / "records")
+    shutil.copytree(tiny_records, records_dir)
+    info = records.read_info(records_dir)
+    faces, _ = foreign.usable_faces(font_dir, info["alphabet"])
+    test = next(evaluate.read_split(records_dir, "test", batch_size=40))
+    foreign.add_split(records_dir, info, [int(text) for text in test["text"]], faces, 1)
+    def foreign_losses(wide: bool) -> list[float]:
+        config = smoke_config(
+            records_dir, source="render", render_augment=wide, render_clean_fraction=0.25,
+            align_steps=200, val_split="val_aug", watch_splits=("foreign",), epochs=3,
+            steps_per_epoch=100, steps_per_loop=50, learning_rate=4e-3, warmup_steps=20,
+            shuffle_buffer=256, ema_momentum=0.99,
+            model=model.ModelConfig(stem_filters=16, conv_filters=(32, 48, 64),
+                                    pool_widths=(1, 1, 1), batch_norm_momentum=0.9,
+                                    input_norm="standardize"))
+        run_dir = tmp_path / ("wide" if wide else "clean")
+        train.train_and_evaluate(config, str(run_dir), STRATEGY)
+        history = json.load(open(run_dir / train.HISTORY_FILE))
+        return [h["watch"]["foreign"]["loss"] for h in history]
+    wide, clean = foreign_losses(True), foreign_losses(False)
+    # The same steps on clean plates leave the foreign plates further from read.
+    assert wide[-1] < wide[0] and wide[-1] < 0.9 * clean[-1], (wide, clean)
+
+
 def test_float16_steps_through_a_loss_scale(tiny_records, tmp_path):
     config = smoke_config(tiny_records, epochs=1, mixed_precision="float16")
     trainer_result = train.train_and_evaluate(config, str(tmp_path / "run"), STRATEGY)
@@ -230,9 +285,10 @@ def test_align_loss_acts_for_its_first_steps_and_only_on_clean_plates(tiny_recor
     # Through the training loop: its first 3 of 6 steps carry the framewise loss.
     result = train.train_and_evaluate(config, str(tmp_path / "run"), STRATEGY)
     assert result["steps"] == 6 and np.isfinite(result["val"]["loss"])
+    # Augmented records carry no clean ink to place the frames by (rendered plates do).
+    augmented = dict(info, plate_style=dict(info["plate_style"], augmented_splits=["train"]))
     with pytest.raises(trainer.TrainingError, match="--align_steps places the frames"):
-        trainer.Trainer(dataclasses.replace(config, source="render", render_augment=True),
-                        info, STRATEGY, 10, files={}, lost={})
+        trainer.Trainer(config, augmented, STRATEGY, 10, files={}, lost={})
 
 
 def test_tight_weight_needs_the_records_plates(tiny_records):

@@ -51,8 +51,9 @@ def test_every_config_parses_into_a_training_config(name, monkeypatch):
     assert config.render_augment <= (config.source == "render")
     # Rendered plates have no font size or spacing to weigh them by (Trainer refuses it).
     assert config.tight_plates.weight == 1 or config.source == "records"
-    # The frame targets come from the dark ink of clean plates (Trainer refuses the others).
-    assert not (config.align_steps and config.render_augment)
+    # The frame targets come from the plates' ink: rendered plates bring it, records are
+    # their own (Trainer refuses augmented training records).
+    assert config.render_clean_fraction <= float(config.render_augment)
 
 
 def test_missing_records_dir_is_one_line(tmp_path):

@@ -1,0 +1,65 @@
+"""What augment.py does to a plate: each effect's probability and range, without TensorFlow.
+
+The records' metadata, make_records' --aug_* flags and the writer's plate style hold an
+AugmentConfig; only the processes that augment import the effects themselves (augment.py).
+"""
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Probabilities (`*_prob`) and ranges of each effect; all zero probabilities: clean."""
+
+    # Text height times 2^u, u uniform in [log2 scale_min, log2 scale_max] (then shrunk to fit):
+    # the records' digits are 13-18 px high; plates cropped by a detector show 8-45.
+    scale_prob: float = 0.7
+    scale_min: float = 0.65
+    scale_max: float = 3.0
+    squeeze_prob: float = 0.5  # text scaled wider than the frame condensed to fit (to 0.7)
+    stretch_prob: float = 0.3
+    stretch: float = 0.3  # width times 1/(1 + s) .. 1 + s: condensed and extended faces
+    rotate_prob: float = 0.5
+    rotate_degrees: float = 4.0  # up to this, either way
+    shear_prob: float = 0.4
+    shear: float = 0.2  # horizontal shear factor, either way (italic-like slant)
+    perspective_prob: float = 0.3
+    # Corner displacement as a fraction of the ink box's height, each way: the far end of
+    # the digits at least (1 - 2x) / (1 + 2x) the height of the near end (2/3 at 0.1).
+    perspective: float = 0.1
+    position_prob: float = 0.6  # the text anywhere it fits, not where the renderer put it
+    stroke_prob: float = 0.3  # thicken or thin the strokes by about a pixel (half each side)
+    # The plate a box around the text, padded by box_pad_min .. box_pad_max text heights, on a
+    # page of another grey (at least 40 levels apart); otherwise the box is the whole image.
+    box_prob: float = 0.5
+    box_pad_min: float = 0.1
+    box_pad_max: float = 0.8
+    contrast_prob: float = 0.7  # box and ink grey levels drawn from the ranges below
+    background_min: int = 150
+    ink_max: int = 100
+    # Grey levels the box keeps above the ink as its strokes show after the blur, everywhere:
+    # gradient and texture darken it no further, and thin or blurred strokes get darker ink
+    # on a lighter box.
+    min_contrast: float = 50.0
+    gradient_prob: float = 0.4
+    gradient: float = 60.0  # grey levels across the plate
+    texture_prob: float = 0.3
+    texture: float = 25.0  # grey levels of low-frequency texture
+    border_prob: float = 0.3  # a line of the ink's level along the inside of the box's edge
+    screws_prob: float = 0.15  # two screw heads between the box's ends and the text
+    strip_prob: float = 0.1  # a dark band at the box's left end (as the EU strip)
+    clutter_prob: float = 0.25  # a block of another grey on the page, off the text
+    invert_prob: float = 0.15  # light digits on a dark box
+    blur_prob: float = 0.4
+    blur_sigma: float = 1.2  # Gaussian, 0.4 .. this
+    motion_prob: float = 0.1
+    motion: float = 5.0  # horizontal motion blur, up to this many pixels
+    resample_prob: float = 0.2  # averaged to 1/2 or 1/3 of its size and back: a low-res crop
+    noise_prob: float = 0.5
+    noise_sigma: float = 14.0
+    jpeg_prob: float = 0.3
+    jpeg_quality_min: int = 25
+
+
+CLEAN = AugmentConfig(**{f.name: 0.0 for f in dataclasses.fields(AugmentConfig)
+                         if f.name.endswith("_prob")})

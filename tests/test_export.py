@@ -1,0 +1,89 @@
+"""The exports' reading, its confidence and the readable output, in every format."""
+
+import json
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from plate_ocr import calibration, evaluate, export, model
+
+from test_train import smoke_config
+
+
+def read_with(serve, images: np.ndarray) -> dict:
+    return {key: value.numpy() for key, value in serve(images=tf.constant(images)).items()}
+
+
+def test_the_threshold_keeps_what_the_model_reads_and_rejects_non_plates(reading_model):
+    model_dir, records_dir = reading_model
+    serve, min_confidence = export.load_export(f"{model_dir}/{export.SAVED_MODEL}")
+    assert min_confidence == export.MIN_CONFIDENCE
+    batch = next(evaluate.read_split(records_dir, "test", 200))
+    outputs = read_with(serve, batch["image"])
+    assert set(outputs) == {"text", "confidence", "readable"}
+    assert outputs["readable"].dtype == bool and outputs["confidence"].dtype == np.float32
+    np.testing.assert_array_equal(outputs["readable"], outputs["confidence"] >= min_confidence)
+    right = np.array([text.decode() == truth for text, truth in zip(outputs["text"],
+                                                                    batch["text"])])
+    assert right.mean() >= 0.95, "the fixture's model has not learned to read"
+    assert (right & outputs["readable"]).mean() >= 0.9  # right readings pass the threshold
+    height, width = batch["image"].shape[1:]
+    for kind in calibration.NON_PLATES:
+        outputs = read_with(serve, calibration.non_plates(kind, 20, height, width))
+        assert not outputs["readable"].any(), (kind, outputs["confidence"].max())
+        assert len(outputs["text"][0]) == 5  # still 5 digits, for consumers that ignore it
+
+
+def test_saved_model_keras_and_tflite_agree_on_confidence_and_readable(reading_model):
+    model_dir, records_dir = reading_model
+    config = json.load(open(f"{model_dir}/{export.CONFIG_FILE}"))
+    trained = keras.models.load_model(f"{model_dir}/{export.KERAS_MODEL}")
+    tflite = export.export_tflite(trained, model.config_from_dict(config["model"]),
+                                  config["plate_length"], f"{model_dir}/{export.TFLITE_MODEL}")
+    images = next(evaluate.read_split(records_dir, "test", 40))["image"]
+    images = np.concatenate([images, calibration.non_plates("photo", 8, *images.shape[1:])])
+    readings = {}
+    for path in (model_dir, f"{model_dir}/{export.KERAS_MODEL}", tflite):
+        predict, _ = evaluate.load_predictor(path)
+        assert predict.min_confidence == export.MIN_CONFIDENCE
+        readings[path] = predict(images)
+    (saved_texts, saved), (keras_texts, keras_confidence), (_, tflite_confidence) = (
+        readings.values())
+    assert saved_texts == keras_texts
+    np.testing.assert_allclose(keras_confidence, saved, atol=1e-4)
+    np.testing.assert_allclose(tflite_confidence, saved, atol=1e-3)  # other kernels (XNNPACK)
+    runner = tf.lite.Interpreter(model_path=tflite).get_signature_runner()
+    outputs = runner(images=images)
+    np.testing.assert_array_equal(outputs["readable"],
+                                  outputs["confidence"] >= export.MIN_CONFIDENCE)
+
+
+def test_the_threshold_is_a_constant_of_the_serving_function(reading_model):
+    model_dir, records_dir = reading_model
+    trained = keras.models.load_model(f"{model_dir}/{export.KERAS_MODEL}")
+    images = next(evaluate.read_split(records_dir, "test", 8))["image"]
+    readable = {threshold: read_with(export.serving_function(
+        trained, "0123456789", 5, *images.shape[1:], min_confidence=threshold), images)
+        ["readable"] for threshold in (0.0, 1.01)}
+    assert readable[0.0].all() and not readable[1.01].any()
+
+
+def test_an_export_without_a_threshold_reads_everything(tiny_records, tmp_path):
+    # As exports were made before the threshold: text and confidence, no min_confidence.
+    crnn = model.build_crnn(smoke_config(tiny_records).model, 64, 128, 11)
+    serve = export.serving_function(crnn, "0123456789", 5, 64, 128)
+
+    @tf.function(input_signature=serve.input_signature)
+    def old_serve(images):
+        outputs = serve(images)
+        return {"text": outputs["text"], "confidence": outputs["confidence"]}
+    archive = keras.export.ExportArchive()
+    archive.track(crnn)
+    archive.add_endpoint("serving_default", old_serve)
+    archive.write_out(str(tmp_path / "export"), verbose=False)
+    assert export.load_export(str(tmp_path / "export"))[1] == 0.0
+    predict, _ = evaluate.load_predictor(str(tmp_path))
+    assert predict.min_confidence == 0.0
+    texts, confidences = predict(np.full((2, 64, 128), 255, np.uint8))
+    assert len(texts) == 2 and confidences.shape == (2,)
