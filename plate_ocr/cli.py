@@ -40,6 +40,11 @@ def run_command(main, takes_arguments: bool = False) -> None:
     app.run(guarded, flags_parser=parse)
 
 
+def quiet_tensorflow() -> None:
+    """TensorFlow's C++ logs from warnings up, in this process and those it spawns."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
 def project_path(*parts: str) -> str:
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), *parts)
 
@@ -152,6 +157,7 @@ def make_records() -> None:
     def main(argv):
         from tqdm import tqdm
         from plate_ocr import fonts, records, writer
+        quiet_tensorflow()  # the workers that augment load it
         if FLAGS.font_size_min > FLAGS.font_size_max:
             raise CommandError("--font_size_min must not exceed --font_size_max")
         if FLAGS.spacing_min > FLAGS.spacing_max:

@@ -9,14 +9,10 @@ import sys
 
 from absl import flags
 
-from plate_ocr.cli import FLAGS, CommandError, project_path, run_command
+from plate_ocr.cli import FLAGS, CommandError, project_path, quiet_tensorflow, run_command
 
 _MODEL_HELP = ("A model dir (runs/fast), its SavedModel (runs/fast/export), .keras or .tflite "
                "file.")
-
-
-def _quiet_tensorflow() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _load(path: str):
@@ -78,7 +74,7 @@ def _evaluate_non_plates(predict, shape, model_dir: str) -> None:
 
 def evaluate() -> None:
     """Evaluates a model on records splits: tables, metrics files and pictures."""
-    _quiet_tensorflow()
+    quiet_tensorflow()
     flags.DEFINE_string("model", "runs/fast", _MODEL_HELP)
     flags.DEFINE_list("split", ["test"], "Splits to evaluate, side by side (test, test_aug, "
                       "heldout, foreign, val).")
@@ -153,7 +149,7 @@ def accuracy_line(labelled: list[tuple[str, str]]) -> str:
 
 def predict() -> None:
     """Reads plates from image files and folders: one line per image."""
-    _quiet_tensorflow()
+    quiet_tensorflow()
     flags.DEFINE_string("model", "runs/fast", _MODEL_HELP)
     flags.DEFINE_integer("batch_size", 256, "Images per prediction call.", lower_bound=1)
     flags.DEFINE_boolean("labels_from_filenames", False, "The label is the last run of digits "
@@ -212,7 +208,7 @@ def predict() -> None:
 
 def export() -> None:
     """Writes another export format of a trained model dir."""
-    _quiet_tensorflow()
+    quiet_tensorflow()
     flags.DEFINE_string("model_dir", "runs/fast", "A finished training run.")
     flags.DEFINE_enum("format", "tflite", ["tflite"], "Format to write (bin/train already "
                       "wrote the SavedModel, .keras and weights).")
