@@ -91,17 +91,18 @@ def test_the_wide_distribution_varies_text_size_and_position(inks):
 
 def test_the_ink_keeps_its_contrast_with_the_box_under_shading_and_blur(inks):
     ink, _ = inks
+    # Box and ink levels that may meet (100-255 and 0-100), then shading and blur.
     shaded = dataclasses.replace(CLEAN, contrast_prob=1.0, gradient_prob=1.0, texture_prob=1.0,
-                                 blur_prob=1.0)
+                                 blur_prob=1.0, background_min=100)
     plates, warped = run(ink, shaded)
     no_floor, _ = run(ink, dataclasses.replace(shaded, min_contrast=0.0))
 
     def contrasts(images):
+        # The box around the strokes (a ring 2-4 pixels out: gradient and texture vary across
+        # the plate) against the strokes' darkest pixel.
         text = warped < 128
-        # Background: the box more than 4 pixels from any ink; strokes: the darkest ink.
-        background = np.where(dilated(text, 9), 255, images).min(axis=(1, 2))
-        return background.astype(int) - np.where(text, images, 255).min(axis=(1, 2))
-    assert contrasts(plates).min() >= CONFIG.min_contrast - 1
+        return box_level(images, text) - np.where(text, images, 255).min(axis=(1, 2))
+    assert contrasts(plates).min() >= CONFIG.min_contrast - 5  # rounding, texture in the ring
     # Without the floor, gradient and texture sink the background towards the ink.
     assert contrasts(no_floor).min() < CONFIG.min_contrast - 10
 
@@ -129,7 +130,7 @@ def test_every_effect_at_once_still_shows_the_digits(inks):
         # polarity.
         strokes = plate[mask]
         extreme = np.percentile(strokes, 90 if np.median(strokes) > level else 10)
-        assert abs(extreme - level) > 20
+        assert abs(extreme - level) > 15
 
 
 def test_the_writer_augments_with_this_implementation(faces):
