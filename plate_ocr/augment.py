@@ -1,4 +1,4 @@
-"""Domain randomization: clean plates' ink turned into plates as cameras and other software show them.
+"""Domain randomization: clean plates' ink turned into plates as cameras and software show them.
 
 One implementation, in batched TF ops, serves the records' augmented splits (the writer runs it
 over its chunks) and the training stream (`--source=render --render_augment`, in the graph).
@@ -29,9 +29,10 @@ from plate_ocr.augment_config import AugmentConfig
 
 
 # One uniform per plate for each of these, drawn from the plate's key in one call.
-DRAWS = ("scale", "scale_amount", "squeeze", "stretch", "stretch_amount", "rotate", "rotate_amount",
-         "shear", "shear_amount", "perspective", "position", "x", "y", "stroke", "stroke_grow", "box",
-         "pad_left", "pad_right", "pad_top", "pad_bottom", "contrast", "background",
+DRAWS = ("scale", "scale_amount", "squeeze", "stretch", "stretch_amount", "rotate",
+         "rotate_amount", "shear", "shear_amount", "perspective", "position", "x", "y", "stroke",
+         "stroke_grow", "box", "pad_left", "pad_right", "pad_top", "pad_bottom", "contrast",
+         "background",
          "ink_level", "page", "gradient", "direction", "gradient_amount", "texture",
          "texture_amount", "border", "border_width", "border_inset", "screws", "screw_radius",
          "strip", "strip_width", "clutter", "clutter_x", "clutter_y", "clutter_w",
@@ -162,9 +163,9 @@ def _transform(images: tf.Tensor, transforms: tf.Tensor, fill_mode: str = "CONST
         fill_value=0.0, interpolation="BILINEAR", fill_mode=fill_mode)[..., 0]
 
 
-def _geometry(ink: tf.Tensor, u: dict, jitter: tf.Tensor, config: AugmentConfig,
-              margin: int):
-    """The warped ink and where its box went.
+def _geometry(ink: tf.Tensor, box: tuple, u: dict, jitter: tf.Tensor,
+              config: AugmentConfig, margin: int):
+    """The warped ink and where its box went (box: _ink_box(ink)).
 
     Returns:
       (coverage float32 [B, H, W] 0..255, the ink box's warped corners [B, 4, 2], the
@@ -172,7 +173,7 @@ def _geometry(ink: tf.Tensor, u: dict, jitter: tf.Tensor, config: AugmentConfig,
       from clean to augmented pixels [B]).
     """
     height, width = ink.shape[1], ink.shape[2]
-    top, bottom, left, right = _ink_box(ink)
+    top, bottom, left, right = box
     corners = _box_corners(left - 0.5, top - 0.5, right + 0.5, bottom + 0.5)
     centre = tf.reduce_mean(corners, axis=1, keepdims=True)
     box_height = bottom + 1 - top
@@ -328,7 +329,8 @@ def augment_with_ink(ink: tf.Tensor, config: AugmentConfig, keys: tf.Tensor,
     def per_plate(value):  # [B] -> [B, 1, 1]
         return value[:, None, None]
 
-    coverage, text_corners, forward, scale = _geometry(ink, u, jitter, config, margin)
+    top, bottom, left, right = box = _ink_box(ink)
+    coverage, text_corners, forward, scale = _geometry(ink, box, u, jitter, config, margin)
     # Strokes: the 3x3 maximum (minimum) blended half and half with the original, about
     # half a pixel on each side.
     grown = (coverage + _max3x3(coverage)) / 2
@@ -339,7 +341,6 @@ def augment_with_ink(ink: tf.Tensor, config: AugmentConfig, keys: tf.Tensor,
     clean_ink = tf.where(coverage > 0.2, tf.constant(0, tf.uint8), tf.constant(255, tf.uint8))
 
     # The box: the text's box padded (in text heights) and warped with it; or the image.
-    top, bottom, left, right = _ink_box(ink)
     text_height = bottom + 1 - top
     pads = [config.box_pad_min + u[f"pad_{side}"] * (config.box_pad_max - config.box_pad_min)
             for side in ("left", "right", "top", "bottom")]

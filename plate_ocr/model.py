@@ -131,9 +131,9 @@ class FusedBatchNorm(keras.layers.BatchNormalization):
 
     Keras 3 computes a training step's batch statistics and normalization as separate ops;
     on this CPU that made the fast model's training step 20-35% slower than FusedBatchNormV3
-    (docs/experiments.md, "Time to accuracy", run Q). Inference, masks and other axes go to Keras' code. The
-    moving variance receives the batch variance with Bessel's correction n / (n - 1) (what
-    Keras 2 did), n being the batch's pixels: a difference of < 1e-4 here.
+    (docs/experiments.md, "Time to accuracy", run Q). Inference, masks and other axes go to
+    Keras' code. The moving variance receives the batch variance with Bessel's correction
+    n / (n - 1) (what Keras 2 did), n being the batch's pixels: a difference of < 1e-4 here.
     """
 
     def call(self, inputs, training=None, mask=None):

@@ -185,7 +185,8 @@ def chunk_plates(path: str, seed: int, chunk: tf.Tensor, height: int, width: int
         keys = augment_lib.plate_keys(seed, "train", plate)
         augmented, warped = augment_lib.augment_with_ink(ink, augment, keys, atlas["margin"])
         # Which plates stay clean: the golden-ratio sequence of their numbers, evenly spread.
-        keep = tf.math.floormod(tf.cast(plate, tf.float64) * 0.6180339887498949, 1.0) < clean_fraction
+        keep = tf.math.floormod(tf.cast(plate, tf.float64) * 0.6180339887498949,
+                                1.0) < clean_fraction
         return (tf.where(keep[:, None, None], clean, augmented), batch["label"],
                 tf.where(keep[:, None, None], clean, warped))
     return choices.batch(_COMPOSE_BATCH).enumerate().map(plates).unbatch()

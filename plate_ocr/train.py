@@ -175,11 +175,12 @@ def time_to_accuracy(history: list[dict], targets=TARGETS,
     Returns:
       {target: {"minutes", "examples", "epoch", "plate_accuracy"} or None}.
     """
+    def accuracy(e):
+        return (e.get("watch", {}).get(split, {}) if split else e["val"]).get(
+            "plate_accuracy", -1.0)
+
     reached = {}
     for target in targets:
-        def accuracy(e):
-            return (e.get("watch", {}).get(split, {}) if split else e["val"]).get(
-                "plate_accuracy", -1.0)
         entry = next((e for e in history if accuracy(e) >= target), None)
         reached[target] = entry and {
             "minutes": entry["train_seconds"] / 60, "examples": entry["examples"],
@@ -329,18 +330,17 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
         result["test"] = trainer.evaluate("test")
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     reached = time_to_accuracy(history)
+    reached_watched = {split: time_to_accuracy(history, split=split) for split in watched}
     result["time_to_accuracy"] = {str(target): entry for target, entry in reached.items()}
-    for split in watched:
-        result[f"time_to_accuracy_{split}"] = {
-            str(target): entry for target, entry in time_to_accuracy(history, split=split).items()}
+    for split, entries in reached_watched.items():
+        result[f"time_to_accuracy_{split}"] = {str(t): entry for t, entry in entries.items()}
     if chief and history:
         pictures.time_to_accuracy_png(history, os.path.join(out_dir, CURVE_FILE), TARGETS,
                                       f"{os.path.basename(os.path.abspath(model_dir))}: "
                                       "validation accuracy against training time")
         print(f"time to {config.val_split} accuracy: " + format_time_to_accuracy(reached))
-        for split in watched:
-            print(f"time to {split} accuracy: "
-                  + format_time_to_accuracy(time_to_accuracy(history, split=split)))
+        for split, entries in reached_watched.items():
+            print(f"time to {split} accuracy: " + format_time_to_accuracy(entries))
     result["exports"] = export.export_model(trainer.model, config.model, out_dir,
                                             info["alphabet"], info["plate_length"],
                                             *trainer.shape)
