@@ -134,6 +134,8 @@ FIGURES = {
         "test_aug_plate_accuracy": Figure("augmented test plate accuracy", "", 0.99),
         "foreign_plate_accuracy": Figure("foreign split (Cairo, other fonts) plate accuracy",
                                          "", 0.97),
+        "captcha_plate_accuracy": Figure("captcha split (the captcha package) plate accuracy",
+                                         ""),
     },
 }
 

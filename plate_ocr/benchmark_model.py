@@ -198,7 +198,7 @@ def _time_to_accuracy(flagfile: str, records_dir: str, model_dir: str, curve_pat
     figures["wall_minutes"] = wall / 60
     figures["test_plate_accuracy"] = result["test"]["plate_accuracy"]
     predict = evaluate.load_predictor(model_dir)[0]
-    for split in ("heldout", "test_aug", "foreign"):
+    for split in ("heldout", "test_aug", "foreign", "captcha"):
         if info["splits"].get(split, {}).get("num_examples"):
             report, _ = evaluate.evaluate_split(predict, records_dir, split)
             figures[f"{split}_plate_accuracy"] = report["plate_accuracy"]

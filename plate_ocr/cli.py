@@ -93,7 +93,7 @@ _MAKE_RECORDS_FLAGS = (
     "output_dir", "num_train", "num_val", "num_test", "num_heldout", "shards", "eval_shards",
     "seed", "workers", "font_dir", "min_font_families", "font_size_min", "font_size_max",
     "spacing_min", "spacing_max", "alphabet", "plate_length", "overwrite", "num_test_aug",
-    "num_val_aug", "augment_train", "num_foreign")
+    "num_val_aug", "augment_train", "num_foreign", "num_captcha")
 
 
 def _define_augment_flags() -> list[str]:
@@ -117,6 +117,16 @@ def _foreign_faces():
         raise CommandError(f"Cairo, which draws the foreign split, cannot load ({error}): run "
                            "bin/setup, or pass --num_foreign 0") from None
     return foreign.usable_faces(FLAGS.font_dir, FLAGS.alphabet)
+
+
+def _captcha_split():
+    """The captcha_split module, or CommandError if the captcha package cannot be imported."""
+    try:
+        from plate_ocr import captcha_split
+    except ImportError as error:
+        raise CommandError(f"the captcha package, which draws the captcha split, cannot be "
+                           f"imported ({error}): run bin/setup, or pass --num_captcha 0") from None
+    return captcha_split
 
 
 def make_records() -> None:
@@ -150,6 +160,9 @@ def make_records() -> None:
     flags.DEFINE_integer("num_foreign", 2000, "Plates of test labels drawn by Cairo in font "
                          "families training never uses, as crops of other sizes (the foreign "
                          "split: how the model generalizes); 0: none.", lower_bound=0)
+    flags.DEFINE_integer("num_captcha", 1000, "Plates of test labels drawn by the captcha "
+                         "package as distorted captchas (the captcha split: another program's "
+                         "style); 0: none.", lower_bound=0)
     flags.DEFINE_boolean("augment_train", False, "Augment the training plates too (blur, "
                          "noise, tilt, lighting...: see the --aug_* flags).")
     augment_flags = _define_augment_flags()
@@ -179,14 +192,17 @@ def make_records() -> None:
             # They reuse another split's labels: left at their defaults, they shrink with it.
             flag = FLAGS[f"num_{split}"]
             counts[split] = flag.value if flag.present else min(flag.value, counts[base])
-        # The foreign split reads test labels too (foreign.LABELS_FROM), and shrinks with them;
-        # writer.write_dataset does not render it: foreign.add_split does, after it.
-        num_foreign = (FLAGS.num_foreign if FLAGS["num_foreign"].present
-                       else min(FLAGS.num_foreign, counts["test"]))
+        # The foreign and captcha splits read test labels too (their LABELS_FROM), and shrink
+        # with them; writer.write_dataset does not render them: their add_split does, after it.
+        drawn = {name: FLAGS[f"num_{name}"].value if FLAGS[f"num_{name}"].present
+                 else min(FLAGS[f"num_{name}"].value, counts["test"])
+                 for name in ("foreign", "captcha")}
+        num_foreign, num_captcha = drawn["foreign"], drawn["captcha"]
         try:
-            if num_foreign > counts["test"]:
-                raise ValueError(f"--num_foreign ({num_foreign}) must not exceed --num_test "
-                                 f"({counts['test']}): its plates reuse test labels")
+            for name, count in drawn.items():
+                if count > counts["test"]:
+                    raise ValueError(f"--num_{name} ({count}) must not exceed --num_test "
+                                     f"({counts['test']}): its plates reuse test labels")
             labels = records.draw_labels(counts, FLAGS.alphabet, FLAGS.plate_length, FLAGS.seed)
             train_faces, rejected = fonts.usable_faces(
                 FLAGS.font_dir, FLAGS.alphabet, fonts.TRAIN, FLAGS.min_font_families)
@@ -202,11 +218,12 @@ def make_records() -> None:
                 + (("train",) if FLAGS.augment_train else ()))
             writer.check_fit(train_faces + heldout_faces, style)
             foreign_faces, rejected_foreign = _foreign_faces() if num_foreign else ([], {})
+            captcha_split = _captcha_split() if num_captcha else None
         except (ValueError, fonts.FontError) as error:
             raise CommandError(str(error)) from None
         for file, reason in {**rejected, **rejected_heldout, **rejected_foreign}.items():
             print(f"left out font {file}: {reason}", file=sys.stderr)
-        total = sum(counts.values()) + num_foreign
+        total = sum(counts.values()) + num_foreign + num_captcha
         with tqdm(total=total, unit="plate", desc="make_records", smoothing=0.1) as bar:
             try:
                 info = writer.write_dataset(
@@ -220,11 +237,16 @@ def make_records() -> None:
                     info = foreign.add_split(
                         FLAGS.output_dir, info, labels[foreign.LABELS_FROM][:num_foreign],
                         foreign_faces, FLAGS.eval_shards, bar.update)
+                if num_captcha:
+                    info = captcha_split.add_split(
+                        FLAGS.output_dir, info, labels[captcha_split.LABELS_FROM][:num_captcha],
+                        FLAGS.eval_shards, bar.update)
             except OSError as error:  # disk full, permissions: no shard is left half-written
                 raise CommandError(f"writing records to {FLAGS.output_dir} failed: "
                                    f"{error.strerror or error}") from None
-        seconds = info["write_seconds"] + info.get("foreign_write_seconds", 0)
-        counts["foreign"] = num_foreign
+        seconds = info["write_seconds"] + sum(info.get(f"{name}_write_seconds", 0)
+                                              for name in drawn)
+        counts.update(drawn)
         print(f"wrote {total:,} plates ({', '.join(f'{s} {n:,}' for s, n in counts.items())}) "
               f"to {FLAGS.output_dir} in {seconds:.1f} s ({total / seconds:,.0f} plates/s, "
               f"{FLAGS.workers} workers, {info['max_worker_rss_mb']:.0f} MB per worker)")

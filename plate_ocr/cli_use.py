@@ -77,7 +77,7 @@ def evaluate() -> None:
     quiet_tensorflow()
     flags.DEFINE_string("model", "runs/fast", _MODEL_HELP)
     flags.DEFINE_list("split", ["test"], "Splits to evaluate, side by side (test, test_aug, "
-                      "heldout, foreign, val).")
+                      "heldout, foreign, captcha, val).")
     flags.DEFINE_string("records_dir", None, "Records (default: those the model trained on).")
     flags.DEFINE_string("output_json", None, "Metrics file of a single split (default: "
                         "<model dir>/metrics.json for test, metrics-<split>.json otherwise).")

@@ -7,23 +7,20 @@ from a photo, then fitted to the model's input by predict.fit_image, as bin/pred
 user's image. Each plate is a pure function of (seed, index).
 """
 
-import hashlib
 import io
 import math
 import os
-import time
 from typing import Callable, Sequence
 
 import cairocffi
 import numpy as np
 from PIL import Image, ImageFilter
 
-from plate_ocr import cairo_text, fonts, predict, records, writer
+from plate_ocr import cairo_text, drawn_split, fonts, predict, records
 
 SPLIT = "foreign"
 LABELS_FROM = "test"  # it reads the first test labels: disjoint from training's
 _STREAM = 16  # spawn key of its plates, apart from the splits' (0-5) and the label draw's
-_PROGRESS_EVERY = 250
 _MIN_INK = 11.0  # pixels of digit height, in the crop and in the fitted plate: legible
 _REFERENCE_SIZE = 100.0  # the size the text is measured at, then scaled to fit
 # Layouts: (probability, least crop height that keeps the digits legible, share of the box's
@@ -191,26 +188,6 @@ def render_foreign(numbers: Sequence[int], seed: int, alphabet: str, plate_lengt
     return images, details
 
 
-def _write_shard(records_dir: str, name: str, numbers: Sequence[int], first_index: int,
-                 info: dict, faces: Sequence[fonts.Face], on_progress) -> str:
-    """Draws and writes one shard under a temporary name, renamed once whole; its sha256."""
-    digest = hashlib.sha256()
-    with records.whole_file(records_dir, name) as f:
-        for start in range(0, len(numbers), _PROGRESS_EVERY):
-            chunk = numbers[start:start + _PROGRESS_EVERY]
-            images, details = render_foreign(
-                chunk, info["seed"], info["alphabet"], info["plate_length"], faces,
-                info["image_height"], info["image_width"], first_index + start)
-            for image, (text, face, size, spacing) in zip(images, details):
-                record = records.frame_record(records.encode_example(
-                    image, [info["alphabet"].index(c) for c in text], text, face.name, size,
-                    spacing))
-                f.write(record)
-                digest.update(record)
-            on_progress(len(chunk))
-    return digest.hexdigest()
-
-
 def add_split(records_dir: str, info: dict, numbers: Sequence[int], faces: Sequence[fonts.Face],
               num_shards: int, on_progress: Callable[[int], None] = lambda n: None) -> dict:
     """Writes the foreign split into a finished dataset and lists it in its dataset_info.json.
@@ -221,28 +198,14 @@ def add_split(records_dir: str, info: dict, numbers: Sequence[int], faces: Seque
       num_shards, on_progress: shards of the split (at most one per plate); called with each
         number of plates written.
     Returns:
-      the metadata written, with the split and its faces.
+      the metadata written, with the split and its faces (drawn_split.add_split).
     """
-    started = time.perf_counter()
-    # Gone until the split is whole: a run killed meanwhile leaves no complete-looking dataset.
-    os.remove(os.path.join(records_dir, records.INFO_NAME))
-    num_shards = min(num_shards, len(numbers))
-    bounds = [len(numbers) * i // num_shards for i in range(num_shards + 1)]
-    shards = []
-    try:
-        for shard in range(num_shards):
-            first, stop = bounds[shard], bounds[shard + 1]
-            name = records.shard_name(SPLIT, shard, num_shards)
-            shards.append({"name": name, "num_examples": stop - first, "sha256": _write_shard(
-                records_dir, name, numbers[first:stop], first, info, faces, on_progress)})
-    except BaseException:  # as the writer does: no dataset left, the space of a full disk freed
-        writer.clear_output(records_dir)
-        raise
-    split = {"num_examples": len(numbers), "shards": shards, "fonts": SPLIT, "augmented": False,
-             "labels_from": LABELS_FROM, "renderer": f"cairo {cairocffi.cairo_version_string()}"}
-    info = dict(info, foreign_write_seconds=round(time.perf_counter() - started, 2))
-    info["splits"] = dict(info["splits"], **{SPLIT: split})
-    info["fonts"] = dict(info["fonts"], **{SPLIT: [
-        {"name": f.name, "family": f.family, "file": os.path.basename(f.path)} for f in faces]})
-    records.write_info(records_dir, info)
-    return info
+    def draw(chunk: Sequence[int], first_index: int):
+        images, details = render_foreign(
+            chunk, info["seed"], info["alphabet"], info["plate_length"], faces,
+            info["image_height"], info["image_width"], first_index)
+        return images, [(text, face.name, size, spacing) for text, face, size, spacing in details]
+    return drawn_split.add_split(
+        records_dir, info, SPLIT, numbers, draw, num_shards,
+        [{"name": f.name, "family": f.family, "file": os.path.basename(f.path)} for f in faces],
+        f"cairo {cairocffi.cairo_version_string()}", LABELS_FROM, on_progress)

@@ -165,11 +165,11 @@ def test_make_records_writes_a_foreign_split_that_evaluate_reads(tmp_path, font_
     result = subprocess.run(
         [os.path.join(PROJECT_DIR, "bin", "make_records"), "--output_dir", output_dir,
          "--num_train", "60", "--num_val", "10", "--num_test", "30", "--num_heldout", "0",
-         "--num_test_aug", "0", "--num_val_aug", "0", "--num_foreign", "12", "--shards", "1",
-         "--eval_shards", "2", "--workers", "0"],
+         "--num_test_aug", "0", "--num_val_aug", "0", "--num_foreign", "12", "--num_captcha", "0",
+         "--shards", "1", "--eval_shards", "2", "--workers", "0"],
         capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "foreign 12)" in result.stdout
+    assert "foreign 12, captcha 0)" in result.stdout
     info = records.read_info(output_dir)
     split = info["splits"][foreign.SPLIT]
     assert split["num_examples"] == 12 and len(split["shards"]) == 2

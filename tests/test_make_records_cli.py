@@ -43,15 +43,16 @@ def test_writes_records_then_refuses_to_overwrite_them(tmp_path, font_dir):
     result = _make_records("--output_dir", output_dir, *SMALL)
     assert result.returncode == 0, result.stderr
     assert re.fullmatch(
-        rf"wrote 310 plates \(train 200, val 20, test 20, heldout 10, test_aug 20, val_aug 20, "
-        rf"foreign 20\) "
+        rf"wrote 330 plates \(train 200, val 20, test 20, heldout 10, test_aug 20, val_aug 20, "
+        rf"foreign 20, captcha 20\) "
         rf"to "
         rf"{output_dir} in "
         r"[\d.]+ s \([\d,]+ plates/s, 2 workers, \d+ MB per worker\)\n", result.stdout)
     info = records.read_info(output_dir)
     assert info["flags"]["num_train"] == 200 and info["flags"]["workers"] == 2
-    # train 2 + 2 for each of val, test, heldout, test_aug, val_aug, foreign (shrunk to 20 plates)
-    assert len(_shard_files(output_dir)) == 14
+    # train 2 + 2 for each of val, test, heldout, test_aug, val_aug, foreign and captcha (both
+    # shrunk to 20 plates)
+    assert len(_shard_files(output_dir)) == 16
     before = {name: os.path.getmtime(os.path.join(output_dir, name))
               for name in os.listdir(output_dir)}
 
@@ -78,6 +79,8 @@ def test_writes_records_then_refuses_to_overwrite_them(tmp_path, font_dir):
     (["--font_dir", "{empty}"], "no font manifest at"),
     (["--num_train", "10", "stray"], "unexpected arguments: stray"),
     (["--num_test", "10", "--num_foreign", "20"], "--num_foreign (20) must not exceed --num_test"),
+    (["--num_test", "10", "--num_foreign", "0", "--num_captcha", "11"],
+     "--num_captcha (11) must not exceed --num_test (10): its plates reuse test labels"),
 ])
 def test_bad_input_ends_with_one_line_and_status_2(tmp_path, font_dir, args, fragment):
     empty = tmp_path / "empty"
