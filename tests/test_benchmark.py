@@ -24,6 +24,7 @@ def untrained_model(tmp_path_factory) -> str:
     return model_dir
 
 
+@pytest.mark.slow
 def test_records_stage_reports_every_figure(tmp_path, font_dir):
     result = subprocess.run(
         [BENCHMARK, "--stages=records", "--num_plates", "100", "--dataset_scale", "0.003",
@@ -46,6 +47,7 @@ def test_records_stage_reports_every_figure(tmp_path, font_dir):
         assert (" met" in line or " MISSED" in line) == (figure.target is not None)
 
 
+@pytest.mark.slow
 def test_tensorflow_stages_report_every_figure(tmp_path, tiny_records, untrained_model):
     work_dir = tmp_path / "work"
     result = subprocess.run(
@@ -88,6 +90,7 @@ def test_unknown_stage_is_a_one_line_error():
     assert line.endswith("(unknown: nonsense)")
 
 
+@pytest.mark.slow
 def test_time_to_accuracy_trains_from_scratch_and_draws_the_curve(tmp_path, tiny_records):
     result = subprocess.run(
         [BENCHMARK, "--time_to_accuracy", "--tta_config", SMOKE_CONFIG, "--records_dir",

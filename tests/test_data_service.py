@@ -110,6 +110,7 @@ def wait_for_checkpoint(process, model_dir, timeout=180) -> int:
     return latest_step(model_dir)
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line(service):
     port = service.dispatcher.port
     cases = {(): "--role",
@@ -157,6 +158,7 @@ def test_stall_guard_fires_only_while_armed_and_waiting():
     assert time.monotonic() - started < 10
 
 
+@pytest.mark.slow
 def test_smoke_training_reads_through_the_service(service, tiny_records, tmp_path):
     before = service.registered_datasets()
     # Two replicas share the one input pipeline; the guard stamps every batch, and never fires.
@@ -174,6 +176,7 @@ def test_smoke_training_reads_through_the_service(service, tiny_records, tmp_pat
     assert history[-1]["train"]["loss"] < history[0]["train"]["loss"]
 
 
+@pytest.mark.slow
 def test_a_pass_through_the_service_delivers_each_training_record_once(
         service, tiny_records, read_examples):
     import tensorflow as tf
@@ -196,6 +199,7 @@ def test_a_pass_through_the_service_delivers_each_training_record_once(
         assert sorted(delivered[start:start + 200]) == sorted(labels)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("augmented", [False, True])
 def test_service_workers_render_the_plates_this_process_would(service, tiny_records, augmented):
     import hashlib
@@ -220,6 +224,7 @@ def test_service_workers_render_the_plates_this_process_would(service, tiny_reco
     assert len(streamed) == 40 * 32 and streamed <= local
 
 
+@pytest.mark.slow
 def test_smoke_training_on_plates_rendered_by_the_service(service, tiny_records, tmp_path):
     result = subprocess.run(train_args(tiny_records, tmp_path / "run", service.address,
                                        "--source=render", "--data_timeout=60"),
@@ -230,6 +235,7 @@ def test_smoke_training_on_plates_rendered_by_the_service(service, tiny_records,
     assert history[-1]["train"]["loss"] < history[0]["train"]["loss"]
 
 
+@pytest.mark.slow
 def test_multi_worker_mirrored_trainers_read_from_the_service(service, tiny_records, tmp_path):
     before = service.registered_datasets()
     outputs = run_multi_worker(train_args(tiny_records, tmp_path / "run", service.address,
@@ -242,6 +248,7 @@ def test_multi_worker_mirrored_trainers_read_from_the_service(service, tiny_reco
     assert (tmp_path / "run" / "export" / "saved_model.pb").exists()
 
 
+@pytest.mark.slow
 def test_killed_worker_stops_training_in_one_line_and_a_rerun_resumes(tiny_records, tmp_path):
     running = Service(str(tmp_path))
     try:
@@ -274,6 +281,7 @@ def test_killed_worker_stops_training_in_one_line_and_a_rerun_resumes(tiny_recor
         running.stop()
 
 
+@pytest.mark.slow
 def test_restarted_dispatcher_lets_training_go_on(tiny_records, tmp_path):
     running = Service(str(tmp_path))
     try:

@@ -4,8 +4,12 @@ import json
 import os
 import subprocess
 
+import pytest
+
 from conftest import PROJECT_DIR
 from plate_ocr.export import MIN_CONFIDENCE
+
+pytestmark = pytest.mark.slow
 
 
 def run(command, *args):

@@ -52,6 +52,7 @@ def trained(tiny_records, tmp_path_factory):
     return model_dir, train.train_and_evaluate(config, model_dir, STRATEGY)
 
 
+@pytest.mark.slow
 def test_saved_model_keras_and_tflite_give_the_same_predictions(trained, tiny_records):
     model_dir, result = trained
     config = json.load(open(f"{model_dir}/config.json"))

@@ -4,6 +4,7 @@ import json
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from plate_ocr import calibration, evaluate, export, model
@@ -15,6 +16,7 @@ def read_with(serve, images: np.ndarray) -> dict:
     return {key: value.numpy() for key, value in serve(images=tf.constant(images)).items()}
 
 
+@pytest.mark.slow
 def test_the_threshold_keeps_what_the_model_reads_and_rejects_non_plates(reading_model):
     model_dir, records_dir = reading_model
     serve, min_confidence = export.load_export(f"{model_dir}/{export.SAVED_MODEL}")
@@ -35,6 +37,7 @@ def test_the_threshold_keeps_what_the_model_reads_and_rejects_non_plates(reading
         assert len(outputs["text"][0]) == 5  # still 5 digits, for consumers that ignore it
 
 
+@pytest.mark.slow
 def test_saved_model_keras_and_tflite_agree_on_confidence_and_readable(reading_model):
     model_dir, records_dir = reading_model
     config = json.load(open(f"{model_dir}/{export.CONFIG_FILE}"))
@@ -59,6 +62,7 @@ def test_saved_model_keras_and_tflite_agree_on_confidence_and_readable(reading_m
                                   outputs["confidence"] >= export.MIN_CONFIDENCE)
 
 
+@pytest.mark.slow
 def test_the_threshold_is_a_constant_of_the_serving_function(reading_model):
     model_dir, records_dir = reading_model
     trained = keras.models.load_model(f"{model_dir}/{export.KERAS_MODEL}")

@@ -38,6 +38,7 @@ def test_changed_shard_stops_training_before_it_starts(tiny_records, tmp_path):
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
 
+@pytest.mark.slow
 def test_skip_corrupt_leaves_the_shard_out_and_counts_its_records(tiny_records, tmp_path):
     records_dir, name = _copy_with_flipped_byte(tiny_records, tmp_path)
     config = smoke_config(records_dir, epochs=1, skip_corrupt=True)
@@ -54,6 +55,7 @@ def test_skip_corrupt_leaves_the_shard_out_and_counts_its_records(tiny_records, 
                                 "val")
 
 
+@pytest.mark.slow
 def test_metadata_of_another_version_is_one_line(tiny_records, tmp_path):
     records_dir = tmp_path / "records"
     shutil.copytree(tiny_records, records_dir)
@@ -66,6 +68,7 @@ def test_metadata_of_another_version_is_one_line(tiny_records, tmp_path):
     assert result.returncode == 2 and len(errors) == 1 and "version 99" in errors[0]
 
 
+@pytest.mark.slow
 def test_training_killed_mid_epoch_resumes_from_its_last_checkpoint(tiny_records, tmp_path):
     args = [TRAIN, f"--flagfile={SMOKE}", f"--records_dir={tiny_records}", "--epochs=3",
             "--steps_per_epoch=6", "--learning_rate=3e-3"]
@@ -111,6 +114,7 @@ def small_disk(path, size="2m"):
         subprocess.run(["umount", "-l", str(path)])
 
 
+@pytest.mark.slow
 def test_disk_full_while_writing_records(tmp_path):
     with small_disk(tmp_path / "disk") as disk:
         result = subprocess.run(
@@ -123,6 +127,7 @@ def test_disk_full_while_writing_records(tmp_path):
         assert os.listdir(disk) == []  # no final shard, no temporary, no metadata
 
 
+@pytest.mark.slow
 def test_disk_full_while_writing_checkpoints(tiny_records, tmp_path):
     with small_disk(tmp_path / "disk", size="300k") as disk:
         result = subprocess.run([TRAIN, f"--flagfile={SMOKE}", f"--records_dir={tiny_records}",

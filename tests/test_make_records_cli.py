@@ -38,6 +38,7 @@ def _temporaries(output_dir: str) -> list[str]:
     return sorted(os.path.basename(p) for p in glob.glob(os.path.join(output_dir, ".plates-*")))
 
 
+@pytest.mark.slow
 def test_writes_records_then_refuses_to_overwrite_them(tmp_path, font_dir):
     output_dir = str(tmp_path / "records")
     result = _make_records("--output_dir", output_dir, *SMALL)
@@ -92,6 +93,7 @@ def test_bad_input_ends_with_one_line_and_status_2(tmp_path, font_dir, args, fra
     assert not os.path.exists(output_dir) or not os.listdir(output_dir)
 
 
+@pytest.mark.slow
 def test_a_writer_killed_mid_shard_leaves_only_complete_shards(tmp_path, font_dir):
     import tensorflow as tf  # to count records the way training will read them
     output_dir = str(tmp_path / "records")

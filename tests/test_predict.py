@@ -4,6 +4,7 @@ import os
 import subprocess
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from plate_ocr import predict
@@ -42,6 +43,7 @@ def run_predict(*args) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_predict_cli_reads_png_jpeg_and_colour_and_reports_bad_files(reading_model, tiny_records,
                                                                      tmp_path):
     from plate_ocr import evaluate
@@ -71,6 +73,7 @@ def test_predict_cli_reads_png_jpeg_and_colour_and_reports_bad_files(reading_mod
     assert Image.open(sheet).size[0] > 0
 
 
+@pytest.mark.slow
 def test_predict_cli_prints_unreadable_under_the_min_confidence(reading_model, tmp_path):
     from plate_ocr import calibration, cli_use, evaluate, export
     model_dir, records_dir = reading_model

@@ -138,6 +138,7 @@ def test_same_seed_writes_identical_files(tiny_records, write_records, tmp_path)
         assert info["splits"][split] == first["splits"][split]
 
 
+@pytest.mark.slow
 def test_records_do_not_depend_on_shards_or_workers(tiny_records, write_records, tmp_path,
                                                     read_examples):
     # workers=2 spawns real processes: the plates must still come out in the same order.

@@ -65,6 +65,7 @@ def test_train_and_evaluate_writes_checkpoints_logs_and_exports(tiny_records, tm
 @pytest.mark.parametrize("mixed_precision, jit_compile",
                          [("", False), ("bfloat16", False), ("", True)],
                          ids=["float32", "bfloat16", "jit"])
+@pytest.mark.slow
 def test_loss_falls(tiny_records, tmp_path, mixed_precision, jit_compile):
     config = smoke_config(tiny_records, epochs=4, steps_per_epoch=10, steps_per_loop=5,
                           learning_rate=3e-3, mixed_precision=mixed_precision,
@@ -78,6 +79,7 @@ def test_loss_falls(tiny_records, tmp_path, mixed_precision, jit_compile):
     assert losses[-1] < 0.7 * losses[0], losses
 
 
+@pytest.mark.slow
 def test_fast_config_model_has_64_time_steps_and_learns(tiny_records, tmp_path, monkeypatch):
     from plate_ocr import cli_train
     monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -124,6 +126,7 @@ def test_time_to_accuracy_of_a_watched_split_reads_its_own_figures():
     assert train.time_to_accuracy(history, (0.999,))[0.999]["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_wide_training_with_frame_targets_watches_other_splits(tiny_records, tmp_path):
     # Rendered, augmented plates (a quarter clean), frame targets from their ink, and the
     # clean and augmented test splits watched each epoch; the kept weights follow val_aug.
@@ -169,6 +172,7 @@ def test_a_short_run_on_the_wide_distribution_lowers_the_loss_on_foreign_plates(
     assert wide[-1] < wide[0] and wide[-1] < 0.9 * clean[-1], (wide, clean)
 
 
+@pytest.mark.slow
 def test_float16_steps_through_a_loss_scale(tiny_records, tmp_path):
     config = smoke_config(tiny_records, epochs=1, mixed_precision="float16")
     trainer_result = train.train_and_evaluate(config, str(tmp_path / "run"), STRATEGY)
@@ -176,6 +180,7 @@ def test_float16_steps_through_a_loss_scale(tiny_records, tmp_path):
     assert np.isfinite(history[0]["train"]["loss"]) and trainer_result["steps"] == 3
 
 
+@pytest.mark.slow
 def test_moving_average_is_what_is_validated_kept_and_resumed(tiny_records, tmp_path):
     model_dir = str(tmp_path / "run")
     config = smoke_config(tiny_records, epochs=1, ema_momentum=0.9, learning_rate=3e-3)
@@ -204,6 +209,7 @@ def _checkpoint_value(model_dir: str, suffix: str) -> float:
     return tf.train.load_variable(path, names[0])
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_saved_step_with_optimizer_state(tiny_records, tmp_path):
     model_dir = str(tmp_path / "run")
     first = train.train_and_evaluate(smoke_config(tiny_records, epochs=1), model_dir, STRATEGY)
@@ -217,6 +223,7 @@ def test_resume_continues_from_the_saved_step_with_optimizer_state(tiny_records,
     assert [h["epoch"] for h in history] == [1, 2]
 
 
+@pytest.mark.slow
 def test_init_from_starts_a_fresh_run_from_another_runs_best_weights(tiny_records, tmp_path):
     source_dir = str(tmp_path / "clean")
     source = train.train_and_evaluate(smoke_config(tiny_records, learning_rate=3e-3),
@@ -238,6 +245,7 @@ def test_init_from_starts_a_fresh_run_from_another_runs_best_weights(tiny_record
                                  str(tmp_path / "nothing"), STRATEGY)
 
 
+@pytest.mark.slow
 def test_validation_split_is_what_is_validated_and_must_be_in_the_records(
         tiny_records, write_records, tmp_path):
     config = smoke_config(tiny_records, epochs=1, val_split="val_aug")
@@ -269,6 +277,7 @@ def test_coarse_ctc_loss_acts_for_its_first_steps_only(tiny_records):
                         files={}, lost={})
 
 
+@pytest.mark.slow
 def test_align_loss_acts_for_its_first_steps_and_only_on_clean_plates(tiny_records, tmp_path):
     info = records.read_info(tiny_records)
     config = smoke_config(tiny_records, align_steps=3, align_weight=10.0)
@@ -299,6 +308,7 @@ def test_tight_weight_needs_the_records_plates(tiny_records):
                         lost={})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("patience", [1, 2])
 def test_early_stopping_after_patience_epochs_without_improvement(tiny_records, tmp_path,
                                                                   patience):
@@ -309,12 +319,14 @@ def test_early_stopping_after_patience_epochs_without_improvement(tiny_records, 
     assert result["epochs"] == 1 + patience
 
 
+@pytest.mark.slow
 def test_profiler_window_writes_a_trace(tiny_records, tmp_path):
     config = smoke_config(tiny_records, epochs=1, steps_per_epoch=5, profile_steps=(2, 4))
     train.train_and_evaluate(config, str(tmp_path / "run"), STRATEGY)
     assert glob.glob(str(tmp_path / "run" / "plugins" / "profile" / "*" / "*.xplane.pb"))
 
 
+@pytest.mark.slow
 def test_records_of_another_image_size_are_refused(tiny_records, write_records, tmp_path):
     model_dir = str(tmp_path / "run")
     train.train_and_evaluate(smoke_config(tiny_records, epochs=1), model_dir, STRATEGY)

@@ -29,6 +29,7 @@ def error_lines(process):
     return [line for line in process.stderr.splitlines() if line.startswith("train: error:")]
 
 
+@pytest.mark.slow
 def test_flagfile_run_saves_effective_flags_that_rerun_the_same_config(tiny_records, tmp_path):
     first = run_train(f"--records_dir={tiny_records}", f"--model_dir={tmp_path / 'a'}")
     assert first.returncode == 0, first.stderr[-3000:]
@@ -56,12 +57,14 @@ def test_every_config_parses_into_a_training_config(name, monkeypatch):
     assert config.render_clean_fraction <= float(config.render_augment)
 
 
+@pytest.mark.slow
 def test_missing_records_dir_is_one_line(tmp_path):
     result = run_train(f"--records_dir={tmp_path / 'none'}", f"--model_dir={tmp_path / 'run'}")
     assert result.returncode == 2
     assert len(error_lines(result)) == 1 and "bin/make_records" in error_lines(result)[0]
 
 
+@pytest.mark.slow
 def test_bad_flag_is_one_line(tmp_path):
     result = run_train("--batch_size=zero", f"--model_dir={tmp_path / 'run'}")
     assert result.returncode == 2 and len(error_lines(result)) == 1
@@ -70,6 +73,7 @@ def test_bad_flag_is_one_line(tmp_path):
     assert "--render_augment needs --source=render" in error_lines(result)[0]
 
 
+@pytest.mark.slow
 def test_corrupt_shard_is_one_line_naming_the_file(tiny_records, tmp_path):
     records_dir = tmp_path / "records"
     shutil.copytree(tiny_records, records_dir)
@@ -83,6 +87,7 @@ def test_corrupt_shard_is_one_line_naming_the_file(tiny_records, tmp_path):
     assert len(lines) == 1 and shard.name in lines[0], result.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus(tiny_records, tmp_path):
     # Adam inside a distributed tf.function broke on Keras 3.15 (issue 23085): keep this path.
     # Evaluation in batches of 8 per replica: the 40 val and test plates make 5 batches, so
@@ -128,6 +133,7 @@ def run_multi_worker(args: list[str], count: int = 2) -> list[tuple[str, str]]:
     return outputs
 
 
+@pytest.mark.slow
 def test_multi_worker_mirrored_with_two_local_workers(tiny_records, tmp_path):
     outputs = run_multi_worker([TRAIN, f"--flagfile={SMOKE}", f"--records_dir={tiny_records}",
                                 f"--model_dir={tmp_path / 'run'}",
