@@ -6,13 +6,17 @@ Every draw comes from the plate's own stateless key, so a plate is a pure functi
 (its ink, its key): the same pixels whichever batch it is in, in whichever process.
 
 The effects, each with a probability and a range (AugmentConfig), in the order applied:
+- an elastic bend of the clean ink (a smooth random displacement): glyph shapes no font has;
 - geometry of the ink box: scale (small and large text), horizontal stretch (condensed and
   wide faces), rotation, shear, perspective, and a new position anywhere it fits; the whole
   distortion shrinks until the box fits in the frame, so every glyph's ink stays inside it;
-- strokes a little thicker or thinner;
+- strokes a little thicker or thinner (thinner still on text scaled up: large hairline faces),
+  worn (holes in the ink);
 - the plate as a box around the text on a page of another grey (its edges visible), a border
-  line inside it, screws at its ends, a dark strip at its left end, clutter on the page;
-- grey levels of ink, box and page, light digits on a dark box, gradient, texture;
+  line inside it, screws at its ends, a dark strip at its left end, clutter on the page,
+  speckle (dots of ink) and a scratch (a thin wavy line across the text);
+- grey levels of ink, box and page, light digits on a dark box, gradient, texture, a pattern
+  of interfering waves;
 - Gaussian and horizontal motion blur, downscale-then-upscale (1/2 or 1/3), sensor noise, JPEG.
 The ink keeps min_contrast grey levels from the box under it, as the blur leaves its strokes
 (the contrast floor), so that every augmented plate stays legible.
@@ -38,8 +42,17 @@ DRAWS = ("scale", "scale_amount", "squeeze", "stretch", "stretch_amount", "rotat
          "strip", "strip_width", "clutter", "clutter_x", "clutter_y", "clutter_w",
          "clutter_h", "clutter_level", "invert", "blur", "blur_amount", "motion",
          "motion_amount", "resample", "resample_amount", "noise", "noise_top", "noise_left",
-         "noise_amount", "texture_top", "texture_left", "jpeg", "jpeg_quality")
+         "noise_amount", "texture_top", "texture_left", "jpeg", "jpeg_quality", "elastic",
+         "elastic_amount", "elastic_x_top", "elastic_x_left", "elastic_y_top", "elastic_y_left",
+         "speckle", "speckle_amount", "speckle_top", "speckle_left", "speckle_grow", "scratch",
+         "scratch_y", "scratch_slope", "scratch_wave", "scratch_period", "scratch_phase",
+         "scratch_width", "pattern", "pattern_amount", "wear", "wear_amount", "wear_top",
+         "wear_left")
+_WAVES = 4  # the pattern's plane waves, each of a direction, frequency and phase
+DRAWS += tuple(f"wave_{what}_{i}" for i in range(_WAVES) for what in ("angle", "freq", "phase"))
 _JITTER = 8  # the perspective's corner displacements, after the DRAWS
+_ELASTIC_CELL = 6  # pixels between the elastic displacement's independent nodes
+_ELASTIC_TAPER = 12  # pixels from the frame's edge over which the displacement fades out
 _BANK_SEED = 20261202  # the noise banks: the same in every process
 
 
@@ -94,6 +107,51 @@ def _whole_vectors(function, values: tf.Tensor) -> tf.Tensor:
     batch = tf.shape(values)[0]
     padding = [[0, -batch % 16]] + [[0, 0]] * (len(values.shape) - 1)
     return function(tf.pad(values, padding))[:batch]
+
+
+def _bilinear_warp(images: tf.Tensor, dx: tf.Tensor, dy: tf.Tensor) -> tf.Tensor:
+    """Each pixel (x, y) of [B, H, W] float32 images sampled at (x + dx, y + dy), bilinearly,
+    edges repeated: elementwise arithmetic and a gather, the same bits in any batch."""
+    height, width = images.shape[1], images.shape[2]
+    ys = tf.clip_by_value(tf.range(height, dtype=tf.float32)[None, :, None] + dy, 0.0,
+                          height - 1.0)
+    xs = tf.clip_by_value(tf.range(width, dtype=tf.float32)[None, None, :] + dx, 0.0,
+                          width - 1.0)
+    y0, x0 = tf.floor(ys), tf.floor(xs)
+    fy, fx = ys - y0, xs - x0
+    y0, x0 = tf.cast(y0, tf.int32), tf.cast(x0, tf.int32)
+    y1, x1 = tf.minimum(y0 + 1, height - 1), tf.minimum(x0 + 1, width - 1)
+    flat = tf.reshape(images, [-1, height * width])
+
+    def at(y, x):
+        return tf.reshape(tf.gather(flat, tf.reshape(y * width + x, [-1, height * width]),
+                                    batch_dims=1), [-1, height, width])
+    top = at(y0, x0) + (at(y0, x1) - at(y0, x0)) * fx
+    bottom = at(y1, x0) + (at(y1, x1) - at(y1, x0)) * fx
+    return top + (bottom - top) * fy
+
+
+def _elastic(ink: tf.Tensor, u: dict, config: AugmentConfig) -> tf.Tensor:
+    """The clean ink [B, H, W] uint8 under a smooth random displacement: nodes every
+    _ELASTIC_CELL pixels drawn from the noise bank, interpolated, faded to zero at the
+    frame's edges (the edges map onto themselves, so no ink leaves the frame)."""
+    height, width = ink.shape[1], ink.shape[2]
+    nodes = (-(-height // _ELASTIC_CELL) + 1, -(-width // _ELASTIC_CELL) + 1)
+
+    def field(top, left):
+        coarse = _bank_windows(nodes, u[top], u[left])
+        return tf.image.resize(coarse[..., None], [height, width], method="bilinear")[..., 0]
+    ys = tf.range(height, dtype=tf.float32)
+    xs = tf.range(width, dtype=tf.float32)
+    fade_y = tf.minimum(tf.minimum(ys, height - 1 - ys) / _ELASTIC_TAPER, 1.0)[None, :, None]
+    fade_x = tf.minimum(tf.minimum(xs, width - 1 - xs) / _ELASTIC_TAPER, 1.0)[None, None, :]
+    sigma = tf.where(u["elastic"] < config.elastic_prob,
+                     u["elastic_amount"] * config.elastic, 0.0)[:, None, None]
+    dx = field("elastic_x_top", "elastic_x_left") * sigma * fade_x * fade_y
+    dy = field("elastic_y_top", "elastic_y_left") * sigma * fade_x * fade_y
+    warped = _bilinear_warp(tf.cast(ink, tf.float32), dx, dy)
+    # Plates left alone keep their exact ink (the warp's zero displacement rounds back too).
+    return tf.where(sigma > 0, tf.cast(tf.round(warped), tf.uint8), ink)
 
 
 def _ink_box(ink: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -329,16 +387,28 @@ def augment_with_ink(ink: tf.Tensor, config: AugmentConfig, keys: tf.Tensor,
     def per_plate(value):  # [B] -> [B, 1, 1]
         return value[:, None, None]
 
+    ink = _elastic(ink, u, config)
     top, bottom, left, right = box = _ink_box(ink)
     coverage, text_corners, forward, scale = _geometry(ink, box, u, jitter, config, margin)
     # Strokes: the 3x3 maximum (minimum) blended half and half with the original, about
-    # half a pixel on each side.
+    # half a pixel on each side. Text scaled up thins by one more such step from 1.7x and two
+    # from 2.4x: large hairline faces, whose strokes do not grow with the text.
     grown = (coverage + _max3x3(coverage)) / 2
-    thinned = (coverage - _max3x3(-coverage)) / 2
+    thinned = coverage
+    for step in range(3):
+        thinner = (thinned - _max3x3(-thinned)) / 2
+        thinned = tf.where(per_plate(scale >= (0.0, 1.7, 2.4)[step]), thinner, thinned)
     stroke = per_plate(u["stroke"] < config.stroke_prob)
     coverage = tf.where(stroke & per_plate(u["stroke_grow"] < 0.5), grown,
                         tf.where(stroke, thinned, coverage)) / 255.0
     clean_ink = tf.where(coverage > 0.2, tf.constant(0, tf.uint8), tf.constant(255, tf.uint8))
+    # Wear: holes in the ink where a smooth field (blobs of ~4-8 px) runs high, taking 2-17%
+    # of most plates' ink (a third at most): worn paint, distressed faces. The frame targets
+    # keep the whole characters.
+    blobs = tf.image.resize(_bank_windows((height // 4, width // 4), u["wear_top"],
+                                          u["wear_left"])[..., None], [height, width])[..., 0]
+    holes = tf.clip_by_value(4 * (blobs - per_plate(0.3 + 0.8 * u["wear_amount"])), 0.0, 1.0)
+    coverage *= 1 - tf.where(per_plate(u["wear"] < config.wear_prob), holes, 0.0)
 
     # The box: the text's box padded (in text heights) and warped with it; or the image.
     text_height = bottom + 1 - top
@@ -382,6 +452,27 @@ def augment_with_ink(ink: tf.Tensor, config: AugmentConfig, keys: tf.Tensor,
     from_left = xs - per_plate(box_corners[:, 0, 0] + 0.5)
     band = tf.clip_by_value(per_plate(strip_width) - from_left + 0.5, 0.0, 1.0) * in_box
     marks = tf.maximum(marks, tf.where(per_plate(strip), band, 0.0))
+    # Speckle: the noise bank's rarest values as dots (from 0.15% to 0.9% of the pixels), on a
+    # third of the plates grown to 3x3.
+    bank = _bank_windows((height, width), u["speckle_top"], u["speckle_left"])
+    dots = tf.cast(tf.abs(bank) > per_plate(2.6 + 0.6 * u["speckle_amount"]), tf.float32)
+    dots = tf.where(per_plate(u["speckle_grow"] < 1 / 3), _max3x3(dots), dots)
+    marks = tf.maximum(marks, tf.where(per_plate(u["speckle"] < config.speckle_prob), dots, 0.0))
+    # A scratch: a line 1-2 px wide across the box, through the text's middle half, sloped
+    # and waving (its height by column; shallow enough that the vertical distance serves).
+    columns_x = xs[0]  # [1, W]
+    shown_height = text_height * scale
+    mid_x = tf.reduce_mean(text_corners[:, :, 0], axis=1)[:, None]
+    centre_y = (mid_y + (u["scratch_y"] - 0.5) * 0.5 * shown_height)[:, None]
+    slope = (0.6 * u["scratch_slope"] - 0.3)[:, None]
+    wave = (0.25 * u["scratch_wave"] * shown_height)[:, None]
+    angle = (2 * math.pi * (columns_x / ((0.5 + u["scratch_period"]) * width)[:, None]
+                            + u["scratch_phase"][:, None]))
+    curve = centre_y + slope * (columns_x - mid_x) + wave * _whole_vectors(tf.sin, angle)
+    scratch_width = 1.0 + u["scratch_width"]
+    line = tf.clip_by_value(per_plate(scratch_width / 2 + 0.5) - tf.abs(ys - curve[:, None, :]),
+                            0.0, 1.0) * in_box
+    marks = tf.maximum(marks, tf.where(per_plate(u["scratch"] < config.scratch_prob), line, 0.0))
 
     ink_level, background, page, invert = _levels(u, config)
     plate = per_plate(page) + per_plate(background - page) * in_box
@@ -396,6 +487,17 @@ def augment_with_ink(ink: tf.Tensor, config: AugmentConfig, keys: tf.Tensor,
     texture = tf.image.resize(coarse[..., None], [height, width], method="bilinear")[..., 0]
     plate += texture * per_plate(tf.where(u["texture"] < config.texture_prob,
                                           u["texture_amount"] * config.texture, 0.0))
+    # A pattern: plane waves of periods 4-16 px in random directions, summed (a quasicrystal
+    # when they interfere), its standard deviation the drawn amount.
+    waves = 0.0
+    for i in range(_WAVES):
+        angle = math.pi * u[f"wave_angle_{i}"]
+        frequency = 0.4 + 1.2 * u[f"wave_freq_{i}"]  # radians per pixel
+        waves += _whole_vectors(tf.cos, per_plate(frequency * _whole_vectors(tf.cos, angle)) * xs
+                                + per_plate(frequency * _whole_vectors(tf.sin, angle)) * ys
+                                + per_plate(2 * math.pi * u[f"wave_phase_{i}"]))
+    plate += waves / math.sqrt(_WAVES / 2) * per_plate(tf.where(u["pattern"] < config.pattern_prob,
+                                                 u["pattern_amount"] * config.pattern, 0.0))
     # Clutter: a block of another grey on the page, two pixels or more off the text.
     x0, y0 = u["clutter_x"] * width, u["clutter_y"] * height
     x1, y1 = x0 + 4 + u["clutter_w"] * width / 2, y0 + 3 + u["clutter_h"] * height / 2
@@ -405,7 +507,6 @@ def augment_with_ink(ink: tf.Tensor, config: AugmentConfig, keys: tf.Tensor,
     plate = tf.where(block, per_plate(u["clutter_level"] * 255), plate)
 
     # The contrast floor, as the blur will leave the strokes.
-    shown_height = text_height * scale
     rows, columns_kernel = _blur_kernels(u, config, shown_height)
     blurred = _resample(_separable_blur(coverage, rows, columns_kernel), u, config,
                         shown_height, height, width)

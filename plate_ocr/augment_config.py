@@ -20,15 +20,20 @@ class AugmentConfig:
     stretch_prob: float = 0.3
     stretch: float = 0.3  # width times 1/(1 + s) .. 1 + s: condensed and extended faces
     rotate_prob: float = 0.5
-    rotate_degrees: float = 4.0  # up to this, either way
+    rotate_degrees: float = 6.0  # up to this, either way
     shear_prob: float = 0.4
-    shear: float = 0.2  # horizontal shear factor, either way (italic-like slant)
+    shear: float = 0.3  # horizontal shear factor, either way (italic-like slant)
     perspective_prob: float = 0.3
     # Corner displacement as a fraction of the ink box's height, each way: the far end of
     # the digits at least (1 - 2x) / (1 + 2x) the height of the near end (2/3 at 0.1).
     perspective: float = 0.1
     position_prob: float = 0.6  # the text anywhere it fits, not where the renderer put it
+    # A smooth random displacement of the clean ink (cells of ~6 px, nothing leaves the
+    # frame): each glyph bent, shifted and thickened a little its own way, shapes no font has.
+    elastic_prob: float = 0.25
+    elastic: float = 1.2  # the displacement's standard deviation, up to this many pixels
     stroke_prob: float = 0.3  # thicken or thin the strokes by about a pixel (half each side)
+    wear_prob: float = 0.1  # holes in the ink: worn paint, distressed faces
     # The plate a box around the text, padded by box_pad_min .. box_pad_max text heights, on a
     # page of another grey (at least 40 levels apart); otherwise the box is the whole image.
     box_prob: float = 0.5
@@ -45,10 +50,14 @@ class AugmentConfig:
     gradient: float = 60.0  # grey levels across the plate
     texture_prob: float = 0.3
     texture: float = 25.0  # grey levels of low-frequency texture
+    pattern_prob: float = 0.15  # interfering waves over the plate (security prints, moiré)
+    pattern: float = 35.0  # grey levels, the waves' standard deviation
     border_prob: float = 0.3  # a line of the ink's level along the inside of the box's edge
     screws_prob: float = 0.15  # two screw heads between the box's ends and the text
     strip_prob: float = 0.1  # a dark band at the box's left end (as the EU strip)
     clutter_prob: float = 0.25  # a block of another grey on the page, off the text
+    speckle_prob: float = 0.1  # dots of the ink's level scattered over the plate
+    scratch_prob: float = 0.1  # a thin wavy line of the ink's level across the text
     invert_prob: float = 0.15  # light digits on a dark box
     blur_prob: float = 0.4
     blur_sigma: float = 1.2  # Gaussian, 0.4 .. this

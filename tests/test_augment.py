@@ -78,6 +78,70 @@ def test_every_glyphs_ink_stays_inside_the_frame(inks, config):
     assert not text[:, :, :edge].any() and not text[:, :, -edge:].any()
 
 
+def test_elastic_bends_each_plates_glyphs_and_keeps_their_ink_in_the_frame(inks):
+    ink, _ = inks
+    bent, warped = run(ink, dataclasses.replace(CLEAN, elastic_prob=1.0))
+    inked, bent_ink = ink > 128, bent < 128
+    changed = (inked != bent_ink).sum(axis=(1, 2)) / inked.sum(axis=(1, 2))
+    assert np.median(changed) > 0.1  # the strokes moved: other shapes, not the font's
+    # A smooth displacement, no loss of ink: about the same amount of ink (where it
+    # compresses a thin stroke it thins it), its centre moved by about a pixel (a few of the
+    # displacement's deviations at most), nothing on the frame's edge.
+    mass = bent_ink.sum(axis=(1, 2)) / inked.sum(axis=(1, 2))
+    assert 0.9 < np.median(mass) < 1.1 and 0.5 < mass.min() and mass.max() < 1.6
+    columns = np.arange(ink.shape[2])
+    centre = lambda mask: (mask.sum(axis=1) * columns).sum(axis=1) / mask.sum(axis=(1, 2))
+    shift = np.abs(centre(bent_ink) - centre(inked))
+    assert np.median(shift) < 1.0 and shift.max() < 4 * CONFIG.elastic
+    assert not bent_ink[:, [0, -1]].any() and not bent_ink[:, :, [0, -1]].any()
+    assert (warped[bent_ink] < 128).all()  # the frame targets follow the bend
+
+
+@pytest.mark.parametrize("effect", ["speckle_prob", "scratch_prob"])
+def test_speckle_and_scratches_mark_the_plate_not_the_frame_targets(inks, effect):
+    ink, _ = inks
+    plates, warped = run(ink, dataclasses.replace(CLEAN, **{effect: 1.0}))
+    marked = (plates < 128) & (ink < 20)  # dark pixels away from every stroke
+    assert (marked.sum(axis=(1, 2)) >= 10).mean() > 0.9
+    sure = ink != 51
+    np.testing.assert_array_equal(warped[sure], np.where(ink > 51, 0, 255)[sure])
+
+
+def test_text_scaled_up_thins_as_much_as_text_at_its_size(inks):
+    ink, _ = inks
+
+    def thinned_share(scale):  # per thinned plate: its ink against the same plate unstroked
+        sized = dataclasses.replace(CLEAN, scale_prob=1.0, scale_min=scale, scale_max=scale)
+        plain, _ = run(ink, sized)
+        stroked, _ = run(ink, dataclasses.replace(sized, stroke_prob=1.0))
+        share = ((255 - stroked.astype(float)).sum(axis=(1, 2))
+                 / (255 - plain.astype(float)).sum(axis=(1, 2)))
+        return np.median(share[share < 1])  # the half of the plates thinned (the rest grew)
+    # One step of half a pixel each side takes a smaller share of strokes scaled 1.65x than of
+    # strokes at their size; from 1.7x and 2.4x more steps take a like share again: large
+    # text gets hairline strokes too.
+    at_size, one_step, three_steps = thinned_share(1.0), thinned_share(1.65), thinned_share(2.6)
+    assert three_steps < one_step and three_steps < at_size + 0.15
+
+
+def test_wear_takes_holes_out_of_the_ink_not_out_of_the_frame_targets(inks):
+    ink, _ = inks
+    worn, warped = run(ink, dataclasses.replace(CLEAN, wear_prob=1.0))
+    share = (255 - worn.astype(float)).sum(axis=(1, 2)) / ink.astype(float).sum(axis=(1, 2))
+    assert 0.8 < np.median(share) < 0.98 and share.min() > 0.5
+    np.testing.assert_array_equal(warped, run(ink, CLEAN)[1])
+
+
+def test_a_pattern_of_waves_shades_the_plate_around_the_text(inks):
+    ink, _ = inks
+    plates, _ = run(ink, dataclasses.replace(CLEAN, pattern_prob=1.0, contrast_prob=1.0))
+    away = ~dilated(ink > 0, 5)
+    spread = np.array([plate[mask].std() for plate, mask in zip(plates, away)])
+    flat, _ = run(ink, dataclasses.replace(CLEAN, contrast_prob=1.0))
+    assert np.array([plate[mask].std() for plate, mask in zip(flat, away)]).max() < 0.5
+    assert np.median(spread) > 0.25 * CONFIG.pattern
+
+
 def test_the_wide_distribution_varies_text_size_and_position(inks):
     ink, _ = inks
     _, warped = run(ink, CONFIG)
