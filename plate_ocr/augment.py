@@ -91,6 +91,14 @@ def _bank_windows(shape: tuple[int, int], top: tf.Tensor, left: tf.Tensor) -> tf
                      fn_output_signature=tf.float32)
 
 
+def _smooth_field(nodes: tuple[int, int], size: tuple[int, int], top: tf.Tensor,
+                  left: tf.Tensor) -> tf.Tensor:
+    """A window [B, *nodes] of the noise bank (_bank_windows) interpolated bilinearly to
+    [B, *size]: smooth per-plate noise (texture, the elastic bend, wear)."""
+    coarse = _bank_windows(nodes, top, left)
+    return tf.image.resize(coarse[..., None], size, method="bilinear")[..., 0]
+
+
 def _max3x3(plates: tf.Tensor) -> tf.Tensor:
     """The 3x3 maximum of each pixel of [B, H, W] (edges repeated), as shifted maxima: five
     times faster here than max_pool2d."""
@@ -139,8 +147,7 @@ def _elastic(ink: tf.Tensor, u: dict, config: AugmentConfig) -> tf.Tensor:
     nodes = (-(-height // _ELASTIC_CELL) + 1, -(-width // _ELASTIC_CELL) + 1)
 
     def field(top, left):
-        coarse = _bank_windows(nodes, u[top], u[left])
-        return tf.image.resize(coarse[..., None], [height, width], method="bilinear")[..., 0]
+        return _smooth_field(nodes, (height, width), u[top], u[left])
     ys = tf.range(height, dtype=tf.float32)
     xs = tf.range(width, dtype=tf.float32)
     fade_y = tf.minimum(tf.minimum(ys, height - 1 - ys) / _ELASTIC_TAPER, 1.0)[None, :, None]
@@ -405,10 +412,13 @@ def augment_with_ink(ink: tf.Tensor, config: AugmentConfig, keys: tf.Tensor,
     # Wear: holes in the ink where a smooth field (blobs of ~4-8 px) runs high, taking 2-17%
     # of most plates' ink (a third at most): worn paint, distressed faces. The frame targets
     # keep the whole characters.
-    blobs = tf.image.resize(_bank_windows((height // 4, width // 4), u["wear_top"],
-                                          u["wear_left"])[..., None], [height, width])[..., 0]
-    holes = tf.clip_by_value(4 * (blobs - per_plate(0.3 + 0.8 * u["wear_amount"])), 0.0, 1.0)
-    coverage *= 1 - tf.where(per_plate(u["wear"] < config.wear_prob), holes, 0.0)
+    # Off by default: not computed then (its factor would be 1 everywhere).
+    if config.wear_prob > 0:
+        blobs = _smooth_field((height // 4, width // 4), (height, width), u["wear_top"],
+                              u["wear_left"])
+        holes = tf.clip_by_value(4 * (blobs - per_plate(0.3 + 0.8 * u["wear_amount"])), 0.0,
+                                 1.0)
+        coverage *= 1 - tf.where(per_plate(u["wear"] < config.wear_prob), holes, 0.0)
 
     # The box: the text's box padded (in text heights) and warped with it; or the image.
     text_height = bottom + 1 - top
@@ -483,8 +493,8 @@ def augment_with_ink(ink: tf.Tensor, config: AugmentConfig, keys: tf.Tensor,
     down = tf.range(height, dtype=tf.float32) / height - 0.5
     plate += (per_plate(_whole_vectors(tf.cos, direction) * strength) * across[None, None, :]
               + per_plate(_whole_vectors(tf.sin, direction) * strength) * down[None, :, None])
-    coarse = _bank_windows((height // 8, width // 8), u["texture_top"], u["texture_left"])
-    texture = tf.image.resize(coarse[..., None], [height, width], method="bilinear")[..., 0]
+    texture = _smooth_field((height // 8, width // 8), (height, width), u["texture_top"],
+                            u["texture_left"])
     plate += texture * per_plate(tf.where(u["texture"] < config.texture_prob,
                                           u["texture_amount"] * config.texture, 0.0))
     # A pattern: plane waves of periods 4-16 px in random directions, summed (a quasicrystal
@@ -496,8 +506,9 @@ def augment_with_ink(ink: tf.Tensor, config: AugmentConfig, keys: tf.Tensor,
         waves += _whole_vectors(tf.cos, per_plate(frequency * _whole_vectors(tf.cos, angle)) * xs
                                 + per_plate(frequency * _whole_vectors(tf.sin, angle)) * ys
                                 + per_plate(2 * math.pi * u[f"wave_phase_{i}"]))
-    plate += waves / math.sqrt(_WAVES / 2) * per_plate(tf.where(u["pattern"] < config.pattern_prob,
-                                                 u["pattern_amount"] * config.pattern, 0.0))
+    pattern = tf.where(u["pattern"] < config.pattern_prob,
+                       u["pattern_amount"] * config.pattern, 0.0)
+    plate += waves / math.sqrt(_WAVES / 2) * per_plate(pattern)
     # Clutter: a block of another grey on the page, two pixels or more off the text.
     x0, y0 = u["clutter_x"] * width, u["clutter_y"] * height
     x1, y1 = x0 + 4 + u["clutter_w"] * width / 2, y0 + 3 + u["clutter_h"] * height / 2
