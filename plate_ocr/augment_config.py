@@ -13,9 +13,9 @@ class AugmentConfig:
 
     # Text height times 2^u, u uniform in [log2 scale_min, log2 scale_max] (then shrunk to fit):
     # the records' digits are 13-18 px high; plates cropped by a detector or another
-    # renderer's tight crop show 8-45, and a third of these fill the frame (run x1 in
-    # docs/experiments.md: text scaled up to 3x on 70% of plates read 88-91% of trdg's
-    # frame-filling plates; up to 5x on 85%, 93%).
+    # renderer's tight crop show 8-45. With these values 29% of training plates have text
+    # 28-40 px high, as trdg's frame-filling crops do (19% up to 3x on 70% of plates; run x1
+    # in docs/experiments.md: trdg read 93% against 88-91%).
     scale_prob: float = 0.85
     scale_min: float = 0.65
     scale_max: float = 5.0
