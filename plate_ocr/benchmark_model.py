@@ -17,21 +17,19 @@ from plate_ocr import records
 from plate_ocr.benchmark import BATCH, FIGURES, median_seconds, run_measured
 
 
-def _train_setup(flagfile: str, records_dir: str):
+def _train_setup(config):
     import tensorflow as tf
-    from plate_ocr import cli_train
-    config = cli_train.config_from(flagfile, f"--records_dir={records_dir}")
-    return config, records.read_info(records_dir), tf.distribute.OneDeviceStrategy("/cpu:0")
+    return records.read_info(config.records_dir), tf.distribute.OneDeviceStrategy("/cpu:0")
 
 
-def _custom_loop(flagfile: str, records_dir: str, steps: int, repeats: int) -> dict:
+def _custom_loop(config, steps: int, repeats: int) -> dict:
     """Examples/s of Trainer.train_loop, called as train_and_evaluate calls it."""
     import tensorflow as tf
     from plate_ocr import trainer as trainer_lib
-    config, info, strategy = _train_setup(flagfile, records_dir)
+    info, strategy = _train_setup(config)
     trainer = trainer_lib.Trainer(config, info, strategy, (repeats + 1) * steps,
-                                  files={"train": records.split_files(info, records_dir,
-                                                                      "train")},
+                                  files={"train": records.split_files(
+                                      info, config.records_dir, "train")},
                                   lost={"train": 0})
     iterator = iter(trainer.dataset("train", training=True))
 
@@ -47,12 +45,12 @@ def _custom_loop(flagfile: str, records_dir: str, steps: int, repeats: int) -> d
             "custom_examples_per_s": steps * config.batch_size / seconds}
 
 
-def _fit(flagfile: str, records_dir: str, steps: int, repeats: int) -> dict:
+def _fit(config, steps: int, repeats: int) -> dict:
     """Examples/s of model.fit on the same model, optimizer, batch and tf.data pipeline."""
     import keras
     import tensorflow as tf
     from plate_ocr import input_pipeline, model as model_lib, trainer
-    config, info, strategy = _train_setup(flagfile, records_dir)
+    info, strategy = _train_setup(config)
     with strategy.scope():
         model = model_lib.build_crnn(config.model, info["image_height"], info["image_width"],
                                      len(info["alphabet"]) + 1)
@@ -63,7 +61,7 @@ def _fit(flagfile: str, records_dir: str, steps: int, repeats: int) -> dict:
         # and work as ours (blank last), the classes permuted.
         model.compile(optimizer=optimizer, loss=keras.losses.CTC())
     dataset = input_pipeline.make_dataset(
-        records.split_files(info, records_dir, "train"), config.batch_size, True,
+        records.split_files(info, config.records_dir, "train"), config.batch_size, True,
         info["image_height"], info["image_width"], info["plate_length"],
         shuffle_buffer=config.shuffle_buffer, seed=config.seed)
     dataset = dataset.map(lambda images, labels, _: (tf.cast(images, tf.float32), labels + 1),
@@ -88,7 +86,7 @@ def _fit(flagfile: str, records_dir: str, steps: int, repeats: int) -> dict:
             / statistics.median(timer.seconds[1:]), "fit_jit_compile": bool(model.jit_compile)}
 
 
-def train_stage(flagfile: str, records_dir: str, steps: int, repeats: int,
+def train_stage(config, steps: int, repeats: int,
                 pipeline_examples_per_s: float | None = None) -> tuple[dict[str, float], dict]:
     """Training examples/s of one config: our custom loop, and model.fit on the same model.
 
@@ -96,8 +94,7 @@ def train_stage(flagfile: str, records_dir: str, steps: int, repeats: int,
     (tracing, shuffle buffer), then `repeats` timed runs of `steps` steps on the same iterator.
 
     Args:
-      flagfile: a training config (configs/cpu.cfg); its records_dir is replaced.
-      records_dir: the records to train on.
+      config: a trainer.TrainConfig (of configs/cpu.cfg, say), with the records to train on.
       steps: training steps per timed run.
       repeats: timed runs; each figure is the median.
       pipeline_examples_per_s: the input pipeline's figure, for the ratio (None: left out).
@@ -105,9 +102,8 @@ def train_stage(flagfile: str, records_dir: str, steps: int, repeats: int,
       ({figure: value} of FIGURES["train"],
        {"fit_jit_compile": what compile's "auto" chose, "rss_mb_after_import": of TF, Keras}).
     """
-    custom, custom_rss, baseline = run_measured(_custom_loop, flagfile, records_dir, steps,
-                                                repeats)
-    fit, fit_rss, _ = run_measured(_fit, flagfile, records_dir, steps, repeats)
+    custom, custom_rss, baseline = run_measured(_custom_loop, config, steps, repeats)
+    fit, fit_rss, _ = run_measured(_fit, config, steps, repeats)
     jit = fit.pop("fit_jit_compile")
     figures = {**custom, **fit, "custom_over_fit": custom["custom_examples_per_s"]
                / fit["fit_examples_per_s"]}
@@ -173,10 +169,10 @@ def inference_stage(model_path: str, records_dir: str, batches: int, calls: int,
     return {**figures, "peak_rss_mb": rss}, {"rss_mb_after_import": baseline}
 
 
-def _time_to_accuracy(flagfile: str, records_dir: str, model_dir: str, curve_path: str) -> dict:
+def _time_to_accuracy(config, model_dir: str, curve_path: str) -> dict:
     import json
-    from plate_ocr import cli_train, distribute, evaluate, model as model_lib, train
-    config = cli_train.config_from(flagfile, f"--records_dir={records_dir}")
+    from plate_ocr import distribute, evaluate, model as model_lib, train
+    records_dir = config.records_dir
     started = time.perf_counter()
     # The run's progress lines go to stderr: stdout is the table (or the JSON).
     with contextlib.redirect_stdout(sys.stderr):
@@ -205,7 +201,7 @@ def _time_to_accuracy(flagfile: str, records_dir: str, model_dir: str, curve_pat
     return figures
 
 
-def time_to_accuracy_stage(flagfile: str, records_dir: str, model_dir: str,
+def time_to_accuracy_stage(config, model_dir: str,
                            curve_path: str) -> tuple[dict[str, float], dict]:
     """Trains a config from scratch through bin/train's code path and times its accuracy.
 
@@ -214,14 +210,12 @@ def time_to_accuracy_stage(flagfile: str, records_dir: str, model_dir: str,
     99%, 99.5% and 99.9% (training time, evaluation excluded).
 
     Args:
-      flagfile: the training config (configs/fast.cfg); its records_dir is replaced.
-      records_dir: the records to train on.
+      config: a trainer.TrainConfig (of configs/fast.cfg, say), with the records to train on.
       model_dir: an empty folder for the run.
       curve_path: where the run's time-to-accuracy PNG is copied.
     Returns:
       ({figure: value} of FIGURES["time_to_accuracy"]; a target never reached is inf),
       {"rss_mb_after_import": of TF and Keras, "peak_rss_mb"}).
     """
-    figures, rss, baseline = run_measured(_time_to_accuracy, flagfile, records_dir, model_dir,
-                                          curve_path)
+    figures, rss, baseline = run_measured(_time_to_accuracy, config, model_dir, curve_path)
     return figures, {"rss_mb_after_import": baseline, "peak_rss_mb": rss}
