@@ -10,6 +10,7 @@ The effects, each with a probability and a range (AugmentConfig), in the order a
 - geometry of the ink box: scale (small and large text), horizontal stretch (condensed and
   wide faces), rotation, shear, perspective, and a new position anywhere it fits; the whole
   distortion shrinks until the box fits in the frame, so every glyph's ink stays inside it;
+- the edges of text scaled up made as crisp as those of text drawn at that size;
 - strokes a little thicker or thinner (thinner still on text scaled up: large hairline faces),
   worn (holes in the ink);
 - the plate as a box around the text on a page of another grey (its edges visible), a border
@@ -47,7 +48,7 @@ DRAWS = ("scale", "scale_amount", "squeeze", "stretch", "stretch_amount", "rotat
          "speckle", "speckle_amount", "speckle_top", "speckle_left", "speckle_grow", "scratch",
          "scratch_y", "scratch_slope", "scratch_wave", "scratch_period", "scratch_phase",
          "scratch_width", "pattern", "pattern_amount", "wear", "wear_amount", "wear_top",
-         "wear_left")
+         "wear_left", "sharpen")
 _WAVES = 4  # the pattern's plane waves, each of a direction, frequency and phase
 DRAWS += tuple(f"wave_{what}_{i}" for i in range(_WAVES) for what in ("angle", "freq", "phase"))
 _JITTER = 8  # the perspective's corner displacements, after the DRAWS
@@ -397,6 +398,10 @@ def augment_with_ink(ink: tf.Tensor, config: AugmentConfig, keys: tf.Tensor,
     ink = _elastic(ink, u, config)
     top, bottom, left, right = box = _ink_box(ink)
     coverage, text_corners, forward, scale = _geometry(ink, box, u, jitter, config, margin)
+    # Sharpening about 40% coverage, not half: a hairline whose coverage peaks under half
+    # stays.
+    steepness = tf.where(u["sharpen"] < config.sharpen_prob, tf.maximum(scale, 1.0), 1.0)
+    coverage = tf.clip_by_value(102.0 + (coverage - 102.0) * per_plate(steepness), 0.0, 255.0)
     # Strokes: the 3x3 maximum (minimum) blended half and half with the original, about
     # half a pixel on each side. Text scaled up thins by one more such step from 1.7x and two
     # from 2.4x: large hairline faces, whose strokes do not grow with the text.

@@ -124,6 +124,22 @@ def test_text_scaled_up_thins_as_much_as_text_at_its_size(inks):
     assert three_steps < one_step and three_steps < at_size + 0.15
 
 
+def test_text_scaled_up_keeps_edges_as_crisp_as_text_at_its_size(inks):
+    ink, _ = inks
+
+    def edge_share(scale, sharpen):  # pixels between ink and box, per pixel of ink or edge
+        sized = dataclasses.replace(CLEAN, scale_prob=1.0, scale_min=scale, scale_max=scale,
+                                    sharpen_prob=sharpen)
+        plates, _ = run(ink, sized)
+        return ((plates > 40) & (plates < 215)).sum() / (plates < 215).sum()
+    at_size, soft, sharpened = edge_share(1.0, 1.0), edge_share(3.0, 0.0), edge_share(3.0, 1.0)
+    # Bilinear scaling (3x, shrunk to fit the frame) widens the ramp of grey at every edge;
+    # sharpened, it is no wider than at the text's size.
+    assert soft > 1.3 * at_size
+    assert sharpened < at_size
+    assert edge_share(1.0, 0.0) == at_size  # text at its size is left as it is
+
+
 def test_wear_takes_holes_out_of_the_ink_not_out_of_the_frame_targets(inks):
     ink, _ = inks
     worn, warped = run(ink, dataclasses.replace(CLEAN, wear_prob=1.0))
