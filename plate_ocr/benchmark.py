@@ -108,11 +108,11 @@ FIGURES = {
         "fit_peak_rss_mb": Figure("peak RSS of model.fit's process", "MB"),
     },
     "inference": {
-        "batch_plates_per_s": Figure("SavedModel (uint8 in, text out), batch 256", "plates/s",
-                                     2000),
-        "single_p50_ms": Figure("SavedModel, 1 plate per call: median latency", "ms", 10,
-                                False),
-        "single_p99_ms": Figure("SavedModel, 1 plate per call: 99th percentile", "ms"),
+        "batch_plates_per_s": Figure("batch 256 (uint8 in, reading out)", "plates/s", 2000),
+        "single_p50_ms": Figure("1 plate per call: median latency", "ms", 10, False),
+        "single_p99_ms": Figure("1 plate per call: 99th percentile", "ms"),
+        "val_plate_accuracy": Figure("val plate accuracy of the batches' plates", ""),
+        "size_mb": Figure("model file size", "MB"),
         "peak_rss_mb": Figure("peak RSS of the inference process", "MB"),
     },
     "time_to_accuracy": {

@@ -124,13 +124,16 @@ def _inference(model_path: str, records_dir: str, batches: int, calls: int,
     if tuple(shape) != (info["image_height"], info["image_width"]):
         raise ValueError(f"the model reads {shape[0]}x{shape[1]} plates, the records in "
                          f"{records_dir} are {info['image_height']}x{info['image_width']}")
-    val = np.concatenate([batch["image"] for batch in itertools.islice(
-        evaluate.read_split(records_dir, "val", BATCH), batches)])
+    val = list(itertools.islice(evaluate.read_split(records_dir, "val", BATCH), batches))
+    truths = sum((batch["text"] for batch in val), [])
+    val = np.concatenate([batch["image"] for batch in val])
     plates = np.resize(val, (batches * BATCH, *shape))  # the val plates, cycled if too few
+    readings = []
 
     def batched():
+        readings.clear()
         for i in range(batches):
-            predict(plates[i * BATCH:(i + 1) * BATCH])
+            readings.extend(predict(plates[i * BATCH:(i + 1) * BATCH])[0])
     batch_seconds = median_seconds(batched, repeats)
 
     latencies = []
@@ -145,12 +148,27 @@ def _inference(model_path: str, records_dir: str, batches: int, calls: int,
     timed = latencies[1:]  # the first run warmed up
     return {"batch_plates_per_s": batches * BATCH / batch_seconds,
             "single_p50_ms": statistics.median(np.percentile(run, 50) for run in timed),
-            "single_p99_ms": statistics.median(np.percentile(run, 99) for run in timed)}
+            "single_p99_ms": statistics.median(np.percentile(run, 99) for run in timed),
+            "val_plate_accuracy": float(np.mean([reading == truth for reading, truth
+                                                 in zip(readings, truths)]))}
+
+
+def _size_mb(model_path: str) -> float:
+    """Megabytes of what load_predictor loads: a file, or the SavedModel's files."""
+    from plate_ocr import export
+    if os.path.isfile(model_path):
+        return os.path.getsize(model_path) / 1e6
+    saved_model = os.path.join(model_path, export.SAVED_MODEL)
+    if os.path.exists(os.path.join(saved_model, "saved_model.pb")):
+        model_path = saved_model
+    return sum(os.path.getsize(os.path.join(folder, name))
+               for folder, _, names in os.walk(model_path) for name in names) / 1e6
 
 
 def inference_stage(model_path: str, records_dir: str, batches: int, calls: int,
                     repeats: int) -> tuple[dict[str, float], dict]:
-    """Plates/s of the SavedModel at batch 256, and its latency on one plate per call.
+    """Plates/s of a model at batch 256, its latency on one plate per call, its accuracy on
+    the plates it read and its size.
 
     The model is loaded as bin/evaluate and bin/predict load it (evaluate.load_predictor:
     uint8 plates in, Python strings and confidences out), and reads val plates.
@@ -158,7 +176,7 @@ def inference_stage(model_path: str, records_dir: str, batches: int, calls: int,
     Args:
       model_path: a model dir, its SavedModel, .keras or .tflite file.
       records_dir: records with a val split of the model's image size.
-      batches: batches of 256 per timed run.
+      batches: batches of 256 per timed run (the accuracy is over their plates).
       calls: one-plate calls per timed run (p50 and p99 over these).
       repeats: timed runs, after an untimed one; each figure is the median.
     Returns:
@@ -166,7 +184,8 @@ def inference_stage(model_path: str, records_dir: str, batches: int, calls: int,
     """
     figures, rss, baseline = run_measured(_inference, model_path, records_dir, batches, calls,
                                           repeats)
-    return {**figures, "peak_rss_mb": rss}, {"rss_mb_after_import": baseline}
+    return ({**figures, "size_mb": _size_mb(model_path), "peak_rss_mb": rss},
+            {"rss_mb_after_import": baseline})
 
 
 def _time_to_accuracy(config, model_dir: str, curve_path: str) -> dict:

@@ -44,8 +44,10 @@ def benchmark() -> None:
                                   project_path("configs", "default.cfg")],
                       "Training configs (flagfiles) of the train stage, comma-separated.")
     flags.DEFINE_integer("train_steps", 10, "Training steps per timed run.", lower_bound=1)
-    flags.DEFINE_string("model", project_path("runs", "fast"), "Model of the inference stage: "
-                        "a model dir, its SavedModel, .keras or .tflite file.")
+    flags.DEFINE_list("model", [project_path("runs", "fast")], "Models of the inference "
+                      "stage, comma-separated, measured one after another on the same plates: "
+                      "model dirs, SavedModels, .keras or .tflite files (say runs/fast,"
+                      "runs/fast/model.tflite,runs/fast/model-dynamic.tflite).")
     flags.DEFINE_integer("inference_batches", 20, "Batches of 256 per timed inference run.",
                          lower_bound=1)
     flags.DEFINE_integer("latency_calls", 200, "One-plate calls per timed latency run.",
@@ -54,6 +56,9 @@ def benchmark() -> None:
 
     def config_name(path: str) -> str:
         return os.path.splitext(os.path.basename(path))[0]
+
+    def model_name(path: str) -> str:  # runs/fast -> fast, runs/fast/model.tflite -> model.tflite
+        return os.path.basename(os.path.normpath(path))
 
     def check_inputs() -> None:
         """Fails before minutes of measuring when an input of a chosen stage is missing."""
@@ -70,8 +75,14 @@ def benchmark() -> None:
                 raise CommandError(f"--configs must have distinct names, got {', '.join(names)}")
         if "time_to_accuracy" in FLAGS.stages and not os.path.isfile(FLAGS.tta_config):
             raise CommandError(f"--tta_config: no such file {FLAGS.tta_config}")
-        if "inference" in FLAGS.stages and not os.path.exists(FLAGS.model):
-            raise CommandError(f"--model: no such file or folder {FLAGS.model}")
+        if "inference" in FLAGS.stages:
+            missing = [path for path in FLAGS.model if not os.path.exists(path)]
+            if missing or not FLAGS.model:
+                raise CommandError("--model: no such file or folder "
+                                   + (", ".join(missing) or "(none given)"))
+            names = [model_name(path) for path in FLAGS.model]
+            if len(set(names)) < len(names):
+                raise CommandError(f"--model must name distinct models, got {', '.join(names)}")
 
     def main(argv):
         import json
@@ -121,12 +132,13 @@ def benchmark() -> None:
                         results.get("pipeline", {}).get("tfrecord_examples_per_s"))
                     settings[stage] = {"config": path, "steps_per_run": FLAGS.train_steps,
                                        **notes}
-                if "inference" in FLAGS.stages:
-                    results["inference"], notes = benchmark_model.inference_stage(
-                        FLAGS.model, FLAGS.records_dir, FLAGS.inference_batches,
+                for path in FLAGS.model if "inference" in FLAGS.stages else ():
+                    stage = f"inference {model_name(path)}"
+                    results[stage], notes = benchmark_model.inference_stage(
+                        path, FLAGS.records_dir, FLAGS.inference_batches,
                         FLAGS.latency_calls, FLAGS.repeats)
-                    settings["inference"] = {
-                        "model": FLAGS.model, "batch": benchmark_lib.BATCH,
+                    settings[stage] = {
+                        "model": path, "batch": benchmark_lib.BATCH,
                         "batches_per_run": FLAGS.inference_batches,
                         "latency_calls_per_run": FLAGS.latency_calls, **notes}
                 if "time_to_accuracy" in FLAGS.stages:
@@ -165,10 +177,10 @@ def benchmark() -> None:
             print(f"time_to_accuracy: {FLAGS.tta_config} from scratch on {FLAGS.records_dir} "
                   "under the default strategy; minutes are training time (evaluation excluded); "
                   f"curve: {settings['time_to_accuracy']['curve']}")
-        if "inference" in results:
-            print(f"inference: {FLAGS.model} through evaluate.load_predictor, val plates; "
-                  f"{FLAGS.inference_batches} batches and {FLAGS.latency_calls} one-plate "
-                  "calls per run")
+        if "inference" in FLAGS.stages:
+            print(f"inference: {', '.join(FLAGS.model)}, each in its own process through "
+                  f"evaluate.load_predictor, the same val plates; {FLAGS.inference_batches} "
+                  f"batches and {FLAGS.latency_calls} one-plate calls per run")
         baselines = [notes["rss_mb_after_import"] for notes in settings.values()
                      if isinstance(notes, dict) and "rss_mb_after_import" in notes]
         if baselines:

@@ -210,8 +210,9 @@ def export() -> None:
     """Writes another export format of a trained model dir."""
     quiet_tensorflow()
     flags.DEFINE_string("model_dir", "runs/fast", "A finished training run.")
-    flags.DEFINE_enum("format", "tflite", ["tflite"], "Format to write (bin/train already "
-                      "wrote the SavedModel, .keras and weights).")
+    flags.DEFINE_enum("format", "tflite", ["tflite", "tflite_dynamic"], "Format to write "
+                      "(bin/train already wrote the SavedModel, .keras and weights): tflite "
+                      "(float32) or tflite_dynamic (int8 weights, dynamic-range quantized).")
 
     def main(argv):
         import keras
@@ -224,9 +225,9 @@ def export() -> None:
                                f"{export_lib.CONFIG_FILE})")
         config = json.load(open(config_path))
         model_config = model.config_from_dict(config["model"])
-        path = export_lib.export_tflite(keras.models.load_model(keras_path), model_config,
-                                        config["plate_length"],
-                                        os.path.join(FLAGS.model_dir, export_lib.TFLITE_MODEL))
+        path = export_lib.export_tflite(
+            keras.models.load_model(keras_path), model_config, config["plate_length"],
+            os.path.join(FLAGS.model_dir, export_lib.TFLITE_FILES[FLAGS.format]), FLAGS.format)
         print(f"wrote {path}")
 
     run_command(main)

@@ -15,6 +15,10 @@ SAVED_MODEL = "export"
 KERAS_MODEL = "model.keras"
 KERAS_WEIGHTS = "model.weights.h5"
 TFLITE_MODEL = "model.tflite"
+# bin/export --format: the TFLite variants, each file beside the others in the model dir.
+# "dynamic": dynamic-range quantization, int8 weights (a quarter of the file) and float
+# activations quantized on the fly by the kernels of the convolutions, Dense layers and LSTM.
+TFLITE_FILES = {"tflite": TFLITE_MODEL, "tflite_dynamic": "model-dynamic.tflite"}
 CONFIG_FILE = "config.json"  # written by training: image size, alphabet, model shape
 # The exports' default reject threshold on the confidence (the probability of the reading):
 # below it a reading is "unreadable". Measured 2026-12-02 on three models (clean.cfg's recipe,
@@ -113,9 +117,11 @@ def load_export(saved_model: str):
 
 
 def export_tflite(model: keras.Model, config: model_lib.ModelConfig, plate_length: int,
-                  path: str) -> str:
+                  path: str, variant: str = "tflite") -> str:
     """Writes a TFLite model (built-in ops only): uint8 images -> labels, confidence,
-    readable."""
+    readable; variant is a key of TFLITE_FILES (float, or dynamic-range quantized)."""
+    if variant not in TFLITE_FILES:
+        raise ValueError(f"no TFLite variant {variant!r}: one of {', '.join(TFLITE_FILES)}")
     height, width = model.input_shape[1:]
     # The RNN unrolled: no tensor-list while loop to convert.
     unrolled = model_lib.fold_batch_norm(model, config, unroll=True)
@@ -124,6 +130,8 @@ def export_tflite(model: keras.Model, config: model_lib.ModelConfig, plate_lengt
                        serving_function(unrolled, None, plate_length, height, width))
         converter = tf.lite.TFLiteConverter.from_saved_model(scratch)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if variant == "tflite_dynamic":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
         flatbuffer = converter.convert()
     with open(path + ".tmp", "wb") as f:
         f.write(flatbuffer)

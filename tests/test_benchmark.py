@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 
 import pytest
@@ -15,12 +16,16 @@ SMOKE_CONFIG = os.path.join(PROJECT_DIR, "configs", "smoke.cfg")
 
 @pytest.fixture(scope="module")
 def untrained_model(tmp_path_factory) -> str:
-    """A model dir with an exported SavedModel of the smoke config's CRNN, untrained."""
+    """A model dir with an exported SavedModel and TFLite model of the smoke config's CRNN,
+    untrained."""
     from plate_ocr import cli_train, export, model
     config = cli_train.config_from(SMOKE_CONFIG).model
     model_dir = str(tmp_path_factory.mktemp("untrained"))
-    export.export_model(model.build_crnn(config, 64, 128, len(ALPHABET) + 1), config, model_dir,
-                        ALPHABET, 5, 64, 128)
+    crnn = model.build_crnn(config, 64, 128, len(ALPHABET) + 1)
+    export.export_model(crnn, config, model_dir, ALPHABET, 5, 64, 128)
+    export.export_tflite(crnn, config, 5, os.path.join(model_dir, export.TFLITE_MODEL))
+    with open(os.path.join(model_dir, export.CONFIG_FILE), "w") as f:
+        json.dump({"alphabet": ALPHABET}, f)  # what a .tflite file's reader looks for beside it
     return model_dir
 
 
@@ -50,26 +55,33 @@ def test_records_stage_reports_every_figure(tmp_path, font_dir):
 @pytest.mark.slow
 def test_tensorflow_stages_report_every_figure(tmp_path, tiny_records, untrained_model):
     work_dir = tmp_path / "work"
+    tflite = os.path.join(untrained_model, "model.tflite")  # side by side with its SavedModel
     result = subprocess.run(
         [BENCHMARK, "--stages=pipeline,train,inference", "--records_dir", tiny_records,
-         "--configs", SMOKE_CONFIG, "--model", untrained_model, "--pipeline_examples", "256",
+         "--configs", SMOKE_CONFIG, "--model", f"{untrained_model},{tflite}",
+         "--pipeline_examples", "256",
          "--png_examples", "30", "--train_steps", "2", "--inference_batches", "1",
          "--latency_calls", "3", "--repeats", "1", "--work_dir", str(work_dir), "--json"],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     output = json.loads(result.stdout)
     settings = output.pop("settings")
-    expected = {"pipeline": "pipeline", "train smoke": "train", "inference": "inference"}
+    expected = {"pipeline": "pipeline", "train smoke": "train",
+                f"inference {os.path.basename(untrained_model)}": "inference",
+                "inference model.tflite": "inference"}
     assert sorted(output) == sorted(expected)
     for stage, kind in expected.items():
         assert sorted(output[stage]) == sorted(benchmark.FIGURES[kind]), stage
-        assert {key: value for key, value in output[stage].items() if not value > 0} == {}
+        assert {key: value for key, value in output[stage].items()
+                if not value > 0 and key != "val_plate_accuracy"} == {}  # an untrained model
         assert settings[stage]["rss_mb_after_import"] > 0
     assert os.listdir(work_dir) == []  # the PNG folder is removed
 
     table = benchmark.format_table(output).splitlines()
     assert len(table) == 1 + sum(len(figures) for figures in output.values())
-    assert any(line.startswith("train smoke  custom loop / model.fit") for line in table)
+    assert any(re.match(r"train smoke +custom loop / model\.fit", line) for line in table)
+    assert sum(bool(re.match(r"inference \S+ +1 plate per call: median latency", line))
+               for line in table) == 2  # the two models side by side
 
 
 def test_missing_records_dir_fails_before_measuring(tmp_path):

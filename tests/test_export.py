@@ -1,6 +1,8 @@
 """The exports' reading, its confidence and the readable output, in every format."""
 
 import json
+import os
+import subprocess
 
 import keras
 import numpy as np
@@ -9,6 +11,7 @@ import tensorflow as tf
 
 from plate_ocr import calibration, evaluate, export, model
 
+from conftest import PROJECT_DIR
 from test_train import smoke_config
 
 
@@ -60,6 +63,34 @@ def test_saved_model_keras_and_tflite_agree_on_confidence_and_readable(reading_m
     outputs = runner(images=images)
     np.testing.assert_array_equal(outputs["readable"],
                                   outputs["confidence"] >= export.MIN_CONFIDENCE)
+
+
+@pytest.mark.slow
+def test_the_dynamic_range_tflite_reads_what_the_saved_model_reads(reading_model, tmp_path):
+    model_dir, records_dir = reading_model
+    result = subprocess.run([os.path.join(PROJECT_DIR, "bin", "export"), "--model_dir",
+                             model_dir, "--format", "tflite_dynamic"],
+                            capture_output=True, text=True, timeout=300)
+    dynamic = os.path.join(model_dir, export.TFLITE_FILES["tflite_dynamic"])
+    assert result.returncode == 0 and result.stdout.strip() == f"wrote {dynamic}", result.stderr
+    batch = next(evaluate.read_split(records_dir, "test", 200))
+    saved = evaluate.load_predictor(model_dir)[0](batch["image"])[0]
+    assert np.mean([a == b for a, b in zip(saved, evaluate.load_predictor(dynamic)[0](
+        batch["image"])[0])]) >= 0.99
+    # Its weights are int8 (a float model has none), so the file is smaller.
+    config = json.load(open(f"{model_dir}/{export.CONFIG_FILE}"))
+    trained = keras.models.load_model(f"{model_dir}/{export.KERAS_MODEL}")
+    float_model = export.export_tflite(trained, model.config_from_dict(config["model"]), 5,
+                                       str(tmp_path / "float.tflite"))
+
+    def int8_tensors(path):
+        return sum(tensor["dtype"] == np.int8
+                   for tensor in tf.lite.Interpreter(model_path=path).get_tensor_details())
+    assert int8_tensors(dynamic) > 0 and int8_tensors(float_model) == 0
+    assert os.path.getsize(dynamic) < 0.6 * os.path.getsize(float_model)
+    with pytest.raises(ValueError, match="no TFLite variant"):
+        export.export_tflite(trained, model.config_from_dict(config["model"]), 5,
+                             str(tmp_path / "x.tflite"), "tflite_int4")
 
 
 @pytest.mark.slow
