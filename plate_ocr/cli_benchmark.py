@@ -60,29 +60,28 @@ def benchmark() -> None:
     def model_name(path: str) -> str:  # runs/fast -> fast, runs/fast/model.tflite -> model.tflite
         return os.path.basename(os.path.normpath(path))
 
+    def check_paths(flag: str, exists, what: str, name) -> None:
+        """Every path of a list flag exists, and their names (the stages') are distinct."""
+        paths = FLAGS[flag].value
+        missing = [path for path in paths if not exists(path)]
+        if missing or not paths:
+            raise CommandError(f"--{flag}: no such {what} " + (", ".join(missing)
+                                                              or "(none given)"))
+        names = [name(path) for path in paths]
+        if len(set(names)) < len(names):
+            raise CommandError(f"--{flag} must have distinct names, got {', '.join(names)}")
+
     def check_inputs() -> None:
         """Fails before minutes of measuring when an input of a chosen stage is missing."""
         from plate_ocr import records
         if {"pipeline", "train", "inference", "time_to_accuracy"} & set(FLAGS.stages):
             records.read_info(FLAGS.records_dir)
         if "train" in FLAGS.stages:
-            missing = [path for path in FLAGS.configs if not os.path.isfile(path)]
-            if missing or not FLAGS.configs:
-                raise CommandError("--configs: no such file "
-                                   + (", ".join(missing) or "(none given)"))
-            names = [config_name(path) for path in FLAGS.configs]
-            if len(set(names)) < len(names):
-                raise CommandError(f"--configs must have distinct names, got {', '.join(names)}")
+            check_paths("configs", os.path.isfile, "file", config_name)
         if "time_to_accuracy" in FLAGS.stages and not os.path.isfile(FLAGS.tta_config):
             raise CommandError(f"--tta_config: no such file {FLAGS.tta_config}")
         if "inference" in FLAGS.stages:
-            missing = [path for path in FLAGS.model if not os.path.exists(path)]
-            if missing or not FLAGS.model:
-                raise CommandError("--model: no such file or folder "
-                                   + (", ".join(missing) or "(none given)"))
-            names = [model_name(path) for path in FLAGS.model]
-            if len(set(names)) < len(names):
-                raise CommandError(f"--model must name distinct models, got {', '.join(names)}")
+            check_paths("model", os.path.exists, "file or folder", model_name)
 
     def main(argv):
         import json

@@ -102,6 +102,20 @@ def test_unknown_stage_is_a_one_line_error():
     assert line.endswith("(unknown: nonsense)")
 
 
+@pytest.mark.parametrize("models, message", [
+    ("{dir}/nothing.tflite", "--model: no such file or folder {dir}/nothing.tflite"),
+    ("{dir}/a/fast,{dir}/b/fast", "--model must have distinct names, got fast, fast")])
+def test_bad_models_are_a_one_line_error_before_measuring(tmp_path, tiny_records, models,
+                                                          message):
+    for folder in ("a/fast", "b/fast"):
+        (tmp_path / folder).mkdir(parents=True)
+    result = subprocess.run([BENCHMARK, "--stages=inference", "--records_dir", tiny_records,
+                             "--model", models.format(dir=tmp_path)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"benchmark: error: {message.format(dir=tmp_path)}"]
+
+
 @pytest.mark.slow
 def test_time_to_accuracy_trains_from_scratch_and_draws_the_curve(tmp_path, tiny_records):
     result = subprocess.run(

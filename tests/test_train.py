@@ -4,6 +4,7 @@ import dataclasses
 import glob
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -95,6 +96,49 @@ def test_fast_config_model_has_64_time_steps_and_learns(tiny_records, tmp_path, 
     assert losses[-1] < 0.7 * losses[0], losses
 
 
+def rates(config: trainer.TrainConfig, total_steps: int, steps) -> list[float]:
+    """The learning rate make_optimizer's optimizer applies at each of these steps."""
+    optimizer = trainer.make_optimizer(config, total_steps)
+    read = []
+    for step in steps:
+        optimizer.iterations.assign(step)
+        read.append(float(optimizer.learning_rate))
+    return read
+
+
+def test_learning_rate_schedules_give_the_rate_planned_at_each_step():
+    base = trainer.TrainConfig(records_dir="", learning_rate=1e-3)
+    np.testing.assert_allclose(rates(base, 1000, [0, 500, 10**6]), [1e-3] * 3)
+    # Warm-up: linear from 0 to the rate over its steps, then the rate (constant schedule).
+    warm = dataclasses.replace(base, warmup_steps=100)
+    np.testing.assert_allclose(rates(warm, 1000, [0, 50, 100, 5000]), [0, 5e-4, 1e-3, 1e-3],
+                               rtol=1e-5, atol=1e-9)
+    # Cosine after the warm-up, over the rest of the run, down to min_lr_ratio of the rate.
+    cosine = dataclasses.replace(warm, lr_schedule="cosine", min_lr_ratio=0.1)
+    np.testing.assert_allclose(rates(cosine, 1100, [100, 600, 1100, 5000]),
+                               [1e-3, 0.55e-3, 1e-4, 1e-4], rtol=1e-5)
+    # decay_steps: the cosine reaches its floor after that many steps, whatever the run's length.
+    np.testing.assert_allclose(rates(dataclasses.replace(cosine, decay_steps=500), 10**6,
+                                     [350, 600, 9000]), [0.55e-3, 1e-4, 1e-4], rtol=1e-5)
+    no_warmup = dataclasses.replace(base, lr_schedule="cosine")  # to 0 by default
+    np.testing.assert_allclose(rates(no_warmup, 1000, [0, 500, 1000]), [1e-3, 0.5e-3, 0],
+                               rtol=1e-5, atol=1e-9)
+
+
+def test_gradient_clipping_reaches_the_optimizer():
+    base = trainer.TrainConfig(records_dir="")
+    assert trainer.make_optimizer(base, 10).global_clipnorm is None
+    clipped = trainer.make_optimizer(dataclasses.replace(base, clip_norm=2.5), 10)
+    assert clipped.global_clipnorm == 2.5
+    # Adam's step hardly depends on the gradient's scale, its second moment does: after one
+    # step it holds (1 - beta_2) times the square of the gradient as clipped.
+    weight = tf.Variable([0.0, 0.0])
+    clipped.apply_gradients([(tf.constant([300.0, 400.0]), weight)])  # norm 500 -> 2.5
+    velocity = clipped.variables[-1].numpy()  # Adam's v after one step: (1 - beta_2) g^2
+    np.testing.assert_allclose(velocity, (1 - clipped.beta_2) * np.array([1.5, 2.0]) ** 2,
+                               rtol=1e-4)
+
+
 def test_training_budget_stops_before_an_epoch_that_would_overrun_it():
     history = [{"train_seconds": 50.0}, {"train_seconds": 80.0}]  # epochs of 50 s, then 30 s
     assert train.over_budget(history, 80.0, max_minutes=1.8)      # 80 + 30 > 108
@@ -102,6 +146,34 @@ def test_training_budget_stops_before_an_epoch_that_would_overrun_it():
     assert train.over_budget(history[:1], 50.0, max_minutes=1.5)  # 50 + 50 > 90
     assert not train.over_budget(history, 80.0, max_minutes=0.0)  # no budget
     assert not train.over_budget([], 0.0, max_minutes=0.001)      # the first epoch always runs
+
+
+class FakeClock:
+    """time for plate_ocr.train, whose perf_counter moves 50 s a call: each training epoch
+    (two calls, its start and end) lasts 50 s whatever the machine."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 50.0
+        return self.now
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
+@pytest.mark.parametrize("max_minutes, epochs", [(0, 4), (2, 2), (2.6, 3)])
+def test_the_training_budget_stops_the_run_by_the_training_clock(tiny_records, tmp_path,
+                                                                  monkeypatch, max_minutes,
+                                                                  epochs):
+    # 2 minutes: after 2 epochs (100 s) a third would end at 150 s, past 120: no third.
+    monkeypatch.setattr(train, "time", FakeClock())
+    result = train.train_and_evaluate(
+        smoke_config(tiny_records, epochs=4, steps_per_epoch=1, steps_per_loop=1,
+                     max_minutes=max_minutes), str(tmp_path / "run"), STRATEGY)
+    assert result["epochs"] == epochs
+    assert result["train_seconds"] == pytest.approx(50.0 * epochs)
 
 
 def test_time_to_accuracy_names_the_first_validation_at_each_target():
