@@ -16,7 +16,7 @@ KERAS_MODEL = "model.keras"
 KERAS_WEIGHTS = "model.weights.h5"
 TFLITE_MODEL = "model.tflite"
 # bin/export --format: the TFLite variants, each file beside the others in the model dir.
-# "dynamic": dynamic-range quantization, int8 weights (a quarter of the file) and float
+# "dynamic": dynamic-range quantization, int8 weights (F5's file 0.65 MB against 1.17) and float
 # activations quantized on the fly by the kernels of the convolutions, Dense layers and LSTM.
 TFLITE_FILES = {"tflite": TFLITE_MODEL, "tflite_dynamic": "model-dynamic.tflite"}
 CONFIG_FILE = "config.json"  # written by training: image size, alphabet, model shape
