@@ -155,12 +155,10 @@ def _inference(model_path: str, records_dir: str, batches: int, calls: int,
 
 def _size_mb(model_path: str) -> float:
     """Megabytes of what load_predictor loads: a file, or the SavedModel's files."""
-    from plate_ocr import export
+    from plate_ocr import evaluate
+    model_path = evaluate.model_path(model_path)
     if os.path.isfile(model_path):
         return os.path.getsize(model_path) / 1e6
-    saved_model = os.path.join(model_path, export.SAVED_MODEL)
-    if os.path.exists(os.path.join(saved_model, "saved_model.pb")):
-        model_path = saved_model
     return sum(os.path.getsize(os.path.join(folder, name))
                for folder, _, names in os.walk(model_path) for name in names) / 1e6
 

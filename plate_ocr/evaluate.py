@@ -24,6 +24,12 @@ def _config_beside(path: str) -> dict:
         return json.load(f)
 
 
+def model_path(path: str) -> str:
+    """What load_predictor loads from a path: a model dir's SavedModel, or the path itself."""
+    saved_model = os.path.join(path, export.SAVED_MODEL)
+    return saved_model if os.path.exists(os.path.join(saved_model, "saved_model.pb")) else path
+
+
 def load_predictor(path: str):
     """Loads a trained model: a model dir, its SavedModel, its .keras or its .tflite file.
 
@@ -34,8 +40,7 @@ def load_predictor(path: str):
     Raises:
       FileNotFoundError: nothing loadable there (one-line message).
     """
-    if os.path.exists(os.path.join(path, export.SAVED_MODEL, "saved_model.pb")):
-        path = os.path.join(path, export.SAVED_MODEL)
+    path = model_path(path)
     if path.endswith(".tflite"):
         predict = export.load_tflite(path, _config_beside(path)["alphabet"])
         shape = tf.lite.Interpreter(model_path=path).get_input_details()[0]["shape_signature"]
