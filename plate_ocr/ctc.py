@@ -168,7 +168,13 @@ def read_plates(logits: tf.Tensor, length: int) -> tuple[tf.Tensor, tf.Tensor]:
     Returns:
       (int32 [B, length] labels of fixed_length_decode, float32 [B] label_probability).
     """
-    labels, _ = fixed_length_decode(logits, length)
+    # The best path is the greedy one: when it reads `length` characters it is the best path
+    # that does, and for a batch where every plate's does, the search is skipped.
+    greedy, _ = greedy_decode(logits)
+    exact = tf.reduce_all(tf.reduce_all(greedy[:, length:] == PAD, axis=1)
+                          & tf.reduce_all(greedy[:, :length] != PAD, axis=1))
+    labels = tf.cond(exact, lambda: greedy[:, :length],
+                     lambda: fixed_length_decode(logits, length)[0])
     return labels, label_probability(logits, labels)
 
 

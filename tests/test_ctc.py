@@ -132,6 +132,22 @@ def test_read_plates_is_confident_on_a_clear_reading_and_not_on_an_unclear_one()
     assert ctc.fixed_length_decode(tf.constant(clear), 5)[1].numpy()[0] < confidence[0]
 
 
+def test_read_plates_reads_as_the_search_when_greedy_decoding_reads_the_length_and_when_not():
+    # Random logits: greedy decoding reads every length. A batch where all plates read 3
+    # takes the shortcut (the greedy labels), a batch with any other length the search: both
+    # give the search's labels.
+    logits = tf.random.stateless_normal((400, 9, 4), seed=(9, 10)) * 3.0
+    greedy = ctc.greedy_decode(logits)[0].numpy()
+    exact = np.sum(greedy != ctc.PAD, axis=1) == 3
+    assert 20 < exact.sum() < 380
+    read = tf.function(lambda x: ctc.read_plates(x, 3)[0])
+    for batch in (logits.numpy()[exact], logits.numpy()):
+        labels = read(tf.constant(batch)).numpy()
+        assert labels.tolist() == ctc.fixed_length_decode(tf.constant(batch), 3)[0].numpy().tolist()
+    shortcut = read(tf.constant(logits.numpy()[exact])).numpy()
+    assert shortcut.tolist() == greedy[exact][:, :3].tolist()
+
+
 def test_loss_is_lower_for_the_true_label():
     B = BLANK
     logits = logits_for([[0, B, 3, B, 7, 7, B, 7, B, 2, B, B, B, B, B, B]] * 2)
