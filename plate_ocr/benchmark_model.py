@@ -115,11 +115,17 @@ def train_stage(config, steps: int, repeats: int,
             {"fit_jit_compile": jit, "rss_mb_after_import": baseline})
 
 
-def _inference(model_path: str, records_dir: str, batches: int, calls: int,
-               repeats: int) -> dict:
+def _inference(model_path: str, records_dir: str, batches: int, calls: int, repeats: int,
+               threads: int | None) -> dict:
+    """Batched plates/s and the readings' accuracy (on all threads), or, on `threads`
+    threads, the latency of one plate per call."""
     import itertools
+    import tensorflow as tf
     from plate_ocr import evaluate
-    predict, shape = evaluate.load_predictor(model_path)
+    if threads:  # before TensorFlow first runs
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    predict, shape = evaluate.load_predictor(model_path, threads)
     info = records.read_info(records_dir)
     if tuple(shape) != (info["image_height"], info["image_width"]):
         raise ValueError(f"the model reads {shape[0]}x{shape[1]} plates, the records in "
@@ -128,27 +134,26 @@ def _inference(model_path: str, records_dir: str, batches: int, calls: int,
     truths = sum((batch["text"] for batch in val), [])
     val = np.concatenate([batch["image"] for batch in val])
     plates = np.resize(val, (batches * BATCH, *shape))  # the val plates, cycled if too few
+    if threads:
+        latencies = []
+
+        def single():
+            latencies.append([])
+            for i in range(calls):
+                started = time.perf_counter()
+                predict(plates[i % len(plates)][None])
+                latencies[-1].append(1000 * (time.perf_counter() - started))
+        median_seconds(single, repeats)
+        timed = latencies[1:]  # the first run warmed up
+        return {"single_p50_ms": statistics.median(np.percentile(run, 50) for run in timed),
+                "single_p99_ms": statistics.median(np.percentile(run, 99) for run in timed)}
     readings = []
 
     def batched():
         readings.clear()
         for i in range(batches):
             readings.extend(predict(plates[i * BATCH:(i + 1) * BATCH])[0])
-    batch_seconds = median_seconds(batched, repeats)
-
-    latencies = []
-
-    def single():
-        latencies.append([])
-        for i in range(calls):
-            started = time.perf_counter()
-            predict(plates[i % len(plates)][None])
-            latencies[-1].append(1000 * (time.perf_counter() - started))
-    median_seconds(single, repeats)
-    timed = latencies[1:]  # the first run warmed up
-    return {"batch_plates_per_s": batches * BATCH / batch_seconds,
-            "single_p50_ms": statistics.median(np.percentile(run, 50) for run in timed),
-            "single_p99_ms": statistics.median(np.percentile(run, 99) for run in timed),
+    return {"batch_plates_per_s": batches * BATCH / median_seconds(batched, repeats),
             "val_plate_accuracy": float(np.mean([reading == truth for reading, truth
                                                  in zip(readings, truths)]))}
 
@@ -165,11 +170,14 @@ def _size_mb(model_path: str) -> float:
 
 def inference_stage(model_path: str, records_dir: str, batches: int, calls: int,
                     repeats: int) -> tuple[dict[str, float], dict]:
-    """Plates/s of a model at batch 256, its latency on one plate per call, its accuracy on
-    the plates it read and its size.
+    """Plates/s of a model at batch 256 on all cores, its latency on one plate per call on one
+    thread (a camera's plates one by one, on one core), its accuracy on the plates it read
+    and its size.
 
     The model is loaded as bin/evaluate and bin/predict load it (evaluate.load_predictor:
-    uint8 plates in, Python strings and confidences out), and reads val plates.
+    uint8 plates in, Python strings and confidences out), and reads val plates: batched in
+    one process, one by one in another whose TensorFlow (or TFLite interpreter) has one
+    thread.
 
     Args:
       model_path: a model dir, its SavedModel, .keras or .tflite file.
@@ -181,9 +189,70 @@ def inference_stage(model_path: str, records_dir: str, batches: int, calls: int,
       ({figure: value} of FIGURES["inference"], {"rss_mb_after_import": of TF and Keras}).
     """
     figures, rss, baseline = run_measured(_inference, model_path, records_dir, batches, calls,
-                                          repeats)
+                                          repeats, None)
+    figures.update(run_measured(_inference, model_path, records_dir, batches, calls, repeats,
+                                1)[0])
     return ({**figures, "size_mb": _size_mb(model_path), "peak_rss_mb": rss},
             {"rss_mb_after_import": baseline})
+
+
+TESSERACT = ("tesseract", "stdout", "--psm", "7", "-c", "tessedit_char_whitelist=0123456789")
+
+
+def _tesseract(records_dir: str, plates: int, repeats: int, work_dir: str) -> dict:
+    import subprocess
+    from PIL import Image
+    from plate_ocr import evaluate
+    images, truths = [], []
+    for batch in evaluate.read_split(records_dir, "val", BATCH):
+        images.extend(batch["image"])
+        truths.extend(batch["text"])
+        if len(images) >= plates:
+            break
+    images, truths = images[:plates], truths[:plates]
+    folder = os.path.join(work_dir, "tesseract")
+    os.makedirs(folder, exist_ok=True)
+    paths = [os.path.join(folder, f"{i:05d}.png") for i in range(len(images))]
+    for path, image in zip(paths, images):
+        plate = Image.fromarray(image)
+        plate.resize((2 * plate.width, 2 * plate.height), Image.BICUBIC).save(path)
+    listing = os.path.join(folder, "plates.txt")
+    with open(listing, "w") as f:
+        f.write("\n".join(paths) + "\n")
+    outputs = []
+
+    def run():
+        done = subprocess.run((TESSERACT[0], listing) + TESSERACT[1:], capture_output=True,
+                              text=True, check=True, env=dict(os.environ, OMP_THREAD_LIMIT="1"))
+        outputs.append(done.stdout)
+    seconds = median_seconds(run, repeats)
+    # One page per image, each ended by a form feed.
+    readings = ["".join(page.split()) for page in outputs[-1].split("\f")[:len(paths)]]
+    return {"plates_per_s": len(paths) / seconds, "ms_per_plate": 1000 * seconds / len(paths),
+            "val_plate_accuracy": float(np.mean([reading == truth for reading, truth
+                                                 in zip(readings, truths)]))}
+
+
+def tesseract_stage(records_dir: str, plates: int, repeats: int,
+                    work_dir: str) -> dict[str, float] | None:
+    """Tesseract 5 on val plates, as a user would run it instead of training anything.
+
+    One process over a list of the plates as PNG files upscaled 2x, one thread
+    (OMP_THREAD_LIMIT=1), one line of text (--psm 7), digits only: its reading of a plate is
+    its page's characters less the spaces. The plates are read in a process of their own
+    (TensorFlow reads the records).
+
+    Args:
+      records_dir: records with a val split.
+      plates: the first val plates to read.
+      repeats: timed runs, after an untimed one; the time is the median.
+      work_dir: a folder for the PNG files.
+    Returns:
+      {figure: value} of FIGURES["tesseract"], or None when `tesseract` is not installed.
+    """
+    if not shutil.which(TESSERACT[0]):
+        return None
+    return run_measured(_tesseract, records_dir, plates, repeats, work_dir)[0]
 
 
 def _time_to_accuracy(config, model_dir: str, curve_path: str) -> dict:

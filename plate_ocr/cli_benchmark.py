@@ -52,6 +52,10 @@ def benchmark() -> None:
                          lower_bound=1)
     flags.DEFINE_integer("latency_calls", 200, "One-plate calls per timed latency run.",
                          lower_bound=1)
+    flags.DEFINE_integer("tesseract_plates", 500, "Val plates that Tesseract 5 reads in the "
+                         "inference stage, beside the models (0: none; skipped with a line "
+                         "when `tesseract` is not installed: apt-get install tesseract-ocr).",
+                         lower_bound=0)
     flags.DEFINE_boolean("json", False, "Print one JSON object instead of the table.")
 
     def config_name(path: str) -> str:
@@ -140,6 +144,14 @@ def benchmark() -> None:
                         "model": path, "batch": benchmark_lib.BATCH,
                         "batches_per_run": FLAGS.inference_batches,
                         "latency_calls_per_run": FLAGS.latency_calls, **notes}
+                if "inference" in FLAGS.stages and FLAGS.tesseract_plates:
+                    figures = benchmark_model.tesseract_stage(
+                        FLAGS.records_dir, FLAGS.tesseract_plates, FLAGS.repeats, work_dir)
+                    if figures:
+                        results["tesseract"] = figures
+                    settings["tesseract"] = {
+                        "plates": FLAGS.tesseract_plates, "installed": figures is not None,
+                        "command": " ".join(benchmark_model.TESSERACT)}
                 if "time_to_accuracy" in FLAGS.stages:
                     curve = os.path.join(os.path.abspath(FLAGS.work_dir or "."),
                                          f"time_to_accuracy-{config_name(FLAGS.tta_config)}.png")
@@ -177,9 +189,15 @@ def benchmark() -> None:
                   "under the default strategy; minutes are training time (evaluation excluded); "
                   f"curve: {settings['time_to_accuracy']['curve']}")
         if "inference" in FLAGS.stages:
-            print(f"inference: {', '.join(FLAGS.model)}, each in its own process through "
+            print(f"inference: {', '.join(FLAGS.model)}, each in its own processes through "
                   f"evaluate.load_predictor, the same val plates; {FLAGS.inference_batches} "
-                  f"batches and {FLAGS.latency_calls} one-plate calls per run")
+                  f"batches on all cores, then {FLAGS.latency_calls} one-plate calls on one "
+                  "thread, per run")
+        if "tesseract" in settings:
+            print(f"tesseract: {FLAGS.tesseract_plates} of the same val plates, upscaled 2x, "
+                  f"OMP_THREAD_LIMIT=1 {settings['tesseract']['command']} <list>"
+                  if settings["tesseract"]["installed"] else
+                  "tesseract: not installed (apt-get install tesseract-ocr), skipped")
         baselines = [notes["rss_mb_after_import"] for notes in settings.values()
                      if isinstance(notes, dict) and "rss_mb_after_import" in notes]
         if baselines:

@@ -30,8 +30,11 @@ def model_path(path: str) -> str:
     return saved_model if os.path.exists(os.path.join(saved_model, "saved_model.pb")) else path
 
 
-def load_predictor(path: str):
+def load_predictor(path: str, threads: int | None = None):
     """Loads a trained model: a model dir, its SavedModel, its .keras or its .tflite file.
+
+    `threads` is a TFLite model's (None: the interpreter's default); TensorFlow's are the
+    process's (tf.config.threading, before TensorFlow first runs).
 
     Returns:
       (predict(uint8 [N, H, W]) -> (list of N strings, float32 [N] confidences), (H, W)).
@@ -42,7 +45,7 @@ def load_predictor(path: str):
     """
     path = model_path(path)
     if path.endswith(".tflite"):
-        predict = export.load_tflite(path, _config_beside(path)["alphabet"])
+        predict = export.load_tflite(path, _config_beside(path)["alphabet"], threads)
         shape = tf.lite.Interpreter(model_path=path).get_input_details()[0]["shape_signature"]
         return predict, tuple(int(d) for d in shape[1:])
     if path.endswith(".keras"):

@@ -139,13 +139,14 @@ def export_tflite(model: keras.Model, config: model_lib.ModelConfig, plate_lengt
     return path
 
 
-def load_tflite(path: str, alphabet: str):
-    """A predict(uint8 [N, H, W]) -> (strings, confidences) running a TFLite model.
+def load_tflite(path: str, alphabet: str, threads: int | None = None):
+    """A predict(uint8 [N, H, W]) -> (strings, confidences) running a TFLite model on
+    `threads` threads (None: the interpreter's default).
 
     Its min_confidence attribute is this code's MIN_CONFIDENCE, the one bin/export baked into
     the model's readable output (TFLite keeps no variables to store it).
     """
-    runner = tf.lite.Interpreter(model_path=path).get_signature_runner()
+    runner = tf.lite.Interpreter(model_path=path, num_threads=threads).get_signature_runner()
 
     def predict(images: np.ndarray) -> tuple[list[str], np.ndarray]:
         outputs = runner(images=np.asarray(images, np.uint8))

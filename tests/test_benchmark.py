@@ -52,36 +52,63 @@ def test_records_stage_reports_every_figure(tmp_path, font_dir):
         assert (" met" in line or " MISSED" in line) == (figure.target is not None)
 
 
+def fake_tesseract(folder, readings: list[str]) -> str:
+    """A `tesseract` in `folder` that reads the plates of its list as `readings` (one page
+    per plate, spaced out and ended by a form feed, as Tesseract prints them): the folder."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "readings.txt"), "w") as f:
+        f.write("\n".join(f"{text[:2]} {text[2:]}" for text in readings) + "\n")
+    script = os.path.join(folder, "tesseract")
+    with open(script, "w") as f:
+        f.write(f"#!/bin/sh\n[ \"$OMP_THREAD_LIMIT\" = 1 ] || exit 3\n"
+                f"head -n \"$(wc -l < \"$1\")\" {folder}/readings.txt | "
+                "while read -r line; do printf '%s\\n\\f' \"$line\"; done\n")
+    os.chmod(script, 0o755)
+    return str(folder)
+
+
 @pytest.mark.slow
 def test_tensorflow_stages_report_every_figure(tmp_path, tiny_records, untrained_model):
+    from plate_ocr import evaluate
     work_dir = tmp_path / "work"
     tflite = os.path.join(untrained_model, "model.tflite")  # side by side with its SavedModel
+    truths = next(evaluate.read_split(tiny_records, "val", 20))["text"]
+    # Tesseract beside the models: one that reads every plate right, on one thread.
+    path = fake_tesseract(tmp_path / "bin", truths) + os.pathsep + os.environ["PATH"]
     result = subprocess.run(
         [BENCHMARK, "--stages=pipeline,train,inference", "--records_dir", tiny_records,
          "--configs", SMOKE_CONFIG, "--model", f"{untrained_model},{tflite}",
          "--pipeline_examples", "256",
          "--png_examples", "30", "--train_steps", "2", "--inference_batches", "1",
-         "--latency_calls", "3", "--repeats", "1", "--work_dir", str(work_dir), "--json"],
-        capture_output=True, text=True, timeout=300)
+         "--latency_calls", "3", "--tesseract_plates", str(len(truths)), "--repeats", "1",
+         "--work_dir", str(work_dir), "--json"],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, PATH=path))
     assert result.returncode == 0, result.stderr
     output = json.loads(result.stdout)
     settings = output.pop("settings")
     expected = {"pipeline": "pipeline", "train smoke": "train",
                 f"inference {os.path.basename(untrained_model)}": "inference",
-                "inference model.tflite": "inference"}
+                "inference model.tflite": "inference", "tesseract": "tesseract"}
     assert sorted(output) == sorted(expected)
     for stage, kind in expected.items():
         assert sorted(output[stage]) == sorted(benchmark.FIGURES[kind]), stage
         assert {key: value for key, value in output[stage].items()
                 if not value > 0 and key != "val_plate_accuracy"} == {}  # an untrained model
-        assert settings[stage]["rss_mb_after_import"] > 0
+        assert kind == "tesseract" or settings[stage]["rss_mb_after_import"] > 0
+    assert output["tesseract"]["val_plate_accuracy"] == 1.0  # each page read as its plate
     assert os.listdir(work_dir) == []  # the PNG folder is removed
 
     table = benchmark.format_table(output).splitlines()
     assert len(table) == 1 + sum(len(figures) for figures in output.values())
     assert any(re.match(r"train smoke +custom loop / model\.fit", line) for line in table)
-    assert sum(bool(re.match(r"inference \S+ +1 plate per call: median latency", line))
+    assert sum(bool(re.match(r"inference \S+ +1 plate per call, 1 thread: median", line))
                for line in table) == 2  # the two models side by side
+
+
+def test_tesseract_is_skipped_when_it_is_not_installed(monkeypatch, tmp_path):
+    from plate_ocr import benchmark_model
+    monkeypatch.setattr(benchmark_model.shutil, "which", lambda name: None)
+    assert benchmark_model.tesseract_stage(str(tmp_path), 10, 1, str(tmp_path)) is None
 
 
 def test_missing_records_dir_fails_before_measuring(tmp_path):
