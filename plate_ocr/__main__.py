@@ -2,9 +2,9 @@
 
 import sys
 
-from plate_ocr import cli, cli_benchmark, cli_service, cli_train, cli_use
+from plate_ocr import cli, cli_benchmark, cli_import, cli_service, cli_train, cli_use
 
-COMMANDS = {**cli.COMMANDS, **cli_benchmark.COMMANDS, **cli_train.COMMANDS,
+COMMANDS = {**cli.COMMANDS, **cli_benchmark.COMMANDS, **cli_import.COMMANDS, **cli_train.COMMANDS,
             **cli_use.COMMANDS, **cli_service.COMMANDS}
 
 

@@ -124,15 +124,21 @@ class Trainer:
         if self.atlas and config.tight_plates.weight != 1:
             raise TrainingError("--tight_weight reads the font size and spacing of the "
                                 "records' plates: rendered plates (--source=render) have none")
-        # The effects and ranges the records were augmented with (make_records' flags).
-        style = writer.style_from_info(info)
+        # The effects and ranges the records were augmented with (make_records' flags);
+        # imported records (bin/import_images) have none: they were never rendered.
+        style = writer.style_from_info(info) if "plate_style" in info else None
+        if config.render_augment and style is None:
+            raise TrainingError("--render_augment draws the effects that bin/make_records "
+                                f"recorded: the records in {config.records_dir} have none")
         self.render_augment = style.augment if config.render_augment else None
         # Rendered plates come with their ink (augmented or not); records only with the
         # plates themselves, which must then be clean.
-        if config.align_steps and config.source == "records" and \
-                "train" in style.augmented_splits:
+        if config.align_steps and config.source == "records" and (
+                style is None or "train" in style.augmented_splits):
             raise TrainingError("--align_steps places the frames by the dark ink of clean "
-                                "plates: the training records are augmented")
+                                "plates: the training records are "
+                                + ("augmented" if style else "imported images (pass "
+                                   "--align_steps=0)"))
         self.shape = (info["image_height"], info["image_width"])
         if config.coarse_ctc_pool:
             # Five equal digits need 9 steps: one blank between each repeat.

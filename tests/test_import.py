@@ -1,0 +1,184 @@
+"""bin/import_images: a user's folder or CSV / TSV list of labelled images as records.
+
+The images are the tiny records' test plates saved as files of several kinds (grey PNG,
+colour JPEG, an odd-sized BMP): the records must hold each file fitted as bin/predict fits it,
+with its label, and every bad row must be reported and counted.
+"""
+
+import os
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import PROJECT_DIR
+from plate_ocr import evaluate, importer, input_pipeline, predict, records
+
+IMPORT = os.path.join(PROJECT_DIR, "bin", "import_images")
+
+
+@pytest.fixture(scope="module")
+def plates(tiny_records) -> tuple[list[np.ndarray], list[str]]:
+    """40 plates and their labels, as image arrays."""
+    batch = next(evaluate.read_split(tiny_records, "test", 40))
+    return list(batch["image"]), batch["text"]
+
+
+def save_kinds(folder, plates, names) -> list[str]:
+    """Each plate saved as a grey PNG, a colour JPEG or a wider BMP, in turn: the paths."""
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for i, (image, name) in enumerate(zip(plates, names)):
+        picture = Image.fromarray(image)
+        kind = i % 3
+        if kind == 1:
+            picture = picture.convert("RGB")
+        elif kind == 2:
+            picture = picture.resize((200, 90))
+        path = os.path.join(folder, f"{name}.{('png', 'jpg', 'bmp')[kind]}")
+        picture.save(path, quality=95) if kind == 1 else picture.save(path)
+        paths.append(path)
+    return paths
+
+
+def run(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([IMPORT, *args], capture_output=True, text=True, timeout=300)
+
+
+def read_all(records_dir: str) -> dict[str, tuple[str, np.ndarray]]:
+    """{label: (split, image)} of every record, checking that no label is in two splits."""
+    info = records.read_info(records_dir)
+    found = {}
+    for split in info["splits"]:
+        for batch in evaluate.read_split(records_dir, split):
+            for text, image in zip(batch["text"], batch["image"]):
+                assert text not in found, f"{text} in {found[text][0]} and {split}"
+                found[text] = (split, image)
+    return found
+
+
+def test_a_folder_imports_every_kind_of_file_fitted_as_predict_fits_it(tmp_path, plates):
+    images, labels = plates
+    paths = save_kinds(tmp_path / "mine", images, [f"car_{i:02d}_{label}" for i, label
+                                                   in enumerate(labels)])
+    with open(tmp_path / "mine" / "notes.png", "wb") as f:
+        f.write(b"not an image")  # no label in its name: reported
+    result = run("--input", str(tmp_path / "mine"), "--output_dir", str(tmp_path / "rec"),
+                 "--val_fraction", "0.2", "--test_fraction", "0.2")
+    assert result.returncode == 0, result.stderr
+    assert "imported 40 of 41 rows" in result.stdout
+    assert "notes.png" in result.stderr
+    found = read_all(str(tmp_path / "rec"))
+    assert sorted(found) == sorted(labels)
+    for path, label in zip(paths, labels):
+        np.testing.assert_array_equal(found[label][1], predict.load_image(path, 64, 128))
+    splits = [split for split, _ in found.values()]
+    assert {split: splits.count(split) for split in set(splits)} == {"train": 24, "val": 8,
+                                                                    "test": 8}
+    info = records.read_info(str(tmp_path / "rec"))
+    assert info["plate_length"] == 5 and info["source"]["rows_not_imported"] == 1
+    for split in info["splits"]:  # the shards are what the metadata says
+        assert not input_pipeline.check_shards(info, str(tmp_path / "rec"), split)
+    # The same input again: the same bytes.
+    again = run("--input", str(tmp_path / "mine"), "--output_dir", str(tmp_path / "rec2"),
+                "--val_fraction", "0.2", "--test_fraction", "0.2")
+    assert again.returncode == 0, again.stderr
+    for split in info["splits"]:
+        for a, b in zip(records.split_files(info, str(tmp_path / "rec"), split),
+                        records.split_files(info, str(tmp_path / "rec2"), split)):
+            assert open(a, "rb").read() == open(b, "rb").read()
+
+
+def test_lists_report_every_bad_row_and_keep_every_good_one(tmp_path, plates):
+    images, labels = plates
+    paths = save_kinds(tmp_path / "img", images[:12], [f"p{i}" for i in range(12)])
+    names = [os.path.join("img", os.path.basename(path)) for path in paths]
+    with open(tmp_path / "img" / "broken.png", "wb") as f:
+        f.write(b"\x89PNG truncated")
+    rows = [f"{name},{label},{'test' if i < 3 else ''}"
+            for i, (name, label) in enumerate(zip(names, labels[:12]))]
+    rows = ["path,label,split"] + rows + [
+        "img/missing.png,12345,",            # no such file
+        "img/broken.png,54321,",             # not an image
+        f"{names[0]},1234X,",                # a character outside the alphabet
+        f"{names[1]},123,",                  # too short
+        f"{names[2]},{labels[20]},",         # the same image as an earlier row
+        f"{names[5]},{labels[0]},val",       # its label is in another split already
+        "just-one-field",                    # not path,label
+        f"{names[4]},{labels[4]},holiday",   # no such split
+    ]
+    listing = tmp_path / "labels.csv"
+    listing.write_text("\n".join(rows) + "\n")
+    result = run("--input", str(listing), "--output_dir", str(tmp_path / "rec"))
+    assert result.returncode == 0, result.stderr
+    assert "imported 12 of 20 rows" in result.stdout, result.stdout
+    report = (tmp_path / "rec" / importer.REPORT_NAME).read_text().splitlines()
+    assert len(report) == 8
+    for reason in ("no such file", "not a readable image", "outside the alphabet",
+                   "has 3 characters", "the same image", "is in test already",
+                   "expected path, label", "none of train, val, test"):
+        assert sum(reason in line for line in report) == 1, reason
+    found = read_all(str(tmp_path / "rec"))
+    assert sorted(found) == sorted(labels[:12])
+    assert [found[label][0] for label in labels[:3]] == ["test"] * 3
+    # A TSV list (PaddleOCR's form) of the same files, and --strict on the bad CSV.
+    tsv = tmp_path / "labels.tsv"
+    tsv.write_text("".join(f"{name}\t{label}\n" for name, label in zip(names, labels)))
+    assert run("--input", str(tsv), "--output_dir", str(tmp_path / "tsv")).returncode == 0
+    assert sorted(read_all(str(tmp_path / "tsv"))) == sorted(labels[:12])
+    strict = run("--input", str(listing), "--output_dir", str(tmp_path / "strict"), "--strict")
+    assert strict.returncode == 2
+    assert strict.stderr.strip().splitlines()[-1].startswith(
+        "import_images: error: 8 rows cannot be imported (--strict)")
+    assert not os.path.exists(tmp_path / "strict" / records.INFO_NAME)
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path):
+    for args, message in [
+            (["--input", str(tmp_path / "nothing.xlsx")], "neither a folder of images nor a list"),
+            (["--input", str(tmp_path), "--val_fraction", "0.7", "--test_fraction", "0.5"],
+             "must not add up to more than 1"),
+            (["--input", str(tmp_path)], "no image of"),
+    ]:
+        result = run(*args, "--output_dir", str(tmp_path / "out"))
+        assert result.returncode == 2
+        assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+
+
+def test_labels_are_split_by_label_never_across_splits():
+    rows = [importer.Row(f"r{i}", f"f{i}", f"{i % 50:05d}") for i in range(200)]
+    placed, problems = importer.assign_splits(rows, 0.2, 0.1, seed=3)
+    assert not problems
+    by_label = {}
+    for row in placed:
+        by_label.setdefault(row.label, set()).add(row.split)
+    assert all(len(splits) == 1 for splits in by_label.values())
+    counts = [sum(1 for s in by_label.values() if split in s) for split in importer.SPLITS]
+    assert counts == [35, 10, 5]
+    assert importer.assign_splits(rows, 0.2, 0.1, seed=3)[0] == placed  # seeded
+
+
+def test_imported_records_train_and_evaluate(tmp_path, plates):
+    """The imported records are what bin/train and bin/evaluate read; the frame targets,
+    which need clean synthetic ink, are refused in one line."""
+    images, labels = plates
+    save_kinds(tmp_path / "mine", images, labels)
+    assert run("--input", str(tmp_path / "mine"), "--output_dir", str(tmp_path / "rec"),
+               "--val_fraction", "0.25", "--test_fraction", "0.25").returncode == 0
+    train = [os.path.join(PROJECT_DIR, "bin", "train"),
+             f"--flagfile={os.path.join(PROJECT_DIR, 'configs', 'smoke.cfg')}",
+             f"--records_dir={tmp_path / 'rec'}", f"--model_dir={tmp_path / 'run'}"]
+    refused = subprocess.run(train + ["--align_steps=10"], capture_output=True, text=True,
+                             timeout=300)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1].endswith("imported images (pass "
+                                                            "--align_steps=0)")
+    trained = subprocess.run(train, capture_output=True, text=True, timeout=300)
+    assert trained.returncode == 0, trained.stderr
+    evaluated = subprocess.run(
+        [os.path.join(PROJECT_DIR, "bin", "evaluate"), "--model", str(tmp_path / "run"),
+         "--records_dir", str(tmp_path / "rec"), "--split", "test"],
+        capture_output=True, text=True, timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "split test: 10 plates" in evaluated.stdout
