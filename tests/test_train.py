@@ -418,3 +418,22 @@ def test_non_finite_loss_stops_the_run_naming_the_step(tiny_records, tmp_path):
     config = smoke_config(tiny_records, learning_rate=1e38, steps_per_epoch=4, steps_per_loop=4)
     with pytest.raises(trainer.TrainingError, match=r"not finite at step \d+"):
         train.train_and_evaluate(config, str(tmp_path / "run"), STRATEGY)
+
+
+@pytest.mark.parametrize("source", ["records", "render"])
+def test_a_resumed_epoch_reads_the_batches_the_uninterrupted_run_read(tiny_records, source):
+    # train_and_evaluate starts each epoch's stream afresh from (seed, epoch): a run resumed
+    # at epoch 2, in a new Trainer, must see the batches an uninterrupted run saw there.
+    info = records.read_info(tiny_records)
+    config = smoke_config(tiny_records, source=source, shuffle_buffer=64)
+    files = {"train": records.split_files(info, tiny_records, "train")}
+
+    def images(epoch: int, batches: int = 3) -> np.ndarray:
+        """The images of an epoch's first batches, read by a new Trainer."""
+        run = trainer.Trainer(config, info, STRATEGY, 10, files=files, lost={"train": 0})
+        iterator = iter(run.dataset("train", training=True, epoch=epoch))
+        return np.stack([next(iterator)[0].numpy() for _ in range(batches)])
+
+    uninterrupted = images(2)
+    np.testing.assert_array_equal(images(2), uninterrupted)
+    assert not np.array_equal(images(1), uninterrupted)  # each epoch its own stream
