@@ -115,11 +115,20 @@ def train_stage(config, steps: int, repeats: int,
             {"fit_jit_compile": jit, "rss_mb_after_import": baseline})
 
 
+def _val_plates(records_dir: str, batches: int) -> tuple[np.ndarray, list[str]]:
+    """The first `batches` batches of 256 val plates (fewer if the split is smaller) and
+    their labels."""
+    import itertools
+    from plate_ocr import evaluate
+    val = list(itertools.islice(evaluate.read_split(records_dir, "val", BATCH), batches))
+    return (np.concatenate([batch["image"] for batch in val]),
+            sum((batch["text"] for batch in val), []))
+
+
 def _inference(model_path: str, records_dir: str, batches: int, calls: int, repeats: int,
                threads: int | None) -> dict:
     """Batched plates/s and the readings' accuracy (on all threads), or, on `threads`
     threads, the latency of one plate per call."""
-    import itertools
     import tensorflow as tf
     from plate_ocr import evaluate
     if threads:  # before TensorFlow first runs
@@ -130,9 +139,7 @@ def _inference(model_path: str, records_dir: str, batches: int, calls: int, repe
     if tuple(shape) != (info["image_height"], info["image_width"]):
         raise ValueError(f"the model reads {shape[0]}x{shape[1]} plates, the records in "
                          f"{records_dir} are {info['image_height']}x{info['image_width']}")
-    val = list(itertools.islice(evaluate.read_split(records_dir, "val", BATCH), batches))
-    truths = sum((batch["text"] for batch in val), [])
-    val = np.concatenate([batch["image"] for batch in val])
+    val, truths = _val_plates(records_dir, batches)
     plates = np.resize(val, (batches * BATCH, *shape))  # the val plates, cycled if too few
     if threads:
         latencies = []
@@ -202,13 +209,7 @@ TESSERACT = ("tesseract", "stdout", "--psm", "7", "-c", "tessedit_char_whitelist
 def _tesseract(records_dir: str, plates: int, repeats: int, work_dir: str) -> dict:
     import subprocess
     from PIL import Image
-    from plate_ocr import evaluate
-    images, truths = [], []
-    for batch in evaluate.read_split(records_dir, "val", BATCH):
-        images.extend(batch["image"])
-        truths.extend(batch["text"])
-        if len(images) >= plates:
-            break
+    images, truths = _val_plates(records_dir, math.ceil(plates / BATCH))
     images, truths = images[:plates], truths[:plates]
     folder = os.path.join(work_dir, "tesseract")
     os.makedirs(folder, exist_ok=True)

@@ -6,7 +6,6 @@ only once their shards are whole. Each plate is the drawing function's pure func
 index), so the shards do not depend on how the split is cut into shards or chunks.
 """
 
-import hashlib
 import os
 import time
 from typing import Callable, Sequence
@@ -24,18 +23,15 @@ Draw = Callable[[Sequence[int], int], tuple[np.ndarray, list[tuple[str, str, int
 def _write_shard(records_dir: str, name: str, numbers: Sequence[int], first_index: int,
                  alphabet: str, draw: Draw, on_progress: Callable[[int], None]) -> str:
     """Draws and writes one shard under a temporary name, renamed once whole; its sha256."""
-    digest = hashlib.sha256()
-    with records.whole_file(records_dir, name) as f:
+    def examples():
         for start in range(0, len(numbers), PROGRESS_EVERY):
             chunk = numbers[start:start + PROGRESS_EVERY]
             images, details = draw(chunk, first_index + start)
             for image, (text, font, size, spacing) in zip(images, details):
-                record = records.frame_record(records.encode_example(
-                    image, [alphabet.index(c) for c in text], text, font, size, spacing))
-                f.write(record)
-                digest.update(record)
+                yield records.encode_example(image, [alphabet.index(c) for c in text], text,
+                                             font, size, spacing)
             on_progress(len(chunk))
-    return digest.hexdigest()
+    return records.write_shard_file(records_dir, name, examples())
 
 
 def add_split(records_dir: str, info: dict, split: str, numbers: Sequence[int], draw: Draw,
@@ -58,7 +54,7 @@ def add_split(records_dir: str, info: dict, split: str, numbers: Sequence[int], 
     # Gone until the split is whole: a run killed meanwhile leaves no complete-looking dataset.
     os.remove(os.path.join(records_dir, records.INFO_NAME))
     num_shards = min(num_shards, len(numbers))
-    bounds = [len(numbers) * i // num_shards for i in range(num_shards + 1)]
+    bounds = records.shard_bounds(len(numbers), num_shards)
     shards = []
     try:
         for shard in range(num_shards):

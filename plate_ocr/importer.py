@@ -141,24 +141,28 @@ def load_images(rows: Sequence[Row], height: int, width: int,
     """Each row's image fitted to height x width; unreadable, missing and repeated files
     (the same bytes as an earlier row's) are problems."""
     loaded, problems, seen = [], [], {}
-    for row in rows:
+
+    def load(row: Row) -> np.ndarray | str:
+        """The fitted image, or why not."""
         try:
             with open(row.path, "rb") as f:
                 digest = hashlib.sha256(f.read()).hexdigest()
         except OSError:
-            problems.append(Problem(row.source, f"{row.path}: no such file"))
-            on_row()
-            continue
+            return f"{row.path}: no such file"
         if digest in seen:
-            problems.append(Problem(row.source, f"the same image as {seen[digest]}"))
-            on_row()
-            continue
+            return f"the same image as {seen[digest]}"
         try:
             image = predict.load_image(row.path, height, width)
         except ValueError as error:
-            problems.append(Problem(row.source, str(error)))
+            return str(error)
+        seen[digest] = row.source
+        return image
+
+    for row in rows:
+        image = load(row)
+        if isinstance(image, str):
+            problems.append(Problem(row.source, image))
         else:
-            seen[digest] = row.source
             loaded.append((row, image))
         on_row()
     return loaded, problems
@@ -182,19 +186,16 @@ def write_records(output_dir: str, loaded: Sequence[tuple[Row, np.ndarray]], alp
         if not plates:
             continue
         count = min(shards, len(plates))
-        bounds = [len(plates) * i // count for i in range(count + 1)]
+        bounds = records.shard_bounds(len(plates), count)
         entries = []
         for shard in range(count):
             name = records.shard_name(split, shard, count)
-            digest = hashlib.sha256()
-            with records.whole_file(output_dir, name) as f:
-                for row, image in plates[bounds[shard]:bounds[shard + 1]]:
-                    record = records.frame_record(records.encode_example(
-                        image, [alphabet.index(c) for c in row.label], row.label, "", 0, 0))
-                    f.write(record)
-                    digest.update(record)
+            sha256 = records.write_shard_file(output_dir, name, (
+                records.encode_example(image, [alphabet.index(c) for c in row.label],
+                                       row.label, "", 0, 0)
+                for row, image in plates[bounds[shard]:bounds[shard + 1]]))
             entries.append({"name": name, "num_examples": bounds[shard + 1] - bounds[shard],
-                            "sha256": digest.hexdigest()})
+                            "sha256": sha256})
         info["splits"][split] = {"num_examples": len(plates), "shards": entries,
                                  "fonts": "imported", "augmented": False}
     with records.whole_file(output_dir, REPORT_NAME) as f:

@@ -6,9 +6,11 @@ framed as TFRecords; tests parse them back with TensorFlow to prove the format.
 """
 
 import contextlib
+import hashlib
 import json
 import os
 import struct
+from typing import Iterable
 
 import crc32c
 import numpy as np
@@ -114,6 +116,24 @@ def whole_file(output_dir: str, name: str):
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def write_shard_file(output_dir: str, name: str, examples: Iterable[bytes]) -> str:
+    """Frames serialized Examples as TFRecords into one shard (whole_file: renamed once
+    whole); the sha256 of what it wrote, for dataset_info.json."""
+    digest = hashlib.sha256()
+    with whole_file(output_dir, name) as f:
+        for example in examples:
+            record = frame_record(example)
+            f.write(record)
+            digest.update(record)
+    return digest.hexdigest()
+
+
+def shard_bounds(count: int, num_shards: int) -> list[int]:
+    """Where each of num_shards shards of `count` examples starts, and the end: as even as
+    whole examples allow."""
+    return [count * i // num_shards for i in range(num_shards + 1)]
 
 
 def label_population(alphabet: str, plate_length: int) -> int:

@@ -8,7 +8,6 @@ Every plate is a pure function of (seed, split, index): its generator is seeded 
 import concurrent.futures
 import dataclasses
 import glob
-import hashlib
 import multiprocessing
 import os
 import queue
@@ -171,25 +170,24 @@ def write_shard(task: ShardTask) -> dict:
       {"name", "num_examples", "sha256", "max_rss_mb"} of the shard.
     """
     name = records.shard_name(task.split, task.shard, task.num_shards)
-    digest, unreported = hashlib.sha256(), 0
     augmented = task.split in task.style.augmented_splits
-    with records.whole_file(task.output_dir, name) as f:
+
+    def examples():
+        unreported = 0
         for start in range(0, len(task.labels), _CHUNK):
             numbers = task.labels[start:start + _CHUNK]
             rngs = [plate_rng(task.seed, task.split, task.first_index + start + offset)
                     for offset in range(len(numbers))]
             for image, digits, text, face, size, spacing in make_plates(
                     numbers, task.families, task.style, rngs, augmented):
-                record = records.frame_record(records.encode_example(
-                    image, digits, text, face.name, size, spacing))
-                f.write(record)
-                digest.update(record)
+                yield records.encode_example(image, digits, text, face.name, size, spacing)
                 unreported += 1
                 if unreported == _PROGRESS_EVERY:
                     _report(unreported)
                     unreported = 0
-    _report(unreported)
-    return {"name": name, "num_examples": len(task.labels), "sha256": digest.hexdigest(),
+        _report(unreported)
+    sha256 = records.write_shard_file(task.output_dir, name, examples())
+    return {"name": name, "num_examples": len(task.labels), "sha256": sha256,
             "max_rss_mb": _max_rss_mb()}
 
 
@@ -210,7 +208,7 @@ def shard_tasks(output_dir: str, labels: dict[str, np.ndarray], shards: dict[str
         if len(split_labels) == 0:
             continue
         num_shards = min(shards[split], len(split_labels))
-        bounds = [len(split_labels) * i // num_shards for i in range(num_shards + 1)]
+        bounds = records.shard_bounds(len(split_labels), num_shards)
         families = fonts.group_by_family(faces["heldout" if split == "heldout" else "train"])
         tasks += [ShardTask(output_dir, split, shard, num_shards, bounds[shard],
                             split_labels[bounds[shard]:bounds[shard + 1]], families, style, seed)
