@@ -152,8 +152,9 @@ def predict() -> None:
     quiet_tensorflow()
     flags.DEFINE_string("model", "runs/fast", _MODEL_HELP)
     flags.DEFINE_integer("batch_size", 256, "Images per prediction call.", lower_bound=1)
-    flags.DEFINE_boolean("labels_from_filenames", False, "The label is the last run of digits "
-                         "of each file's name: report accuracy.")
+    flags.DEFINE_boolean("labels_from_filenames", False, "The label is the last run of the "
+                         "model's characters (its config.json's alphabet; digits without one) "
+                         "in each file's name: report accuracy.")
     flags.DEFINE_string("contact_sheet", None, "Write a PNG of every image with its reading.")
     flags.DEFINE_float("min_confidence", None, "Readings whose confidence (the probability of "
                        "the reading) is under this print `unreadable` (default: the threshold "
@@ -161,7 +162,7 @@ def predict() -> None:
                        upper_bound=1)
 
     def main(argv):
-        from plate_ocr import pictures, predict as predict_lib
+        from plate_ocr import evaluate, pictures, predict as predict_lib
         if len(argv) < 2:
             raise CommandError("name image files or folders to read")
         paths = predict_lib.list_images(argv[1:])
@@ -187,12 +188,15 @@ def predict() -> None:
                 reading = text if confidence >= threshold else UNREADABLE
                 print(f"{path}\t{reading}\t{confidence:.4f}")
                 rows.append((path, image, reading))
+        alphabet = evaluate.model_alphabet(FLAGS.model) or predict_lib.DIGITS
         if FLAGS.labels_from_filenames:
-            labelled = [(text, predict_lib.label_from_filename(path)) for path, _, text in rows]
+            labelled = [(text, predict_lib.label_from_filename(path, alphabet))
+                        for path, _, text in rows]
             print(accuracy_line([(text, label) for text, label in labelled
                                  if label is not None]))
         if FLAGS.contact_sheet and rows:
-            truths = [predict_lib.label_from_filename(path) if FLAGS.labels_from_filenames
+            truths = [predict_lib.label_from_filename(path, alphabet)
+                      if FLAGS.labels_from_filenames
                       else None for path, _, _ in rows]
             pictures.save_png(pictures.prediction_grid([image for _, image, _ in rows],
                                                        [text for _, _, text in rows], truths,

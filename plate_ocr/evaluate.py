@@ -30,6 +30,15 @@ def model_path(path: str) -> str:
     return saved_model if os.path.exists(os.path.join(saved_model, "saved_model.pb")) else path
 
 
+def model_alphabet(path: str) -> str | None:
+    """The alphabet of the model that load_predictor loads from path (its training's
+    config.json), None without a readable config.json beside it."""
+    try:
+        return _config_beside(model_path(path))["alphabet"]
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
+
+
 def load_predictor(path: str, threads: int | None = None):
     """Loads a trained model: a model dir, its SavedModel, its .keras or its .tflite file.
 

@@ -52,7 +52,10 @@ def load_image(path: str, height: int, width: int) -> np.ndarray:
         raise ValueError(f"{path}: not a readable image ({error.__class__.__name__})") from None
 
 
-def label_from_filename(path: str, alphabet: str = "0123456789") -> str | None:
+DIGITS = "0123456789"
+
+
+def label_from_filename(path: str, alphabet: str = DIGITS) -> str | None:
     """The last run of the alphabet's characters in the file's stem: `37463.png` and
     `0007_37463.png` -> 37463 (digits); `car-AB123.jpg` -> AB123 (letters and digits)."""
     runs = re.findall(f"[{re.escape(alphabet)}]+", os.path.splitext(os.path.basename(path))[0])

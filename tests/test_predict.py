@@ -21,6 +21,23 @@ def test_fit_image_keeps_aspect_and_pads_with_the_background():
     assert predict.fit_image(colour, 64, 128).shape == (64, 128)
 
 
+def test_labels_from_filenames_use_the_model_alphabet(tmp_path):
+    from plate_ocr import evaluate, export
+    model_dir = tmp_path / "run"
+    (model_dir / export.SAVED_MODEL).mkdir(parents=True)
+    (model_dir / export.SAVED_MODEL / "saved_model.pb").write_bytes(b"")
+    (model_dir / export.CONFIG_FILE).write_text('{"alphabet": "ABCDEFGHJK0123456789"}')
+    # A model dir, its SavedModel and its .keras file all name the run's alphabet.
+    for path in (model_dir, model_dir / export.SAVED_MODEL, model_dir / export.KERAS_MODEL):
+        alphabet = evaluate.model_alphabet(str(path))
+        assert alphabet == "ABCDEFGHJK0123456789", path
+    assert predict.label_from_filename("0007_car-AB123.png", alphabet) == "AB123"
+    assert predict.label_from_filename("0007_car-AB123.png") == "123"  # digits: the default
+    assert evaluate.model_alphabet(str(tmp_path / "nowhere")) is None
+    (model_dir / export.CONFIG_FILE).write_text("{not json")
+    assert evaluate.model_alphabet(str(model_dir)) is None
+
+
 def test_label_from_filename():
     assert predict.label_from_filename("data/test/37463.png") == "37463"
     assert predict.label_from_filename("0007_37463.jpg") == "37463"
