@@ -188,16 +188,13 @@ def predict() -> None:
                 reading = text if confidence >= threshold else UNREADABLE
                 print(f"{path}\t{reading}\t{confidence:.4f}")
                 rows.append((path, image, reading))
-        alphabet = evaluate.model_alphabet(FLAGS.model) or predict_lib.DIGITS
+        truths = [None] * len(rows)
         if FLAGS.labels_from_filenames:
-            labelled = [(text, predict_lib.label_from_filename(path, alphabet))
-                        for path, _, text in rows]
-            print(accuracy_line([(text, label) for text, label in labelled
+            alphabet = evaluate.model_alphabet(FLAGS.model) or predict_lib.DIGITS
+            truths = [predict_lib.label_from_filename(path, alphabet) for path, _, _ in rows]
+            print(accuracy_line([(text, label) for (_, _, text), label in zip(rows, truths)
                                  if label is not None]))
         if FLAGS.contact_sheet and rows:
-            truths = [predict_lib.label_from_filename(path, alphabet)
-                      if FLAGS.labels_from_filenames
-                      else None for path, _, _ in rows]
             pictures.save_png(pictures.prediction_grid([image for _, image, _ in rows],
                                                        [text for _, _, text in rows], truths,
                                                        columns=6), FLAGS.contact_sheet)
