@@ -32,6 +32,7 @@ def train_config(values: flags.FlagValues = FLAGS):
         stem_filters=values.stem_filters, conv_filters=_int_list(values, "conv_filters"),
         pool_widths=_int_list(values, "pool_widths"),
         dense_units=values.dense_units, rnn_units=values.rnn_units, rnn=values.rnn,
+        rnn_stride=values.rnn_stride,
         dropout=values.dropout, batch_norm_momentum=values.batch_norm_momentum,
         input_norm=values.input_norm)
     return trainer.TrainConfig(
@@ -159,6 +160,9 @@ def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
     flags.DEFINE_integer("rnn_units", 64, "Units per direction of the bidirectional RNN.",
                          lower_bound=1, **on)
     flags.DEFINE_enum("rnn", "lstm", ["lstm", "gru"], "Recurrent layer.", **on)
+    flags.DEFINE_integer("rnn_stride", 1, "Columns each RNN step reads, and frames of logits "
+                         "it writes (the RNN runs over time steps / stride; CTC keeps every "
+                         "frame).", lower_bound=1, **on)
     flags.DEFINE_float("dropout", 0.2, "Dropout rate.", lower_bound=0, upper_bound=0.9, **on)
     flags.DEFINE_enum("input_norm", "scale", ["scale", "standardize"], "The model's input: "
                       "pixel values / 255, or each plate standardized (mean 0, deviation 1).",

@@ -27,6 +27,10 @@ class ModelConfig:
     dense_units: int = 128
     rnn_units: int = 64
     rnn: str = "lstm"  # "lstm" or "gru"
+    # Columns each RNN step reads, and frames of logits it writes: the RNN runs over
+    # time_steps / rnn_stride steps while CTC keeps one frame per column (the RNN's cost, about
+    # half of a plate's inference time at 64 steps, divided by the stride).
+    rnn_stride: int = 1
     dropout: float = 0.2
     # Keras' default 0.99 averages the statistics over ~100 steps: with a high learning rate
     # they lag the weights and inference-mode accuracy swings; 0.9 follows within ~10 steps.
@@ -76,6 +80,8 @@ def build_crnn(config: ModelConfig, height: int, width: int, num_classes: int,
     if rows < 1 or steps < 1:
         raise ValueError(f"{len(config.conv_filters)} conv blocks leave no rows or columns of a "
                          f"{height}x{width} image")
+    if config.rnn_stride < 1 or steps % config.rnn_stride:
+        raise ValueError(f"rnn_stride {config.rnn_stride} does not divide {steps} time steps")
     images = keras.Input((height, width), name="images")
     x = keras.layers.Reshape((height, width, 1))(images)
     if config.input_norm == "standardize":
@@ -104,12 +110,18 @@ def build_crnn(config: ModelConfig, height: int, width: int, num_classes: int,
     x = keras.layers.Reshape((steps, rows * config.conv_filters[-1]))(x)
     x = keras.layers.Dense(config.dense_units, activation="relu", name="columns")(x)
     x = keras.layers.Dropout(config.dropout)(x)
+    stride = config.rnn_stride
+    if stride > 1:  # [B, steps, D] -> [B, steps / stride, stride * D]: neighbours side by side
+        x = keras.layers.Reshape((steps // stride, stride * config.dense_units))(x)
     rnn = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}[config.rnn]
     x = keras.layers.Bidirectional(rnn(config.rnn_units, return_sequences=True, unroll=unroll),
                                    name="rnn")(x)
     x = keras.layers.Dropout(config.dropout)(x)
-    # float32 logits even under a mixed-precision policy: CTC needs them.
-    logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
+    # float32 logits even under a mixed-precision policy: CTC needs them. With a stride, each
+    # RNN step writes the logits of its `stride` frames, back in their columns' order.
+    logits = keras.layers.Dense(stride * num_classes, dtype="float32", name="logits")(x)
+    if stride > 1:
+        logits = keras.layers.Reshape((steps, num_classes), dtype="float32")(logits)
     return keras.Model(images, logits, name="crnn")
 
 

@@ -29,6 +29,25 @@ def test_stem_halves_both_axes():
     assert tuple(crnn(np.zeros((2, 64, 128), np.float32)).shape) == (2, 32, 11)
 
 
+def test_rnn_stride_halves_the_rnn_steps_and_keeps_a_frame_per_column():
+    import keras
+    import numpy as np
+    config = model.ModelConfig(stem_filters=4, conv_filters=(8, 16), pool_widths=(1, 1),
+                               dense_units=16, rnn_units=8, rnn_stride=2)
+    crnn = model.build_crnn(config, 64, 128, 11)
+    assert model.time_steps(128, config) == 64
+    assert tuple(crnn.get_layer("rnn").output.shape) == (None, 32, 16)
+    images = np.random.default_rng(0).uniform(0, 255, (3, 64, 128)).astype(np.float32)
+    logits = np.asarray(crnn(images, training=False))
+    assert logits.shape == (3, 64, 11)
+    # Step k's 22 outputs are the logits of frames 2k and 2k + 1, in that order.
+    rnn_out = np.asarray(keras.Model(crnn.input, crnn.get_layer("rnn").output)(images))
+    kernel, bias = crnn.get_layer("logits").get_weights()
+    per_step = rnn_out @ kernel + bias  # [3, 32, 22]
+    np.testing.assert_allclose(logits[:, 0::2], per_step[..., :11], atol=1e-5)
+    np.testing.assert_allclose(logits[:, 1::2], per_step[..., 11:], atol=1e-5)
+
+
 def test_default_model_is_small():
     crnn = model.build_crnn(model.ModelConfig(), 64, 128, 11)
     assert 200_000 < crnn.count_params() < 1_000_000
@@ -40,11 +59,15 @@ def test_bad_shapes_raise():
     with pytest.raises(ValueError, match="no rows"):
         model.build_crnn(model.ModelConfig(conv_filters=(8,) * 7, pool_widths=(1,) * 7),
                          64, 128, 11)
+    with pytest.raises(ValueError, match="does not divide"):
+        model.build_crnn(model.ModelConfig(rnn_stride=3), 64, 128, 11)  # 32 steps
 
 
 @pytest.mark.parametrize("config", [SMALL, model.ModelConfig(
-    stem_filters=4, conv_filters=(8, 16), pool_widths=(2, 1), dense_units=16, rnn_units=8)],
-    ids=["blocks", "stem"])
+    stem_filters=4, conv_filters=(8, 16), pool_widths=(2, 1), dense_units=16, rnn_units=8),
+    model.ModelConfig(stem_filters=4, conv_filters=(8, 16), pool_widths=(1, 1), dense_units=16,
+                      rnn_units=8, rnn_stride=2)],
+    ids=["blocks", "stem", "rnn_stride"])
 def test_folding_batch_norm_keeps_the_logits(config):
     import numpy as np
     trained = model.build_crnn(config, 64, 128, 11)
