@@ -2,10 +2,10 @@
 
 import sys
 
-from plate_ocr import cli, cli_benchmark, cli_import, cli_service, cli_train, cli_use
+from plate_ocr.cli import benchmark, data, import_images, service, train, use
 
-COMMANDS = {**cli.COMMANDS, **cli_benchmark.COMMANDS, **cli_import.COMMANDS, **cli_train.COMMANDS,
-            **cli_use.COMMANDS, **cli_service.COMMANDS}
+COMMANDS = {**data.COMMANDS, **benchmark.COMMANDS, **import_images.COMMANDS, **train.COMMANDS,
+            **use.COMMANDS, **service.COMMANDS}
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from plate_ocr import fonts, records, writer
+from plate_ocr.data import fonts, records, writer
 
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALPHABET = "0123456789"
@@ -59,7 +59,8 @@ def reading_model(tmp_path_factory, faces) -> tuple[str, str]:
     that are no plate, which it must reject. A smoke model reads nothing, so it would reject
     every plate and prove nothing.
     """
-    from plate_ocr import model, render, train, trainer
+    from plate_ocr.data import render
+    from plate_ocr.training import model, train, trainer
     import tensorflow as tf
     records_dir = str(tmp_path_factory.mktemp("reading_records"))
     style = writer.PlateStyle(font_size_min=11, font_size_max=11, spacing_min=1, spacing_max=1,

@@ -3,7 +3,8 @@
 import numpy as np
 import tensorflow as tf
 
-from plate_ocr import align, ctc, evaluate
+from plate_ocr.serving import evaluate
+from plate_ocr.training import align, ctc
 
 BLANK = 10
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from plate_ocr import augment, augment_config, fonts, records, render_source, writer
+from plate_ocr.data import augment, augment_config, fonts, records, writer
+from plate_ocr.training import render_source
 
 CONFIG = augment_config.AugmentConfig()
 CLEAN = augment_config.CLEAN

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from conftest import ALPHABET, PROJECT_DIR
-from plate_ocr import benchmark
+from plate_ocr.benchmark import figures as benchmark_lib
 
 BENCHMARK = os.path.join(PROJECT_DIR, "bin", "benchmark")
 SMOKE_CONFIG = os.path.join(PROJECT_DIR, "configs", "smoke.cfg")
@@ -18,7 +18,9 @@ SMOKE_CONFIG = os.path.join(PROJECT_DIR, "configs", "smoke.cfg")
 def untrained_model(tmp_path_factory) -> str:
     """A model dir with an exported SavedModel and TFLite model of the smoke config's CRNN,
     untrained."""
-    from plate_ocr import cli_train, export, model
+    from plate_ocr.cli import train as cli_train
+    from plate_ocr.serving import export
+    from plate_ocr.training import model
     config = cli_train.config_from(SMOKE_CONFIG).model
     model_dir = str(tmp_path_factory.mktemp("untrained"))
     crnn = model.build_crnn(config, 64, 128, len(ALPHABET) + 1)
@@ -38,16 +40,16 @@ def test_records_stage_reports_every_figure(tmp_path, font_dir):
     assert result.returncode == 0, result.stderr
     output = json.loads(result.stdout)
     figures = output["records"]
-    assert sorted(figures) == sorted(benchmark.FIGURES["records"])
+    assert sorted(figures) == sorted(benchmark_lib.FIGURES["records"])
     assert {key: value for key, value in figures.items() if not value > 0} == {}
     assert figures["dataset_plates"] == sum(round(n * 0.003) for n in
-                                            benchmark.DEFAULT_DATASET.values())
+                                            benchmark_lib.DEFAULT_DATASET.values())
     assert output["settings"]["records"]["plates_per_worker"] == 100
     assert os.listdir(tmp_path) == []  # the timed runs' files are removed
 
-    table = benchmark.format_table({"records": figures}).splitlines()
+    table = benchmark_lib.format_table({"records": figures}).splitlines()
     assert len(table) == 1 + len(figures)
-    for line, figure in zip(table[1:], benchmark.FIGURES["records"].values()):
+    for line, figure in zip(table[1:], benchmark_lib.FIGURES["records"].values()):
         assert line.startswith("records  " + figure.label)
         assert (" met" in line or " MISSED" in line) == (figure.target is not None)
 
@@ -69,7 +71,7 @@ def fake_tesseract(folder, readings: list[str]) -> str:
 
 @pytest.mark.slow
 def test_tensorflow_stages_report_every_figure(tmp_path, tiny_records, untrained_model):
-    from plate_ocr import evaluate
+    from plate_ocr.serving import evaluate
     work_dir = tmp_path / "work"
     tflite = os.path.join(untrained_model, "model.tflite")  # side by side with its SavedModel
     truths = next(evaluate.read_split(tiny_records, "val", 20))["text"]
@@ -91,14 +93,14 @@ def test_tensorflow_stages_report_every_figure(tmp_path, tiny_records, untrained
                 "inference model.tflite": "inference", "tesseract": "tesseract"}
     assert sorted(output) == sorted(expected)
     for stage, kind in expected.items():
-        assert sorted(output[stage]) == sorted(benchmark.FIGURES[kind]), stage
+        assert sorted(output[stage]) == sorted(benchmark_lib.FIGURES[kind]), stage
         assert {key: value for key, value in output[stage].items()
                 if not value > 0 and key != "val_plate_accuracy"} == {}  # an untrained model
         assert kind == "tesseract" or settings[stage]["rss_mb_after_import"] > 0
     assert output["tesseract"]["val_plate_accuracy"] == 1.0  # each page read as its plate
     assert os.listdir(work_dir) == []  # the PNG folder is removed
 
-    table = benchmark.format_table(output).splitlines()
+    table = benchmark_lib.format_table(output).splitlines()
     assert len(table) == 1 + sum(len(figures) for figures in output.values())
     assert any(re.match(r"train smoke +custom loop / model\.fit", line) for line in table)
     assert sum(bool(re.match(r"inference \S+ +1 plate per call, 1 thread: median", line))
@@ -106,9 +108,9 @@ def test_tensorflow_stages_report_every_figure(tmp_path, tiny_records, untrained
 
 
 def test_tesseract_is_skipped_when_it_is_not_installed(monkeypatch, tmp_path):
-    from plate_ocr import benchmark_model
-    monkeypatch.setattr(benchmark_model.shutil, "which", lambda name: None)
-    assert benchmark_model.tesseract_stage(str(tmp_path), 10, 1, str(tmp_path)) is None
+    from plate_ocr.benchmark import model_stages
+    monkeypatch.setattr(model_stages.shutil, "which", lambda name: None)
+    assert model_stages.tesseract_stage(str(tmp_path), 10, 1, str(tmp_path)) is None
 
 
 def test_missing_records_dir_fails_before_measuring(tmp_path):
@@ -153,7 +155,7 @@ def test_time_to_accuracy_trains_from_scratch_and_draws_the_curve(tmp_path, tiny
     output = json.loads(result.stdout)
     figures = output["time_to_accuracy"]
     # Every figure, but the drawn splits' accuracies where the records have no such split.
-    known = set(benchmark.FIGURES["time_to_accuracy"])
+    known = set(benchmark_lib.FIGURES["time_to_accuracy"])
     assert set(figures) <= known
     assert known - set(figures) <= {"foreign_plate_accuracy", "captcha_plate_accuracy"}
     # Two epochs of a tiny model reach no target: "not reached" is infinity, not a number.
@@ -164,5 +166,5 @@ def test_time_to_accuracy_trains_from_scratch_and_draws_the_curve(tmp_path, tiny
     assert curve == str(tmp_path / "time_to_accuracy-smoke.png")
     with open(curve, "rb") as png:
         assert png.read(8) == b"\x89PNG\r\n\x1a\n"
-    table = benchmark.format_table({"time_to_accuracy": figures})
+    table = benchmark_lib.format_table({"time_to_accuracy": figures})
     assert "not reached" in table and "MISSED" in table

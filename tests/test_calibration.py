@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from plate_ocr import calibration
+from plate_ocr.serving import calibration
 
 
 def test_a_calibrated_set_has_an_expected_calibration_error_near_zero():

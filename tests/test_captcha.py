@@ -7,7 +7,7 @@ import subprocess
 import numpy as np
 
 from conftest import ALPHABET, PROJECT_DIR
-from plate_ocr import captcha_split, records
+from plate_ocr.data import captcha_split, records
 
 MAKE_RECORDS = os.path.join(PROJECT_DIR, "bin", "make_records")
 NUMBERS = [37463, 0, 99999, 12345, 70801, 4, 55555, 31337, 80008, 2718, 16180, 42]
@@ -62,7 +62,8 @@ def test_a_plate_is_a_function_of_seed_and_index_alone():
 
 def test_make_records_writes_a_captcha_split_of_test_labels_that_evaluate_reads(tmp_path,
                                                                                 font_dir):
-    from plate_ocr import evaluate, input_pipeline
+    from plate_ocr.serving import evaluate
+    from plate_ocr.training import input_pipeline
     output_dir = str(tmp_path / "records")
     result = subprocess.run(
         [MAKE_RECORDS, "--output_dir", output_dir, "--num_train", "60", "--num_val", "10",

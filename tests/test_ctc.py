@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from plate_ocr import ctc
+from plate_ocr.training import ctc
 
 CLASSES = 11  # ten digits + blank (last)
 BLANK = CLASSES - 1

@@ -134,7 +134,7 @@ def test_bad_input_is_one_line(service):
 def test_stall_guard_fires_only_while_armed_and_waiting():
     script = textwrap.dedent('''
         import sys, time
-        from plate_ocr import data_service
+        from plate_ocr.training import data_service
         sys.argv[0] = "train"
         guard = data_service.StallGuard(0.5)
         guard.waiting_since.assign(time.time() - 100)  # a wait that began long ago...
@@ -180,7 +180,8 @@ def test_smoke_training_reads_through_the_service(service, tiny_records, tmp_pat
 def test_a_pass_through_the_service_delivers_each_training_record_once(
         service, tiny_records, read_examples):
     import tensorflow as tf
-    from plate_ocr import input_pipeline, records
+    from plate_ocr.data import records
+    from plate_ocr.training import input_pipeline
     info = records.read_info(tiny_records)
     files = records.split_files(info, tiny_records, "train")
     labels = [tuple(example["label"]) for example in read_examples(files)]
@@ -204,7 +205,8 @@ def test_a_pass_through_the_service_delivers_each_training_record_once(
 def test_service_workers_render_the_plates_this_process_would(service, tiny_records, augmented):
     import hashlib
     import tensorflow as tf
-    from plate_ocr import records, render_source, writer
+    from plate_ocr.data import records, writer
+    from plate_ocr.training import render_source
     info = records.read_info(tiny_records)
     path = render_source.atlas_path(info, tiny_records)
     augment = writer.style_from_info(info).augment if augmented else None

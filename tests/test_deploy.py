@@ -10,7 +10,7 @@ import pytest
 import yaml
 from absl import flags
 
-from plate_ocr import cli_service, cli_train
+from plate_ocr.cli import service as cli_service, train as cli_train
 
 from conftest import PROJECT_DIR
 

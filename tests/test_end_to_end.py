@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from conftest import PROJECT_DIR
-from plate_ocr.export import MIN_CONFIDENCE
+from plate_ocr.serving.export import MIN_CONFIDENCE
 
 pytestmark = pytest.mark.slow
 

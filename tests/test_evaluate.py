@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from plate_ocr import ctc, evaluate, export, model, train
+from plate_ocr.serving import evaluate, export
+from plate_ocr.training import ctc, model, train
 
 from test_train import STRATEGY, smoke_config
 

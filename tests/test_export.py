@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from plate_ocr import calibration, evaluate, export, model
+from plate_ocr.serving import calibration, evaluate, export
+from plate_ocr.training import model
 
 from conftest import PROJECT_DIR
 from test_train import smoke_config

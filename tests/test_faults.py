@@ -11,7 +11,9 @@ import time
 
 import pytest
 
-from plate_ocr import evaluate, records, train
+from plate_ocr.data import records
+from plate_ocr.serving import evaluate
+from plate_ocr.training import train
 
 from conftest import PROJECT_DIR
 from test_train import STRATEGY, smoke_config

@@ -7,7 +7,7 @@ import pytest
 from fontTools.fontBuilder import FontBuilder
 from fontTools.pens.ttGlyphPen import TTGlyphPen
 
-from plate_ocr import fonts
+from plate_ocr.data import fonts
 
 ALPHABET = "0123456789"
 

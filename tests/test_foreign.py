@@ -9,7 +9,7 @@ import pytest
 from fontTools.ttLib import TTFont
 
 from conftest import ALPHABET, PROJECT_DIR
-from plate_ocr import cairo_text, fonts, foreign, records, render
+from plate_ocr.data import cairo_text, fonts, foreign, records, render
 
 NUMBERS = [37463, 0, 99999, 12345, 70801, 4, 55555, 31337, 80008, 2718, 16180, 42]
 
@@ -160,7 +160,8 @@ def test_a_failed_split_leaves_no_finished_looking_dataset(tmp_path, foreign_fac
 
 
 def test_make_records_writes_a_foreign_split_that_evaluate_reads(tmp_path, font_dir):
-    from plate_ocr import evaluate, input_pipeline
+    from plate_ocr.serving import evaluate
+    from plate_ocr.training import input_pipeline
     output_dir = str(tmp_path / "records")
     result = subprocess.run(
         [os.path.join(PROJECT_DIR, "bin", "make_records"), "--output_dir", output_dir,

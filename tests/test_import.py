@@ -13,7 +13,9 @@ import pytest
 from PIL import Image
 
 from conftest import PROJECT_DIR
-from plate_ocr import evaluate, importer, input_pipeline, predict, records
+from plate_ocr.data import importer, predict, records
+from plate_ocr.serving import evaluate
+from plate_ocr.training import input_pipeline
 
 IMPORT = os.path.join(PROJECT_DIR, "bin", "import_images")
 

@@ -3,7 +3,8 @@
 import numpy as np
 import tensorflow as tf
 
-from plate_ocr import input_pipeline, records
+from plate_ocr.data import records
+from plate_ocr.training import input_pipeline
 
 
 def _files(records_dir, split):

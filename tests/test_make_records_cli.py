@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import PROJECT_DIR
-from plate_ocr import atlas, records
+from plate_ocr.data import atlas, records
 
 MAKE_RECORDS = os.path.join(PROJECT_DIR, "bin", "make_records")
 SMALL = ["--num_train", "200", "--num_val", "20", "--num_test", "20", "--num_heldout", "10",

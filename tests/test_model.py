@@ -2,7 +2,7 @@
 
 import pytest
 
-from plate_ocr import model
+from plate_ocr.training import model
 
 SMALL = model.ModelConfig(conv_filters=(8, 8, 16, 16), dense_units=16, rnn_units=8)
 

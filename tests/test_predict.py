@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from plate_ocr import predict
+from plate_ocr.data import predict
 
 from conftest import PROJECT_DIR
 
@@ -22,7 +22,7 @@ def test_fit_image_keeps_aspect_and_pads_with_the_background():
 
 
 def test_labels_from_filenames_use_the_model_alphabet(tmp_path):
-    from plate_ocr import evaluate, export
+    from plate_ocr.serving import evaluate, export
     model_dir = tmp_path / "run"
     (model_dir / export.SAVED_MODEL).mkdir(parents=True)
     (model_dir / export.SAVED_MODEL / "saved_model.pb").write_bytes(b"")
@@ -63,7 +63,7 @@ def run_predict(*args) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_predict_cli_reads_png_jpeg_and_colour_and_reports_bad_files(reading_model, tiny_records,
                                                                      tmp_path):
-    from plate_ocr import evaluate
+    from plate_ocr.serving import evaluate
     batch = next(evaluate.read_split(tiny_records, "test", 3))
     images, texts = batch["image"], batch["text"]
     folder = tmp_path / "images"
@@ -92,7 +92,8 @@ def test_predict_cli_reads_png_jpeg_and_colour_and_reports_bad_files(reading_mod
 
 @pytest.mark.slow
 def test_predict_cli_prints_unreadable_under_the_min_confidence(reading_model, tmp_path):
-    from plate_ocr import calibration, cli_use, evaluate, export
+    from plate_ocr.cli import use as cli_use
+    from plate_ocr.serving import calibration, evaluate, export
     model_dir, records_dir = reading_model
     batch = next(evaluate.read_split(records_dir, "test", 4))
     folder = tmp_path / "images"
@@ -124,7 +125,7 @@ def test_predict_cli_prints_unreadable_under_the_min_confidence(reading_model, t
 
 
 def test_the_accuracy_line_counts_unreadable_as_rejected():
-    from plate_ocr import cli_use
+    from plate_ocr.cli import use as cli_use
     line = cli_use.accuracy_line([("12345", "12345"), ("12345", "12346"), ("unreadable", "1"),
                                   ("54321", "54321"), ("unreadable", "2")])
     assert line == ("accuracy: 0.6667 (2/3 accepted); coverage 0.6000 (3/5, 2 unreadable); "

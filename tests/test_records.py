@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import TINY_COUNTS, TINY_SHARDS
-from plate_ocr import atlas, records, writer
+from plate_ocr.data import atlas, records, writer
 
 
 def _split_paths(records_dir: str, split: str) -> list[str]:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from plate_ocr import fonts, render, writer
+from plate_ocr.data import fonts, render, writer
 
 STYLE = writer.PlateStyle()
 SPEC = STYLE.spec

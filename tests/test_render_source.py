@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from plate_ocr import atlas, fonts, records, render, render_source, writer
+from plate_ocr.data import atlas, fonts, records, render, writer
+from plate_ocr.training import render_source
 
 
 @pytest.fixture(scope="module")

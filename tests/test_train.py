@@ -11,8 +11,9 @@ import pytest
 import tensorflow as tf
 
 from conftest import TINY_COUNTS
-from plate_ocr import (align, ctc, evaluate, export, input_pipeline, model, records, render,
-                       train, trainer, writer)
+from plate_ocr.data import records, render, writer
+from plate_ocr.serving import evaluate, export
+from plate_ocr.training import align, ctc, input_pipeline, model, train, trainer
 
 STRATEGY = tf.distribute.OneDeviceStrategy("/cpu:0")
 
@@ -82,7 +83,7 @@ def test_loss_falls(tiny_records, tmp_path, mixed_precision, jit_compile):
 
 @pytest.mark.slow
 def test_fast_config_model_has_64_time_steps_and_learns(tiny_records, tmp_path, monkeypatch):
-    from plate_ocr import cli_train
+    from plate_ocr.cli import train as cli_train
     monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     config = cli_train.config_from("configs/fast.cfg", f"--records_dir={tiny_records}")
     crnn = model.build_crnn(config.model, 64, 128, 11)
@@ -149,7 +150,7 @@ def test_training_budget_stops_before_an_epoch_that_would_overrun_it():
 
 
 class FakeClock:
-    """time for plate_ocr.train, whose perf_counter moves 50 s a call: each training epoch
+    """time for plate_ocr.training.train, whose perf_counter moves 50 s a call: each training epoch
     (two calls, its start and end) lasts 50 s whatever the machine."""
 
     def __init__(self):
@@ -219,7 +220,7 @@ def test_wide_training_with_frame_targets_watches_other_splits(tiny_records, tmp
 def test_a_short_run_on_the_wide_distribution_lowers_the_loss_on_foreign_plates(
         tiny_records, font_dir, tmp_path):
     import shutil
-    from plate_ocr import foreign
+    from plate_ocr.data import foreign
     records_dir = str(tmp_path / "records")
     shutil.copytree(tiny_records, records_dir)
     info = records.read_info(records_dir)

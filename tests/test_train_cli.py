@@ -45,7 +45,8 @@ def test_flagfile_run_saves_effective_flags_that_rerun_the_same_config(tiny_reco
 
 @pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(PROJECT_DIR, "configs"))))
 def test_every_config_parses_into_a_training_config(name, monkeypatch):
-    from plate_ocr import cli_train, trainer
+    from plate_ocr.cli import train as cli_train
+    from plate_ocr.training import trainer
     monkeypatch.chdir(PROJECT_DIR)  # flagfiles name each other relative to the project
     config = cli_train.config_from(os.path.join("configs", name))
     assert isinstance(config, trainer.TrainConfig)

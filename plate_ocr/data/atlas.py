@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from plate_ocr import fonts, records, render
+from plate_ocr.data import fonts, records, render
 
 ATLAS_NAME = "glyph_atlas.example"
 # The int64 scalars of the atlas, in this order.

@@ -18,7 +18,8 @@ import os
 
 import tensorflow as tf
 
-from plate_ocr import atlas as atlas_lib, augment as augment_lib, augment_config, input_pipeline
+from plate_ocr.data import atlas as atlas_lib, augment as augment_lib, augment_config
+from plate_ocr.training import input_pipeline
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Plates per unit of work: each chunk reads the atlas once (6 MB: 6 KB a plate, less than

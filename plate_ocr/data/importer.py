@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from plate_ocr import predict, records
+from plate_ocr.data import predict, records
 
 SPLITS = ("train", "val", "test")
 LIST_DELIMITERS = {".csv": ",", ".tsv": "\t", ".txt": "\t"}

@@ -16,9 +16,11 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from plate_ocr import ctc, distribute, export, input_pipeline, pictures, records
-from plate_ocr.trainer import TrainConfig, Trainer, TrainingError, corrupt_records_error
-from plate_ocr.trainer import steps_per_epoch
+from plate_ocr.data import records
+from plate_ocr.serving import export, pictures
+from plate_ocr.training import ctc, distribute, input_pipeline
+from plate_ocr.training.trainer import TrainConfig, Trainer, TrainingError, corrupt_records_error
+from plate_ocr.training.trainer import steps_per_epoch
 
 BEST_WEIGHTS = "best"  # a TensorFlow checkpoint prefix in the model dir
 HISTORY_FILE = "history.json"

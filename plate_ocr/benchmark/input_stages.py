@@ -1,6 +1,6 @@
 """The input stages of bin/benchmark: the TFRecord pipeline against a PNG folder, and the
 training pipeline through a local tf.data service. TensorFlow is imported inside the functions,
-which run in their own processes (benchmark.run_measured).
+which run in their own processes (figures.run_measured).
 """
 
 import os
@@ -10,8 +10,8 @@ import subprocess
 import sys
 import time
 
-from plate_ocr import records
-from plate_ocr.benchmark import BATCH, median_seconds, run_measured
+from plate_ocr.data import records
+from plate_ocr.benchmark.figures import BATCH, median_seconds, run_measured
 
 
 def _normalized(dataset):
@@ -34,7 +34,7 @@ def _pipeline_rate(dataset, examples: int, repeats: int) -> float:
 
 
 def _tfrecord_pipeline(records_dir: str, examples: int, repeats: int) -> dict:
-    from plate_ocr import input_pipeline
+    from plate_ocr.training import input_pipeline
     info = records.read_info(records_dir)
     dataset = input_pipeline.make_dataset(
         records.split_files(info, records_dir, "train"), BATCH, True, info["image_height"],
@@ -65,7 +65,7 @@ def _png_pipeline(png_dir: str, info: dict, examples: int, repeats: int) -> dict
 
 
 def _service_pipeline(records_dir: str, service: str, examples: int, repeats: int) -> dict:
-    from plate_ocr import input_pipeline
+    from plate_ocr.training import input_pipeline
     info = records.read_info(records_dir)
     dataset = input_pipeline.make_service_dataset(
         records.split_files(info, records_dir, "train"), BATCH, info["image_height"],
@@ -75,7 +75,8 @@ def _service_pipeline(records_dir: str, service: str, examples: int, repeats: in
 
 def _render_pipeline(records_dir: str, service: str, examples: int, repeats: int,
                      augmented: bool = False) -> dict:
-    from plate_ocr import render_source, writer
+    from plate_ocr.data import writer
+    from plate_ocr.training import render_source
     info = records.read_info(records_dir)
     dataset = render_source.make_render_dataset(
         render_source.atlas_path(info, records_dir), BATCH, info["image_height"],
@@ -90,7 +91,7 @@ def _start_data_service(log_dir: str, role: str, *args: str) -> tuple[subprocess
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     log_path = os.path.join(log_dir, f"{role}-{port}.log")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     with open(log_path, "w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "plate_ocr", "data_service", f"--role={role}",
@@ -156,7 +157,7 @@ def write_png_folder(records_dir: str, png_dir: str, count: int) -> dict:
       the records' dataset_info.
     """
     from PIL import Image
-    from plate_ocr import evaluate
+    from plate_ocr.serving import evaluate
     info = records.read_info(records_dir)
     if not info["splits"].get("val", {}).get("num_examples"):
         raise ValueError(f"{records_dir} has no val plates to write as PNGs")

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from plate_ocr import ctc, model as model_lib
+from plate_ocr.training import ctc, model as model_lib
 
 SAVED_MODEL = "export"
 KERAS_MODEL = "model.keras"

@@ -1,6 +1,6 @@
 """The import_images command: a user's labelled plate images as records (importer.py).
 
-absl code like cli.py (whose helpers it shares): flags are defined when the command starts.
+absl code like the rest of cli/ (helpers in common.py): flags are defined when the command starts.
 """
 
 import collections
@@ -9,7 +9,7 @@ import sys
 
 from absl import flags
 
-from plate_ocr.cli import FLAGS, CommandError, run_command
+from plate_ocr.cli.common import FLAGS, CommandError, run_command
 
 
 def import_images() -> None:
@@ -37,7 +37,7 @@ def import_images() -> None:
 
     def main(argv):
         from tqdm import tqdm
-        from plate_ocr import importer, records
+        from plate_ocr.data import importer, records
         if FLAGS.val_fraction + FLAGS.test_fraction > 1:
             raise CommandError("--val_fraction and --test_fraction must not add up to more "
                                "than 1")

@@ -12,7 +12,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from plate_ocr import calibration, export, input_pipeline, records
+from plate_ocr.data import records
+from plate_ocr.serving import calibration, export
+from plate_ocr.training import input_pipeline
 
 
 def _config_beside(path: str) -> dict:

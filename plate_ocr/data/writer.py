@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from plate_ocr import atlas as atlas_lib, augment_config, fonts, records, render
+from plate_ocr.data import atlas as atlas_lib, augment_config, fonts, records, render
 
 _PROGRESS_EVERY = 250
 _PNG_STREAM = 100  # spawn key of write_png_plates, apart from every split's (its index in SPLITS)
@@ -124,7 +124,7 @@ def make_plates(numbers: Sequence[int], families: Sequence[Sequence[fonts.Face]]
         details.append((digits, text, face, size, spacing))
     if augmented:
         # TensorFlow only in the processes that augment: clean shards start in a blink.
-        from plate_ocr import augment
+        from plate_ocr.data import augment
         inks = 255 - np.stack(images)
         keys = np.stack([rng.integers(2 ** 62, size=2) for rng in rngs])
         images = augment.augment_plates(inks, style.augment, keys, style.spec.margin)

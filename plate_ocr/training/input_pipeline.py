@@ -13,7 +13,7 @@ import random
 
 import tensorflow as tf
 
-from plate_ocr import records
+from plate_ocr.data import records
 
 AUTOTUNE = tf.data.AUTOTUNE
 

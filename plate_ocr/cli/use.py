@@ -1,6 +1,6 @@
 """The commands that use a trained model: evaluate, predict, export, make_test_images.
 
-absl code like cli.py (whose helpers it shares): flags are defined when a command starts.
+absl code like the rest of cli/ (helpers in common.py): flags are defined when a command starts.
 """
 
 import json
@@ -9,14 +9,14 @@ import sys
 
 from absl import flags
 
-from plate_ocr.cli import FLAGS, CommandError, project_path, quiet_tensorflow, run_command
+from plate_ocr.cli.common import FLAGS, CommandError, project_path, quiet_tensorflow, run_command
 
 _MODEL_HELP = ("A model dir (runs/fast), its SavedModel (runs/fast/export), .keras or .tflite "
                "file.")
 
 
 def _load(path: str):
-    from plate_ocr import evaluate
+    from plate_ocr.serving import evaluate
     try:
         return evaluate.load_predictor(path)
     except (FileNotFoundError, OSError, ValueError) as error:
@@ -29,7 +29,7 @@ def _evaluate_split(predict, records_dir: str, info: dict, split: str, model_dir
                     output: str) -> dict:
     """Evaluates one split: metrics file, pictures, table; returns the metrics."""
     from tqdm import tqdm
-    from plate_ocr import evaluate as evaluate_lib, pictures
+    from plate_ocr.serving import evaluate as evaluate_lib, pictures
     with tqdm(total=info["splits"][split]["num_examples"], unit="plate",
               desc=f"evaluate {split}") as bar:
         try:
@@ -61,7 +61,7 @@ def _evaluate_split(predict, records_dir: str, info: dict, split: str, model_dir
 
 def _evaluate_non_plates(predict, shape, model_dir: str) -> None:
     """Images that are no plate (noise, blank, photo-like): how many pass the threshold."""
-    from plate_ocr import calibration
+    from plate_ocr.serving import calibration
     threshold = predict.min_confidence
     result = calibration.rejection(predict, FLAGS.non_plates, *shape, threshold)
     path = os.path.join(model_dir, "metrics-non_plates.json")
@@ -89,12 +89,12 @@ def evaluate() -> None:
                          "(0: none).", lower_bound=0)
 
     def main(argv):
-        from plate_ocr import records
+        from plate_ocr.data import records
         model_dir = FLAGS.model if os.path.isdir(FLAGS.model) else os.path.dirname(FLAGS.model)
         model_dir = model_dir[:-len("/export")] if model_dir.endswith("/export") else model_dir
         records_dir = FLAGS.records_dir
         if records_dir is None:
-            from plate_ocr import export as export_lib
+            from plate_ocr.serving import export as export_lib
             config_path = os.path.join(model_dir, export_lib.CONFIG_FILE)
             records_dir = (json.load(open(config_path))["train"]["records_dir"]
                            if os.path.exists(config_path) else "tfrecords")
@@ -162,7 +162,8 @@ def predict() -> None:
                        upper_bound=1)
 
     def main(argv):
-        from plate_ocr import evaluate, pictures, predict as predict_lib
+        from plate_ocr.data import predict as predict_lib
+        from plate_ocr.serving import evaluate, pictures
         if len(argv) < 2:
             raise CommandError("name image files or folders to read")
         paths = predict_lib.list_images(argv[1:])
@@ -217,7 +218,8 @@ def export() -> None:
 
     def main(argv):
         import keras
-        from plate_ocr import export as export_lib, model
+        from plate_ocr.serving import export as export_lib
+        from plate_ocr.training import model
         config_path = os.path.join(FLAGS.model_dir, export_lib.CONFIG_FILE)
         keras_path = os.path.join(FLAGS.model_dir, export_lib.KERAS_MODEL)
         if not (os.path.exists(config_path) and os.path.exists(keras_path)):
@@ -244,7 +246,7 @@ def make_test_images() -> None:
     flags.DEFINE_string("font_dir", project_path("fonts"), "Gathered fonts.")
 
     def main(argv):
-        from plate_ocr import fonts, records, writer
+        from plate_ocr.data import fonts, records, writer
         try:
             info = records.read_info(FLAGS.records_dir)
             counts = {split: info["splits"].get(split, {}).get("num_examples", 0)

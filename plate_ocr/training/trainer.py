@@ -15,9 +15,9 @@ import os
 import keras
 import tensorflow as tf
 
-from plate_ocr import align, ctc, data_service, distribute, input_pipeline, model as model_lib
-from plate_ocr import render_source
-from plate_ocr import writer
+from plate_ocr.data import writer
+from plate_ocr.training import (align, ctc, data_service, distribute, input_pipeline,
+                                model as model_lib, render_source)
 
 SUM = tf.distribute.ReduceOp.SUM
 

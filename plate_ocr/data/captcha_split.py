@@ -24,7 +24,7 @@ import numpy as np
 from captcha import image as captcha_image
 from PIL import ImageFont
 
-from plate_ocr import drawn_split, predict, records
+from plate_ocr.data import drawn_split, predict, records
 
 SPLIT = "captcha"
 LABELS_FROM = "test"  # the first test labels, as the foreign split reads

@@ -16,7 +16,7 @@ import cairocffi
 import numpy as np
 from PIL import Image, ImageFilter
 
-from plate_ocr import cairo_text, drawn_split, fonts, predict, records
+from plate_ocr.data import cairo_text, drawn_split, fonts, predict, records
 
 SPLIT = "foreign"
 LABELS_FROM = "test"  # it reads the first test labels: disjoint from training's

@@ -1,52 +1,14 @@
-"""The only absl code: flag definitions and the main function of every command.
+"""The data commands: gather_fonts (the faces into fonts/) and make_records (the plates as records).
 
-Each command defines its own flags when it starts, so `--helpshort` lists only those. Bad
-input ends with one line on stderr, `<command>: error: ...`, and exit status 2.
+absl code like the rest of cli/ (helpers in common.py): flags are defined when a command starts.
 """
 
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
-FLAGS = flags.FLAGS
-
-
-class CommandError(Exception):
-    """A user error to report in one line (exit status 2)."""
-
-
-def _fail(message: str) -> None:
-    print(f"{os.path.basename(sys.argv[0])}: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def run_command(main, takes_arguments: bool = False) -> None:
-    """app.run with one-line errors for bad flags and for CommandError."""
-    def parse(argv: list[str]) -> list[str]:
-        try:
-            rest = FLAGS(argv)
-        except flags.Error as error:
-            _fail(str(error).splitlines()[0])
-        if len(rest) > 1 and not takes_arguments:
-            _fail(f"unexpected arguments: {' '.join(rest[1:])}")
-        return rest
-
-    def guarded(argv):
-        try:
-            main(argv)
-        except CommandError as error:
-            _fail(str(error))
-    app.run(guarded, flags_parser=parse)
-
-
-def quiet_tensorflow() -> None:
-    """TensorFlow's C++ logs from warnings up, in this process and those it spawns."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def project_path(*parts: str) -> str:
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), *parts)
+from plate_ocr.cli.common import FLAGS, CommandError, project_path, quiet_tensorflow, run_command
 
 
 def _flag_values(names) -> dict:
@@ -61,7 +23,7 @@ def gather_fonts() -> None:
     flags.DEFINE_string("alphabet", "0123456789", "Characters every face must draw.")
 
     def main(argv):
-        from plate_ocr import fonts
+        from plate_ocr.data import fonts
         manifest = os.path.join(FLAGS.font_dir, fonts.MANIFEST_NAME)
         if not os.path.exists(manifest):
             raise CommandError(f"no font manifest at {manifest}")
@@ -99,7 +61,7 @@ _MAKE_RECORDS_FLAGS = (
 def _define_augment_flags() -> list[str]:
     """One --aug_<name> flag per AugmentConfig field, its default the dataclass's."""
     import dataclasses
-    from plate_ocr import augment_config
+    from plate_ocr.data import augment_config
     names = []
     for field in dataclasses.fields(augment_config.AugmentConfig):
         define = flags.DEFINE_integer if field.type in (int, "int") else flags.DEFINE_float
@@ -112,7 +74,7 @@ def _define_augment_flags() -> list[str]:
 def _foreign_faces():
     """The foreign faces (foreign.usable_faces), or CommandError if Cairo cannot load."""
     try:
-        from plate_ocr import foreign
+        from plate_ocr.data import foreign
     except (ImportError, OSError) as error:  # cairocffi or libcairo2 not installed
         raise CommandError(f"Cairo, which draws the foreign split, cannot load ({error}): run "
                            "bin/setup, or pass --num_foreign 0") from None
@@ -122,7 +84,7 @@ def _foreign_faces():
 def _captcha_split():
     """The captcha_split module, or CommandError if the captcha package cannot be imported."""
     try:
-        from plate_ocr import captcha_split
+        from plate_ocr.data import captcha_split
     except ImportError as error:
         raise CommandError(f"the captcha package, which draws the captcha split, cannot be "
                            f"imported ({error}): run bin/setup, or pass --num_captcha 0") from None
@@ -169,7 +131,7 @@ def make_records() -> None:
 
     def main(argv):
         from tqdm import tqdm
-        from plate_ocr import fonts, records, writer
+        from plate_ocr.data import fonts, records, writer
         quiet_tensorflow()  # the workers that augment load it
         if FLAGS.font_size_min > FLAGS.font_size_max:
             raise CommandError("--font_size_min must not exceed --font_size_max")
@@ -208,7 +170,7 @@ def make_records() -> None:
                 FLAGS.font_dir, FLAGS.alphabet, fonts.TRAIN, FLAGS.min_font_families)
             heldout_faces, rejected_heldout = fonts.usable_faces(
                 FLAGS.font_dir, FLAGS.alphabet, fonts.HELDOUT, 1 if FLAGS.num_heldout else 0)
-            from plate_ocr import augment_config
+            from plate_ocr.data import augment_config
             augment_values = augment_config.AugmentConfig(
                 **{name[len("aug_"):]: FLAGS[name].value for name in augment_flags})
             style = writer.PlateStyle(
@@ -233,7 +195,7 @@ def make_records() -> None:
                     {"train": train_faces, "heldout": heldout_faces}, style, FLAGS.seed,
                     FLAGS.workers, bar.update, {"flags": _flag_values(_MAKE_RECORDS_FLAGS + tuple(augment_flags))})
                 if num_foreign:
-                    from plate_ocr import foreign
+                    from plate_ocr.data import foreign
                     info = foreign.add_split(
                         FLAGS.output_dir, info, labels[foreign.LABELS_FROM][:num_foreign],
                         foreign_faces, FLAGS.eval_shards, bar.update)

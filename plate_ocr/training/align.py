@@ -10,7 +10,7 @@ cross-entropy per frame teaches from the first step (docs/experiments.md, "Time 
 
 import tensorflow as tf
 
-from plate_ocr import ctc
+from plate_ocr.training import ctc
 
 # Pixels darker than this are ink: plates are dark characters on a light background.
 INK_BELOW = 128

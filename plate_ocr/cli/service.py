@@ -1,6 +1,6 @@
 """The data_service command: a tf.data service dispatcher or worker, until SIGTERM or SIGINT.
 
-absl code like cli.py (whose helpers it shares): flags are defined when the command starts.
+absl code like the rest of cli/ (helpers in common.py): flags are defined when the command starts.
   bin/data_service --role=dispatcher --port=5050 --work_dir=/var/lib/plate_ocr/dispatcher
   bin/data_service --role=worker --dispatcher=HOST:5050 --port=5051 --worker_host=HOST
 """
@@ -12,7 +12,7 @@ import threading
 
 from absl import flags
 
-from plate_ocr.cli import FLAGS, CommandError, run_command
+from plate_ocr.cli.common import FLAGS, CommandError, run_command
 
 _ROLE_FLAGS = {"dispatcher": ("work_dir",),
                "worker": ("dispatcher", "worker_host", "heartbeat_interval")}
@@ -88,7 +88,7 @@ def data_service() -> None:
         _check_port_free(FLAGS.port)
         import tensorflow as tf  # after the checks: bad input is told without the wait
         from absl import logging
-        from plate_ocr import data_service as service
+        from plate_ocr.training import data_service as service
         if not FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)
         try:

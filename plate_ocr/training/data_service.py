@@ -1,6 +1,6 @@
 """tf.data service servers (dispatcher, worker) and the stall guard of training on them.
 
-Library code: plain arguments, no flags (the data_service command in cli_service.py and the
+Library code: plain arguments, no flags (the data_service command in cli/service.py and the
 train command read those). The training pipeline that runs on the service is
 input_pipeline.make_service_dataset.
 """

@@ -1,6 +1,6 @@
 """The model stages of bin/benchmark: training examples/s (custom loop against model.fit),
 SavedModel throughput and latency, and time to accuracy. TensorFlow is imported inside the
-functions, which run in their own processes (benchmark.run_measured).
+functions, which run in their own processes (figures.run_measured).
 """
 
 import contextlib
@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 
-from plate_ocr import records
-from plate_ocr.benchmark import BATCH, FIGURES, median_seconds, run_measured
+from plate_ocr.data import records
+from plate_ocr.benchmark.figures import BATCH, FIGURES, median_seconds, run_measured
 
 
 def _train_setup(config):
@@ -25,7 +25,7 @@ def _train_setup(config):
 def _custom_loop(config, steps: int, repeats: int) -> dict:
     """Examples/s of Trainer.train_loop, called as train_and_evaluate calls it."""
     import tensorflow as tf
-    from plate_ocr import trainer as trainer_lib
+    from plate_ocr.training import trainer as trainer_lib
     info, strategy = _train_setup(config)
     trainer = trainer_lib.Trainer(config, info, strategy, (repeats + 1) * steps,
                                   files={"train": records.split_files(
@@ -49,7 +49,7 @@ def _fit(config, steps: int, repeats: int) -> dict:
     """Examples/s of model.fit on the same model, optimizer, batch and tf.data pipeline."""
     import keras
     import tensorflow as tf
-    from plate_ocr import input_pipeline, model as model_lib, trainer
+    from plate_ocr.training import input_pipeline, model as model_lib, trainer
     info, strategy = _train_setup(config)
     with strategy.scope():
         model = model_lib.build_crnn(config.model, info["image_height"], info["image_width"],
@@ -119,7 +119,7 @@ def _val_plates(records_dir: str, batches: int) -> tuple[np.ndarray, list[str]]:
     """The first `batches` batches of 256 val plates (fewer if the split is smaller) and
     their labels."""
     import itertools
-    from plate_ocr import evaluate
+    from plate_ocr.serving import evaluate
     val = list(itertools.islice(evaluate.read_split(records_dir, "val", BATCH), batches))
     return (np.concatenate([batch["image"] for batch in val]),
             sum((batch["text"] for batch in val), []))
@@ -130,7 +130,7 @@ def _inference(model_path: str, records_dir: str, batches: int, calls: int, repe
     """Batched plates/s and the readings' accuracy (on all threads), or, on `threads`
     threads, the latency of one plate per call."""
     import tensorflow as tf
-    from plate_ocr import evaluate
+    from plate_ocr.serving import evaluate
     if threads:  # before TensorFlow first runs
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
@@ -167,7 +167,7 @@ def _inference(model_path: str, records_dir: str, batches: int, calls: int, repe
 
 def _size_mb(model_path: str) -> float:
     """Megabytes of what load_predictor loads: a file, or the SavedModel's files."""
-    from plate_ocr import evaluate
+    from plate_ocr.serving import evaluate
     model_path = evaluate.model_path(model_path)
     if os.path.isfile(model_path):
         return os.path.getsize(model_path) / 1e6
@@ -258,7 +258,8 @@ def tesseract_stage(records_dir: str, plates: int, repeats: int,
 
 def _time_to_accuracy(config, model_dir: str, curve_path: str) -> dict:
     import json
-    from plate_ocr import distribute, evaluate, model as model_lib, train
+    from plate_ocr.serving import evaluate
+    from plate_ocr.training import distribute, model as model_lib, train
     records_dir = config.records_dir
     started = time.perf_counter()
     # The run's progress lines go to stderr: stdout is the table (or the JSON).

@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from plate_ocr import records, writer
+from plate_ocr.data import records, writer
 
 PROGRESS_EVERY = 250  # plates drawn per call of the drawing function, and per progress report
 # draw(numbers, first_index) -> (uint8 [N, height, width], per plate (text, font name, font size

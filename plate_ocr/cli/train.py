@@ -1,13 +1,13 @@
 """The train command: flags -> TrainConfig -> train.train_and_evaluate under a strategy.
 
-absl code like cli.py (whose helpers it shares): flags are defined when the command starts.
+absl code like the rest of cli/ (helpers in common.py): flags are defined when the command starts.
 """
 
 import os
 
 from absl import flags
 
-from plate_ocr.cli import FLAGS, CommandError, run_command
+from plate_ocr.cli.common import FLAGS, CommandError, run_command
 
 
 def _int_list(values: flags.FlagValues, name: str) -> tuple[int, ...]:
@@ -19,7 +19,7 @@ def _int_list(values: flags.FlagValues, name: str) -> tuple[int, ...]:
 
 def train_config(values: flags.FlagValues = FLAGS):
     """The TrainConfig that parsed training flags describe."""
-    from plate_ocr import input_pipeline, model, trainer
+    from plate_ocr.training import input_pipeline, model, trainer
     if values.render_augment and values.source != "render":
         raise CommandError("--render_augment needs --source=render (records are augmented "
                            "when written: bin/make_records --augment_train)")
@@ -58,7 +58,7 @@ def train_config(values: flags.FlagValues = FLAGS):
 
 
 def _data_service(address: str) -> str:
-    from plate_ocr import data_service
+    from plate_ocr.training import data_service
     try:
         return data_service.service_target(address) if address else ""
     except ValueError as error:
@@ -71,7 +71,7 @@ def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
     Returns:
       their names, in order (what the effective-flags file of a run lists).
     """
-    from plate_ocr import distribute
+    from plate_ocr.training import distribute
     before = set(flag_values)
     on = {"flag_values": flag_values}
     flags.DEFINE_string("records_dir", "tfrecords", "Records written by bin/make_records.", **on)
@@ -217,13 +217,14 @@ def train() -> None:
     """Trains the CRNN with the custom loop under a tf.distribute strategy."""
     # Before TensorFlow loads: keep its C++ warnings and errors, drop its info chatter.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-    from plate_ocr import distribute
+    from plate_ocr.training import distribute
     train_flags = define_train_flags()
 
     def main(argv):
         import tensorflow as tf
         from absl import logging
-        from plate_ocr import records, train as train_lib, trainer
+        from plate_ocr.data import records
+        from plate_ocr.training import train as train_lib, trainer
         if not FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)
         config = train_config()

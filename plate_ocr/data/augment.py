@@ -30,7 +30,7 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
-from plate_ocr.augment_config import AugmentConfig
+from plate_ocr.data.augment_config import AugmentConfig
 
 
 # One uniform per plate for each of these, drawn from the plate's key in one call.

@@ -1,6 +1,6 @@
 """The benchmark command: bin/benchmark measures the pipeline's stages on this machine.
 
-The stages (benchmark.py, benchmark_input.py, benchmark_model.py) are library code: they take
+The stages (benchmark/: figures.py, input_stages.py, model_stages.py) are library code: they take
 paths and TrainConfigs, which this command builds from the configs' flagfiles.
 """
 
@@ -8,7 +8,7 @@ import os
 
 from absl import flags
 
-from plate_ocr.cli import FLAGS, CommandError, project_path, run_command
+from plate_ocr.cli.common import FLAGS, CommandError, project_path, run_command
 
 
 def benchmark() -> None:
@@ -77,7 +77,7 @@ def benchmark() -> None:
 
     def check_inputs() -> None:
         """Fails before minutes of measuring when an input of a chosen stage is missing."""
-        from plate_ocr import records
+        from plate_ocr.data import records
         if {"pipeline", "train", "inference", "time_to_accuracy"} & set(FLAGS.stages):
             records.read_info(FLAGS.records_dir)
         if "train" in FLAGS.stages:
@@ -90,8 +90,9 @@ def benchmark() -> None:
     def main(argv):
         import json
         import tempfile
-        from plate_ocr import benchmark as benchmark_lib, benchmark_input, benchmark_model, fonts
-        from plate_ocr.cli_train import config_from
+        from plate_ocr.benchmark import figures as benchmark_lib, input_stages, model_stages
+        from plate_ocr.cli.train import config_from
+        from plate_ocr.data import fonts
         if FLAGS.time_to_accuracy:
             FLAGS.stages = ["time_to_accuracy"]
         unknown = sorted(set(FLAGS.stages) - set(benchmark_lib.STAGES))
@@ -120,7 +121,7 @@ def benchmark() -> None:
                         FLAGS.font_dir, FLAGS.num_plates, FLAGS.repeats, FLAGS.dataset_scale,
                         work_dir)
                 if "pipeline" in FLAGS.stages:
-                    results["pipeline"], notes = benchmark_input.pipeline_stage(
+                    results["pipeline"], notes = input_stages.pipeline_stage(
                         FLAGS.records_dir, FLAGS.pipeline_examples, FLAGS.png_examples,
                         FLAGS.repeats, work_dir)
                     settings["pipeline"] = {
@@ -129,7 +130,7 @@ def benchmark() -> None:
                         "png_files": FLAGS.png_examples, **notes}
                 for path in FLAGS.configs if "train" in FLAGS.stages else ():
                     stage = f"train {config_name(path)}"
-                    results[stage], notes = benchmark_model.train_stage(
+                    results[stage], notes = model_stages.train_stage(
                         config_from(path, f"--records_dir={FLAGS.records_dir}"),
                         FLAGS.train_steps, FLAGS.repeats,
                         results.get("pipeline", {}).get("tfrecord_examples_per_s"))
@@ -137,7 +138,7 @@ def benchmark() -> None:
                                        **notes}
                 for path in FLAGS.model if "inference" in FLAGS.stages else ():
                     stage = f"inference {model_name(path)}"
-                    results[stage], notes = benchmark_model.inference_stage(
+                    results[stage], notes = model_stages.inference_stage(
                         path, FLAGS.records_dir, FLAGS.inference_batches,
                         FLAGS.latency_calls, FLAGS.repeats)
                     settings[stage] = {
@@ -145,17 +146,17 @@ def benchmark() -> None:
                         "batches_per_run": FLAGS.inference_batches,
                         "latency_calls_per_run": FLAGS.latency_calls, **notes}
                 if "inference" in FLAGS.stages and FLAGS.tesseract_plates:
-                    figures = benchmark_model.tesseract_stage(
+                    figures = model_stages.tesseract_stage(
                         FLAGS.records_dir, FLAGS.tesseract_plates, FLAGS.repeats, work_dir)
                     if figures:
                         results["tesseract"] = figures
                     settings["tesseract"] = {
                         "plates": FLAGS.tesseract_plates, "installed": figures is not None,
-                        "command": " ".join(benchmark_model.TESSERACT)}
+                        "command": " ".join(model_stages.TESSERACT)}
                 if "time_to_accuracy" in FLAGS.stages:
                     curve = os.path.join(os.path.abspath(FLAGS.work_dir or "."),
                                          f"time_to_accuracy-{config_name(FLAGS.tta_config)}.png")
-                    results["time_to_accuracy"], notes = benchmark_model.time_to_accuracy_stage(
+                    results["time_to_accuracy"], notes = model_stages.time_to_accuracy_stage(
                         config_from(FLAGS.tta_config, f"--records_dir={FLAGS.records_dir}"),
                         os.path.join(work_dir, "time_to_accuracy"), curve)
                     settings["time_to_accuracy"] = {"config": FLAGS.tta_config, "curve": curve,

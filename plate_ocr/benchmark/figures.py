@@ -1,7 +1,7 @@
 """Speed and memory of each pipeline stage on this machine: one function per stage, one table.
 
 This file holds the figures and their targets, the table, the measuring helpers and the records
-stage; benchmark_input.py and benchmark_model.py hold the TensorFlow stages.
+stage; input_stages.py and model_stages.py hold the TensorFlow stages.
 
 A stage function takes plain arguments and returns {figure: value}, each the median over
 repeats after a warm-up; FIGURES says how each figure prints and the target it is held to.
@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from plate_ocr import fonts, records, render, writer
+from plate_ocr.data import fonts, records, render, writer
 
 # make_records' default flags: the dataset that the "under 20 s" target is about.
 DEFAULT_DATASET = {"train": 60000, "val": 5000, "test": 10000, "heldout": 2000, "test_aug": 2000,
@@ -117,7 +117,7 @@ FIGURES = {
         "size_mb": Figure("model file size", "MB"),
         "peak_rss_mb": Figure("peak RSS of the batched inference process", "MB"),
     },
-    # What a user could run instead of training anything: benchmark_model.tesseract_stage.
+    # What a user could run instead of training anything: model_stages.tesseract_stage.
     "tesseract": {
         "plates_per_s": Figure("one process over a list of PNGs, 1 thread", "plates/s"),
         "ms_per_plate": Figure("its time per plate", "ms"),

@@ -1,0 +1,51 @@
+"""What every command shares: FLAGS, one-line errors for bad input (run_command), project paths.
+
+The cli/ modules are the only absl code. Each command defines its own flags when it starts, so
+`--helpshort` lists only those. Bad input ends with one line on stderr, `<command>: error: ...`,
+and exit status 2.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+
+
+class CommandError(Exception):
+    """A user error to report in one line (exit status 2)."""
+
+
+def _fail(message: str) -> None:
+    print(f"{os.path.basename(sys.argv[0])}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run_command(main, takes_arguments: bool = False) -> None:
+    """app.run with one-line errors for bad flags and for CommandError."""
+    def parse(argv: list[str]) -> list[str]:
+        try:
+            rest = FLAGS(argv)
+        except flags.Error as error:
+            _fail(str(error).splitlines()[0])
+        if len(rest) > 1 and not takes_arguments:
+            _fail(f"unexpected arguments: {' '.join(rest[1:])}")
+        return rest
+
+    def guarded(argv):
+        try:
+            main(argv)
+        except CommandError as error:
+            _fail(str(error))
+    app.run(guarded, flags_parser=parse)
+
+
+def quiet_tensorflow() -> None:
+    """TensorFlow's C++ logs from warnings up, in this process and those it spawns."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def project_path(*parts: str) -> str:
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return os.path.join(root, *parts)  # the folder that holds plate_ocr/
