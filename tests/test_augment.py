@@ -98,32 +98,6 @@ def test_elastic_bends_each_plates_glyphs_and_keeps_their_ink_in_the_frame(inks)
     assert (warped[bent_ink] < 128).all()  # the frame targets follow the bend
 
 
-def test_an_uneven_rhythm_keeps_the_texts_rows_and_ends_and_moves_its_columns(inks):
-    ink, _ = inks
-    uneven, warped = run(ink, dataclasses.replace(CLEAN, rhythm_prob=1.0))
-    inked, uneven_ink = ink > 128, uneven < 128
-    # Glyphs and gaps narrowed or widened: other columns inked, no other rows (a faint pixel
-    # narrowed may fall under the threshold).
-    changed = (inked != uneven_ink).sum(axis=(1, 2)) / inked.sum(axis=(1, 2))
-    assert np.median(changed) > 0.2
-    assert not (uneven_ink.any(axis=2) & ~inked.any(axis=2)).any()
-    # No ink leaves the text's columns, and its ends stay (within the pixel or two that
-    # resampling a narrowed faint edge may take from the threshold).
-    columns = lambda mask: mask.any(axis=1)
-    first = lambda mask: np.argmax(columns(mask), axis=1)
-    last = lambda mask: mask.shape[2] - 1 - np.argmax(columns(mask)[:, ::-1], axis=1)
-    assert (first(uneven < 255) >= first(ink > 0)).all()
-    assert (last(uneven < 255) <= last(ink > 0)).all()
-    assert np.abs(first(uneven_ink) - first(inked)).max() <= 2
-    assert np.abs(last(uneven_ink) - last(inked)).max() <= 2
-    # The ink redistributed along the text: its share left of a column moves, by several
-    # points somewhere on most plates (some stretches of the text wider than others).
-    share_left = lambda mask: np.cumsum(mask.sum(axis=1), axis=1) / mask.sum(axis=(1, 2))[:, None]
-    moved = np.abs(share_left(uneven_ink) - share_left(inked)).max(axis=1)
-    assert np.median(moved) > 0.05, np.median(moved)
-    assert (warped[uneven_ink] < 128).all()  # the frame targets follow the columns
-
-
 @pytest.mark.parametrize("effect", ["speckle_prob", "scratch_prob"])
 def test_speckle_and_scratches_mark_the_plate_not_the_frame_targets(inks, effect):
     ink, _ = inks

@@ -52,7 +52,6 @@ DRAWS = ("scale", "scale_amount", "squeeze", "stretch", "stretch_amount", "rotat
 _WAVES = 4  # the pattern's plane waves, each of a direction, frequency and phase
 DRAWS += tuple(f"wave_{what}_{i}" for i in range(_WAVES) for what in ("angle", "freq", "phase"))
 _JITTER = 8  # the perspective's corner displacements, after the DRAWS
-_RHYTHM_KNOTS = 8  # segments of the uneven-rhythm column map, whose slopes come after those
 _ELASTIC_CELL = 6  # pixels between the elastic displacement's independent nodes
 _ELASTIC_TAPER = 12  # pixels from the frame's edge over which the displacement fades out
 _BANK_SEED = 20261202  # the noise banks: the same in every process
@@ -161,34 +160,6 @@ def _elastic(ink: tf.Tensor, u: dict, config: AugmentConfig) -> tf.Tensor:
     warped = _bilinear_warp(tf.cast(ink, tf.float32), dx, dy)
     # Plates left alone keep their exact ink (the warp's zero displacement rounds back too).
     return tf.where(sigma > 0, tf.cast(tf.round(warped), tf.uint8), ink)
-
-
-def _rhythm(ink: tf.Tensor, u: dict, config: AugmentConfig) -> tf.Tensor:
-    """The clean ink [B, H, W] uint8 with an uneven rhythm: its columns remapped by a
-    monotonic piecewise-linear map of _RHYTHM_KNOTS segments that keeps the ink's first and
-    last column, so that glyphs and gaps grow or shrink each their own way (up to
-    config.rhythm times against one another) and no ink leaves its box."""
-    width = ink.shape[2]
-    _, _, left, right = _ink_box(ink)
-    amount = tf.where(u["rhythm"] < config.rhythm_prob,
-                      u["rhythm_amount"] * math.log(max(config.rhythm, 1.0)), 0.0)
-    # Each segment of the plate covers a share of the ink's columns in proportion to its
-    # slope: the cumulative shares are the source column at each knot.
-    slopes = _whole_vectors(tf.exp, (2 * u["rhythm_slopes"] - 1) * amount[:, None])
-    shares = tf.concat([tf.zeros_like(slopes[:, :1]), tf.cumsum(slopes, axis=1)], axis=1)
-    span = right + 1 - left  # [B]
-    knots = left[:, None] + span[:, None] * shares / shares[:, -1:]  # [B, K + 1]
-    xs = tf.range(width, dtype=tf.float32)[None, :]
-    position = (xs - left[:, None]) / span[:, None] * _RHYTHM_KNOTS
-    segment = tf.clip_by_value(tf.floor(position), 0.0, _RHYTHM_KNOTS - 1.0)
-    index = tf.cast(segment, tf.int32)
-    start = tf.gather(knots, index, batch_dims=1)
-    end = tf.gather(knots, index + 1, batch_dims=1)
-    source = start + (position - segment) * (end - start)
-    inside = (xs >= left[:, None]) & (xs <= right[:, None] + 1)
-    dx = tf.where(inside, source - xs, 0.0)[:, None, :]
-    warped = _bilinear_warp(tf.cast(ink, tf.float32), dx, tf.zeros_like(dx[:, :, :1]))
-    return tf.where((amount > 0)[:, None, None], tf.cast(tf.round(warped), tf.uint8), ink)
 
 
 def _ink_box(ink: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -417,17 +388,14 @@ def augment_with_ink(ink: tf.Tensor, config: AugmentConfig, keys: tf.Tensor,
       where its characters went, for align.frame_targets).
     """
     height, width = ink.shape[1], ink.shape[2]
-    columns = _uniforms(keys, len(DRAWS) + _JITTER + 2 + _RHYTHM_KNOTS)
+    columns = _uniforms(keys, len(DRAWS) + _JITTER)
     u = {name: columns[:, i] for i, name in enumerate(DRAWS)}
-    jitter = tf.reshape(2 * columns[:, len(DRAWS):len(DRAWS) + _JITTER] - 1, [-1, 4, 2])
-    u["rhythm"], u["rhythm_amount"] = tf.unstack(
-        columns[:, len(DRAWS) + _JITTER:len(DRAWS) + _JITTER + 2], axis=1)
-    u["rhythm_slopes"] = columns[:, len(DRAWS) + _JITTER + 2:]
+    jitter = tf.reshape(2 * columns[:, len(DRAWS):] - 1, [-1, 4, 2])
 
     def per_plate(value):  # [B] -> [B, 1, 1]
         return value[:, None, None]
 
-    ink = _rhythm(_elastic(ink, u, config), u, config)
+    ink = _elastic(ink, u, config)
     top, bottom, left, right = box = _ink_box(ink)
     coverage, text_corners, forward, scale = _geometry(ink, box, u, jitter, config, margin)
     # Sharpening about 40% coverage, not half: a hairline whose coverage peaks under half

@@ -40,10 +40,6 @@ class AugmentConfig:
     # frame): each glyph bent, shifted and thickened a little its own way, shapes no font has.
     elastic_prob: float = 0.25
     elastic: float = 1.2  # the displacement's standard deviation, up to this many pixels
-    # Uneven rhythm: glyphs and gaps each widened or narrowed their own way, the text's ends
-    # kept (hand-set, spaced-out or captcha-like text; plates with gaps between groups).
-    rhythm_prob: float = 0.0
-    rhythm: float = 2.5  # largest ratio of two stretches' horizontal scales
     stroke_prob: float = 0.3  # thicken or thin the strokes by about a pixel (half each side)
     # Holes in the ink: worn paint, distressed faces. Off by default: with it (and a larger
     # clean share) run e4 read no more of the trdg probe and less of foreign and captcha.
