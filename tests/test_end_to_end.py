@@ -44,3 +44,53 @@ def test_make_records_to_predict(tmp_path):
               f"--contact_sheet={tmp_path / 'sheet.png'}")
     # Readings under the export's min confidence count as unreadable, not as errors.
     assert "/12, " in out.splitlines()[-2] and (tmp_path / "sheet.png").exists()
+
+
+def test_another_alphabet_and_length_from_make_records_to_tflite(tmp_path):
+    """The README's promise: nothing downstream assumes 10 digits or 5 characters."""
+    import numpy as np
+    import tensorflow as tf
+    from plate_ocr.data import predict as predict_lib
+    from plate_ocr.serving import export
+    alphabet, length = "ABCDEFGHJK0123", 4
+    reads_alike = lambda text: len(text) == length and set(text) <= set(alphabet)
+    records, model, images = tmp_path / "records", tmp_path / "model", tmp_path / "images"
+    # The foreign and captcha splits stay on (they shrink to the 64 test labels): other
+    # programs drawing letters is part of the path.
+    run("make_records", f"--output_dir={records}", f"--alphabet={alphabet}",
+        f"--plate_length={length}", "--num_train=400", "--num_val=64", "--num_test=64",
+        "--num_heldout=32", "--shards=4", "--workers=2")
+    info = json.load(open(records / "dataset_info.json"))
+    assert (info["alphabet"], info["plate_length"]) == (alphabet, length)
+    out = run("train", f"--flagfile={PROJECT_DIR}/configs/smoke.cfg", f"--records_dir={records}",
+              f"--model_dir={model}", "--steps_per_epoch=6")
+    assert "done: 2 epochs, 12 steps" in out
+    config = json.load(open(model / "config.json"))
+    assert (config["alphabet"], config["plate_length"]) == (alphabet, length)
+    out = run("evaluate", f"--model={model}", "--split=test,foreign,captcha", "--non_plates=0")
+    assert all(f"split {split}: 64 plates" in out for split in ("test", "foreign", "captcha"))
+
+    run("make_test_images", f"--records_dir={records}", f"--output_dir={images}", "--count=8")
+    names = sorted(os.listdir(images))
+    assert len(names) == 8 and all(
+        name.endswith(".png") and reads_alike(name[:-4]) for name in names), names
+    assert any(char.isalpha() for name in names for char in name[:-4]), "no letter was drawn"
+    batch = np.stack([predict_lib.load_image(str(images / name), 64, 128) for name in names])
+
+    serve = tf.saved_model.load(str(model / "export")).signatures["serving_default"]
+    texts = [t.decode() for t in serve(images=tf.constant(batch, tf.uint8))["text"].numpy()]
+    assert len(texts) == 8 and all(reads_alike(text) for text in texts), texts
+
+    out = run("predict", f"--model={model}", "--labels_from_filenames",
+              *[str(images / name) for name in names]).splitlines()
+    readings = [line.split("\t")[1] for line in out[:-1]]
+    assert len(readings) == 8 and all(
+        reading == "unreadable" or reads_alike(reading) for reading in readings), out
+    assert out[-1].startswith("accuracy: ") and "/8, " in out[-1], out[-1]
+
+    out = run("export", f"--model_dir={model}", "--format=tflite_dynamic")
+    path = model / export.TFLITE_FILES["tflite_dynamic"]
+    assert f"wrote {path}" in out
+    texts, confidences = export.load_tflite(str(path), alphabet, threads=1)(batch)
+    assert len(texts) == 8 and all(reads_alike(text) for text in texts), texts
+    assert np.all((0 <= confidences) & (confidences <= 1))
