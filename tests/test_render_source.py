@@ -143,7 +143,45 @@ def test_each_input_pipeline_and_each_epoch_renders_its_own_chunks(rendering):
     ours = set().union(*(_digests(_plates(path, 0, chunk)[0]) for chunk in (5, 7, 9, 11)))
     assert _digests(streamed) <= ours
     assert not _digests(streamed) & _digests(_plates(path, 0, 4)[0])
-    assert render_source.epoch_chunks(6400, 1000, 2) * render_source.CHUNK >= 6400 + 2 * 1000
+
+
+def _numbered_chunk(path, seed, chunk, height, width, augment=None, clean_fraction=0.0):
+    """chunk_plates' stand-in: plate j of a chunk is a 1x2 image and label (chunk, j)."""
+    numbers = tf.stack([tf.fill([render_source.CHUNK], tf.cast(chunk, tf.int32)),
+                        tf.range(render_source.CHUNK, dtype=tf.int32)], axis=1)
+    images = tf.cast(tf.reshape(numbers, [-1, 1, 2]), tf.uint8)  # (shapes only)
+    return tf.data.Dataset.from_tensor_slices((images, numbers, images))
+
+
+@pytest.mark.parametrize("plates_per_epoch, shuffle_buffer, pipelines",
+                         [(6400, 1000, 2), (3072, 500, 1), (6144, 300, 3), (2048, 2000, 2)])
+def test_consecutive_epochs_render_their_own_plates(monkeypatch, plates_per_epoch,
+                                                    shuffle_buffer, pipelines):
+    # What epoch_chunks promises the trainer: epoch e starts at chunk e * epoch_chunks, and
+    # whatever its pipelines hand out in an epoch (plates_per_epoch between them, through a
+    # shuffle buffer that reads ahead) comes from the chunks before the next epoch's first,
+    # so no two epochs share a plate. Read through make_render_dataset's own interleave and
+    # shuffle, with plates that carry their (chunk, number).
+    monkeypatch.setattr(render_source, "chunk_plates", _numbered_chunk)
+    stride = render_source.epoch_chunks(plates_per_epoch, shuffle_buffer, pipelines)
+    batch = 32
+    steps = plates_per_epoch // (pipelines * batch)
+    seen = []
+    for epoch in range(3):
+        plates = set()
+        for pipeline in range(pipelines):
+            context = tf.distribute.InputContext(pipelines, pipeline, pipelines)
+            dataset = render_source.make_render_dataset(
+                "unused", batch, 1, 2, 2, seed=0, first_chunk=epoch * stride,
+                input_context=context, shuffle_buffer=shuffle_buffer)
+            for _, labels, *_ in dataset.take(steps):
+                plates.update(map(tuple, labels.numpy().tolist()))
+        assert len(plates) == steps * batch * pipelines == plates_per_epoch  # none twice
+        chunks = {chunk for chunk, _ in plates}
+        assert min(chunks) >= epoch * stride and max(chunks) < (epoch + 1) * stride, (
+            epoch, stride, sorted(chunks))
+        seen.append(plates)
+    assert not seen[0] & seen[1] and not seen[1] & seen[2]
 
 
 def test_records_without_a_sound_atlas_are_a_one_line_error(tiny_records, tmp_path):

@@ -198,9 +198,13 @@ def epoch_chunks(plates_per_epoch: int, shuffle_buffer: int, pipelines: int) -> 
 
     Each epoch starts a new iterator at chunk epoch * epoch_chunks (so a resumed run sees what
     an uninterrupted one saw); the room for the shuffle buffer's read-ahead keeps epochs from
-    sharing a plate.
+    sharing a plate. Pipeline i of n reads chunks i, i + n, i + 2n, ...: the plates it hands
+    out in an epoch are among the first plates_per_epoch / n + shuffle_buffer it reads, which
+    touch at most one chunk more than they fill (the interleave reads two chunks at a time),
+    and each pipeline needs that many of its own chunks.
     """
-    return math.ceil((plates_per_epoch + pipelines * shuffle_buffer) / CHUNK) + pipelines
+    per_pipeline = math.ceil(plates_per_epoch / pipelines) + shuffle_buffer
+    return pipelines * (math.ceil(per_pipeline / CHUNK) + 1)
 
 
 def make_render_dataset(path: str, batch_size: int, height: int, width: int, plate_length: int,
