@@ -89,11 +89,17 @@ def test_the_recipe_runs_the_service_and_the_trainers():
         assert command == "train" and any(a.startswith("--data_service=") for a in arguments)
 
 
-@pytest.mark.parametrize("path", deploy_files("yaml", "yml", "sh", "md"),
-                         ids=os.path.basename)
-def test_every_flag_is_a_real_flag_of_its_command(path, monkeypatch):
-    monkeypatch.chdir(PROJECT_DIR)  # --flagfile=configs/... is relative to the project
-    for command, arguments in invocations(path):
+# The files that run neither command (storage.yaml: the volumes). Every other file must have
+# its runs found, so that a file whose commands the extraction misses fails instead of passing
+# with nothing checked.
+NO_COMMAND = {"storage.yaml"}
+
+
+def check_flags(path: str) -> int:
+    """Asserts every flag of every run in `path` is its command's, with a value it accepts;
+    returns the number of runs checked."""
+    runs = invocations(path)
+    for command, arguments in runs:
         values = flags.FlagValues()
         names = DEFINE_FLAGS[command](values)
         for argument in arguments:
@@ -101,3 +107,41 @@ def test_every_flag_is_a_real_flag_of_its_command(path, monkeypatch):
             assert name in names or name == "flagfile", f"{path}: bin/{command} has no --{name}"
         # Parsing checks the values too (types, bounds, enums) and reads the flagfiles.
         values([command, *arguments])
+    return len(runs)
+
+
+@pytest.mark.parametrize("path", deploy_files("yaml", "yml", "sh", "md"),
+                         ids=os.path.basename)
+def test_every_flag_is_a_real_flag_of_its_command(path, monkeypatch):
+    monkeypatch.chdir(PROJECT_DIR)  # --flagfile=configs/... is relative to the project
+    checked = check_flags(path)
+    if os.path.basename(path) in NO_COMMAND:
+        assert checked == 0, f"{path} runs a command now: take it out of NO_COMMAND"
+    else:
+        assert checked > 0, f"{path}: no bin/train or bin/data_service run found"
+
+
+def test_the_flag_check_finds_runs_and_fails_on_a_wrong_flag(tmp_path, monkeypatch):
+    monkeypatch.chdir(PROJECT_DIR)
+    # A manifest with no command, and prose naming a command without flags: nothing to check.
+    volumes = tmp_path / "volumes.yaml"
+    volumes.write_text("apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: data}\n")
+    prose = tmp_path / "notes.md"
+    prose.write_text("Run bin/train once the records are written.\n")
+    assert check_flags(str(volumes)) == 0 and check_flags(str(prose)) == 0
+    # A container's shell command is found and checked, a continuation line included ...
+    job = tmp_path / "job.yaml"
+    container = ("apiVersion: batch/v1\nkind: Job\nmetadata: {name: t}\nspec:\n  containers:\n"
+                 "  - image: plate-ocr\n    command: [/bin/sh, -c]\n    args:\n    - |\n"
+                 "      bin/train --epochs=2 \\\n        %s && echo done\n")
+    job.write_text(container % "--batch_size=64")
+    assert invocations(str(job)) == [("train", ["--epochs=2", "--batch_size=64"])]
+    assert check_flags(str(job)) == 1
+    # ... and fails on a flag the command does not define, or a value it does not accept.
+    job.write_text(container % "--no_such_flag=1")
+    with pytest.raises(AssertionError, match="bin/train has no --no_such_flag"):
+        check_flags(str(job))
+    script = tmp_path / "run.sh"
+    script.write_text("#!/bin/sh\nbin/data_service --role=worker --port=many\n")
+    with pytest.raises(flags.Error):
+        check_flags(str(script))

@@ -111,8 +111,12 @@ def test_a_writer_killed_mid_shard_leaves_only_complete_shards(tmp_path, font_di
             assert time.monotonic() < deadline, "no shard written in 60 s"
             time.sleep(0.01)
         # The next shard's temporary appears within milliseconds: kill mid-shard, not between.
-        settle = time.monotonic() + 1
-        while not _temporaries(output_dir) and time.monotonic() < settle:
+        # Waited for, however long the machine takes; the deadline only catches a writer that
+        # never makes one.
+        deadline = time.monotonic() + 120
+        while not _temporaries(output_dir):
+            assert process.poll() is None, "make_records ended before it could be killed"
+            assert time.monotonic() < deadline, "no temporary shard after the first one"
             time.sleep(0.01)
     finally:
         with contextlib.suppress(ProcessLookupError):  # the worker too: same process group

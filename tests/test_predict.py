@@ -12,13 +12,45 @@ from plate_ocr.data import predict
 from conftest import PROJECT_DIR
 
 
+def _square_extent(fitted: np.ndarray) -> tuple[int, int]:
+    """Height and width of the dark square in a fitted grey image."""
+    rows, cols = np.nonzero(fitted < 100)
+    return rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+
+
 def test_fit_image_keeps_aspect_and_pads_with_the_background():
-    wide = Image.fromarray(np.full((50, 400), 200, np.uint8))
-    fitted = predict.fit_image(wide, 64, 128)
+    flat = Image.fromarray(np.full((50, 400), 200, np.uint8))
+    fitted = predict.fit_image(flat, 64, 128)
     assert fitted.shape == (64, 128) and fitted.dtype == np.uint8
     assert np.all(fitted == 200)  # scaled to 16x128, padded with its own grey
     colour = Image.new("RGB", (256, 128), (255, 0, 0))
     assert predict.fit_image(colour, 64, 128).shape == (64, 128)
+
+    # A black square on grey, in an image wider than 2:1 and in one narrower: it stays a
+    # square (stretching either to 64x128 would make it 2:1 or 1:4), and the band the image
+    # does not fill is its grey.
+    for (height, width), band in (((100, 400), (slice(0, 16), slice(48, 64))),
+                                  ((200, 100), (slice(0, 48), slice(80, 128)))):
+        picture = np.full((height, width), 200, np.uint8)
+        top, left = height // 2 - 20, width // 2 - 20
+        picture[top:top + 40, left:left + 40] = 0
+        fitted = predict.fit_image(Image.fromarray(picture), 64, 128)
+        assert fitted.shape == (64, 128)
+        square_height, square_width = _square_extent(fitted)
+        assert abs(square_height - square_width) <= 1, (height, width)
+        assert 12 <= square_height <= 14  # 40 pixels at the scale of 0.32 both ways
+        if height < width:  # scaled to 128x32: grey bands of 16 rows above and below
+            assert np.all(fitted[band[0]] == 200) and np.all(fitted[band[1]] == 200)
+        else:  # scaled to 32x64: grey bands of 48 columns left and right
+            assert np.all(fitted[:, band[0]] == 200) and np.all(fitted[:, band[1]] == 200)
+    # The background is the picture's, not a fixed grey: a white square on a dark plate
+    # is padded dark.
+    dark = np.full((100, 400), 30, np.uint8)
+    dark[30:70, 180:220] = 255
+    fitted = predict.fit_image(Image.fromarray(dark), 64, 128)
+    assert np.all(fitted[:16] == 30) and np.all(fitted[48:] == 30)
+    rows, cols = np.nonzero(fitted > 150)
+    assert abs((rows.max() - rows.min()) - (cols.max() - cols.min())) <= 1
 
 
 def test_labels_from_filenames_use_the_model_alphabet(tmp_path):

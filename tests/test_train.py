@@ -247,10 +247,23 @@ def test_a_short_run_on_the_wide_distribution_lowers_the_loss_on_foreign_plates(
 
 @pytest.mark.slow
 def test_float16_steps_through_a_loss_scale(tiny_records, tmp_path):
+    model_dir = str(tmp_path / "run")
     config = smoke_config(tiny_records, epochs=1, mixed_precision="float16")
-    trainer_result = train.train_and_evaluate(config, str(tmp_path / "run"), STRATEGY)
+    trainer_result = train.train_and_evaluate(config, model_dir, STRATEGY)
     history = json.load(open(tmp_path / "run" / train.HISTORY_FILE))
     assert np.isfinite(history[0]["train"]["loss"]) and trainer_result["steps"] == 3
+    # The optimizer is Keras' LossScaleOptimizer around Adam: the checkpoint holds its dynamic
+    # scale (from 2**15, halved by each step whose scaled gradients overflowed, which Adam
+    # then skips) and its count of finite steps since the scale last changed. Under float32
+    # or bfloat16 there is no such variable, and Adam's count would be 3 whatever happened.
+    value = "/.ATTRIBUTES/VARIABLE_VALUE"
+    scale = _checkpoint_value(model_dir, "optimizer/dynamic_scale" + value)
+    since_change = _checkpoint_value(model_dir, "optimizer/step_counter" + value)
+    adam_steps = _checkpoint_value(model_dir, "optimizer/inner_optimizer/_iterations" + value)
+    halvings = np.log2(2.0 ** 15 / scale)
+    assert halvings == round(halvings) and halvings >= 0, scale
+    assert halvings + adam_steps == 3 and 0 <= since_change <= adam_steps
+    assert adam_steps > 0  # at least one step was taken, not every one skipped
 
 
 @pytest.mark.slow
@@ -274,6 +287,34 @@ def test_moving_average_is_what_is_validated_kept_and_resumed(tiny_records, tmp_
                    if tuple(shape) == weights.shape]
     assert any(np.array_equal(v, average) for v in best_values)
     assert not any(np.array_equal(v, weights) for v in best_values)
+
+    # Resumed for a second epoch, the average goes on from the checkpointed one: it ends where
+    # an uninterrupted two-epoch run's ends. Had it restarted from the weights at step 3, it
+    # would be off by the product of the momenta of steps 4-6 (5/14 * 6/15 * 7/16, about 1/16)
+    # times the gap between the average and the weights at step 3 (some 1e-4 for the first
+    # kernel); the runs agree to a tenth of that (they are the same computation: equal here).
+    resumed_config = dataclasses.replace(config, epochs=2)
+    assert train.train_and_evaluate(resumed_config, model_dir, STRATEGY)["steps"] == 6
+    whole_dir = str(tmp_path / "whole")
+    train.train_and_evaluate(resumed_config, whole_dir, STRATEGY)
+
+    def final(run_dir, name):
+        path = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+        assert path.endswith("ckpt-6")
+        return tf.train.load_variable(path, name + value)
+
+    names = [name for name, _ in tf.train.list_variables(latest)
+             if name.startswith("averages/") and name.endswith(value)]
+    resumed = {name: final(model_dir, name[:-len(value)]) for name in names}
+    whole = {name: final(whole_dir, name[:-len(value)]) for name in names}
+    restart_gap = (5 / 14) * (6 / 15) * (7 / 16) * np.abs(weights - average).max()
+    first = "averages/0" + value
+    assert len(names) > 1 and restart_gap > 0
+    assert np.abs(resumed[first] - whole[first]).max() < 0.1 * restart_gap
+    for name in names:  # (every average, BatchNorm's statistics' too)
+        np.testing.assert_allclose(resumed[name], whole[name], rtol=0, atol=0.1 * restart_gap)
+    # ... and it moved on: it is not the average of step 3.
+    assert not np.array_equal(resumed[first], average)
 
 
 def _checkpoint_value(model_dir: str, suffix: str) -> float:
