@@ -5,6 +5,7 @@ import os
 import subprocess
 
 import numpy as np
+import pytest
 
 from conftest import ALPHABET, PROJECT_DIR
 from plate_ocr.data import captcha_split, records
@@ -60,6 +61,7 @@ def test_a_plate_is_a_function_of_seed_and_index_alone():
         assert np.median(image) > 200 and image.min() < 150
 
 
+@pytest.mark.slow
 def test_make_records_writes_a_captcha_split_of_test_labels_that_evaluate_reads(tmp_path,
                                                                                 font_dir):
     from plate_ocr.serving import evaluate

@@ -159,6 +159,7 @@ def test_a_failed_split_leaves_no_finished_looking_dataset(tmp_path, foreign_fac
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_make_records_writes_a_foreign_split_that_evaluate_reads(tmp_path, font_dir):
     from plate_ocr.serving import evaluate
     from plate_ocr.training import input_pipeline

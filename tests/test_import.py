@@ -161,6 +161,7 @@ def test_labels_are_split_by_label_never_across_splits():
     assert importer.assign_splits(rows, 0.2, 0.1, seed=3)[0] == placed  # seeded
 
 
+@pytest.mark.slow
 def test_imported_records_train_and_evaluate(tmp_path, plates):
     """The imported records are what bin/train and bin/evaluate read; the frame targets,
     which need clean synthetic ink, are refused in one line."""

@@ -164,7 +164,10 @@ class FakeClock:
         return getattr(time, name)
 
 
-@pytest.mark.parametrize("max_minutes, epochs", [(0, 4), (2, 2), (2.6, 3)])
+# The budget's two cases that stop the run early are real training runs too: slow.
+@pytest.mark.parametrize("max_minutes, epochs", [
+    (0, 4), pytest.param(2, 2, marks=pytest.mark.slow),
+    pytest.param(2.6, 3, marks=pytest.mark.slow)])
 def test_the_training_budget_stops_the_run_by_the_training_clock(tiny_records, tmp_path,
                                                                   monkeypatch, max_minutes,
                                                                   epochs):
