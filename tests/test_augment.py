@@ -98,6 +98,37 @@ def test_elastic_bends_each_plates_glyphs_and_keeps_their_ink_in_the_frame(inks)
     assert (warped[bent_ink] < 128).all()  # the frame targets follow the bend
 
 
+def test_each_character_moves_its_own_way_and_keeps_its_ink(inks):
+    ink, _ = inks
+    inked = 255 - ink < 128  # dark on the clean plate
+
+    def moved(**ranges):
+        config = dataclasses.replace(CLEAN, glyph_prob=1.0, glyph_rotate_degrees=0.0,
+                                     glyph_scale=0.0, glyph_shift=0.0)
+        plates, warped = run(ink, dataclasses.replace(config, **ranges))
+        assert (warped[plates < 128] < 128).all()  # the frame targets follow the characters
+        return plates < 128
+
+    def rows(mask):  # the height of the line of text, per plate
+        present = mask.any(axis=2)
+        return present.shape[1] - np.argmax(present[:, ::-1], axis=1) - np.argmax(present, axis=1)
+
+    def mass(mask):
+        return mask.sum(axis=(1, 2)) / inked.sum(axis=(1, 2))
+    # Nothing to draw: the plate as it was, but for pixels at the threshold (the identity,
+    # computed in floats, can move the ink by a rounding error).
+    assert ((moved() != inked).sum(axis=(1, 2)) <= 0.01 * inked.sum(axis=(1, 2))).all()
+    # Baselines moved each their own way: the line grows taller, each character keeps its ink
+    # (a translation; a sub-pixel one spreads a hairline over two pixels, both lighter).
+    shifted = moved(glyph_shift=0.12)
+    assert np.median(rows(shifted) / rows(inked)) > 1.05
+    assert 0.85 < np.median(mass(shifted)) < 1.15 and mass(shifted).min() > 0.4
+    # Turned and resized each about its own centre: other shapes, the ink's amount kept.
+    turned = moved(glyph_rotate_degrees=20.0, glyph_scale=0.25)
+    assert np.median((turned != inked).sum(axis=(1, 2)) / inked.sum(axis=(1, 2))) > 0.3
+    assert 0.7 < np.median(mass(turned)) < 1.4 and mass(turned).min() > 0.3
+
+
 @pytest.mark.parametrize("effect", ["speckle_prob", "scratch_prob"])
 def test_speckle_and_scratches_mark_the_plate_not_the_frame_targets(inks, effect):
     ink, _ = inks

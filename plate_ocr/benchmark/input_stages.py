@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+from plate_ocr import paths
 from plate_ocr.data import records
 from plate_ocr.benchmark.figures import BATCH, median_seconds, run_measured
 
@@ -91,12 +92,11 @@ def _start_data_service(log_dir: str, role: str, *args: str) -> tuple[subprocess
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     log_path = os.path.join(log_dir, f"{role}-{port}.log")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     with open(log_path, "w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "plate_ocr", "data_service", f"--role={role}",
              f"--port={port}", *args], stdout=log, stderr=subprocess.STDOUT,
-            env=dict(os.environ, PYTHONPATH=root))
+            env=dict(os.environ, PYTHONPATH=paths.ROOT))
     deadline = time.monotonic() + 120
     while "data_service: " not in open(log_path).read():
         if process.poll() is not None or time.monotonic() > deadline:

@@ -8,7 +8,8 @@ import os
 
 from absl import flags
 
-from plate_ocr.cli.common import FLAGS, CommandError, project_path, run_command
+from plate_ocr.cli.common import FLAGS, CommandError, run_command
+from plate_ocr.paths import project_path
 
 
 def benchmark() -> None:

@@ -44,8 +44,3 @@ def run_command(main, takes_arguments: bool = False) -> None:
 def quiet_tensorflow() -> None:
     """TensorFlow's C++ logs from warnings up, in this process and those it spawns."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def project_path(*parts: str) -> str:
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    return os.path.join(root, *parts)  # the folder that holds plate_ocr/

@@ -8,7 +8,8 @@ import sys
 
 from absl import flags
 
-from plate_ocr.cli.common import FLAGS, CommandError, project_path, quiet_tensorflow, run_command
+from plate_ocr.cli.common import FLAGS, CommandError, quiet_tensorflow, run_command
+from plate_ocr.paths import project_path
 
 
 def _flag_values(names) -> dict:

@@ -6,6 +6,7 @@ Every draw comes from the plate's own stateless key, so a plate is a pure functi
 (its ink, its key): the same pixels whichever batch it is in, in whichever process.
 
 The effects, each with a probability and a range (AugmentConfig), in the order applied:
+- each character of the clean ink turned, resized and moved its own way (captcha-like);
 - an elastic bend of the clean ink (a smooth random displacement): glyph shapes no font has;
 - geometry of the ink box: scale (small and large text), horizontal stretch (condensed and
   wide faces), rotation, shear, perspective, and a new position anywhere it fits; the whole
@@ -52,6 +53,11 @@ DRAWS = ("scale", "scale_amount", "squeeze", "stretch", "stretch_amount", "rotat
 _WAVES = 4  # the pattern's plane waves, each of a direction, frequency and phase
 DRAWS += tuple(f"wave_{what}_{i}" for i in range(_WAVES) for what in ("angle", "freq", "phase"))
 _JITTER = 8  # the perspective's corner displacements, after the DRAWS
+_GLYPHS = 8  # runs of inked columns moved each its own way; any further runs join the last
+# After the jitter (a stateless draw's first values do not depend on how many follow, so the
+# plates of a config without this effect keep their pixels).
+GLYPH_DRAWS = ("glyph",) + tuple(f"glyph_{what}_{i}" for i in range(_GLYPHS)
+                                 for what in ("angle", "size", "x", "y"))
 _ELASTIC_CELL = 6  # pixels between the elastic displacement's independent nodes
 _ELASTIC_TAPER = 12  # pixels from the frame's edge over which the displacement fades out
 _BANK_SEED = 20261202  # the noise banks: the same in every process
@@ -160,6 +166,71 @@ def _elastic(ink: tf.Tensor, u: dict, config: AugmentConfig) -> tf.Tensor:
     warped = _bilinear_warp(tf.cast(ink, tf.float32), dx, dy)
     # Plates left alone keep their exact ink (the warp's zero displacement rounds back too).
     return tf.where(sigma > 0, tf.cast(tf.round(warped), tf.uint8), ink)
+
+
+def _glyph_jitter(ink: tf.Tensor, u: dict, config: AugmentConfig, margin) -> tf.Tensor:
+    """Each character of the clean ink [B, H, W] uint8 turned, resized and moved its own way.
+
+    The characters are the runs of inked columns (two that touch move as one). Each is
+    mapped by its own similarity about its centre; the line of them is then shrunk about its
+    middle, if it must be, and moved as little as it must, to keep `margin` pixels from the
+    frame: every glyph's ink stays inside. Overlapping characters keep the darker ink.
+    """
+    height, width = ink.shape[1], ink.shape[2]
+    inked_columns = tf.reduce_any(ink > 0, axis=1)  # [B, W]
+    starts = inked_columns & ~tf.pad(inked_columns[:, :-1], [[0, 0], [1, 0]])
+    run = tf.minimum(tf.cumsum(tf.cast(starts, tf.int32), axis=1) - 1, _GLYPHS - 1)
+    member = inked_columns[:, None, :] & (run[:, None, :] == tf.range(_GLYPHS)[None, :, None])
+    columns = tf.range(width, dtype=tf.float32)
+    left = tf.reduce_min(tf.where(member, columns, float(width)), axis=2)  # [B, K]
+    right = tf.reduce_max(tf.where(member, columns, -1.0), axis=2)
+    inked_rows = tf.reduce_any((ink[:, None] > 0) & member[:, :, None, :], axis=3)  # [B, K, H]
+    rows = tf.range(height, dtype=tf.float32)
+    top = tf.reduce_min(tf.where(inked_rows, rows, float(height)), axis=2)
+    bottom = tf.reduce_max(tf.where(inked_rows, rows, -1.0), axis=2)
+    present = tf.reduce_any(member, axis=2)  # [B, K]
+    text_height = (tf.reduce_max(tf.where(present, bottom, -1.0), axis=1)
+                   - tf.reduce_min(tf.where(present, top, float(height)), axis=1) + 1)
+
+    def each(what):  # [B, K] uniforms in [-1, 1)
+        return tf.stack([2 * u[f"glyph_{what}_{i}"] - 1 for i in range(_GLYPHS)], axis=1)
+    angle = each("angle") * math.radians(config.glyph_rotate_degrees)
+    size = _whole_vectors(tf.exp, each("size") * math.log(1 + config.glyph_scale))
+    centre = tf.stack([(left + right) / 2, (top + bottom) / 2], axis=-1)  # [B, K, 2]
+    moved = centre + tf.stack([each("x") * config.glyph_shift * (right + 1 - left),
+                               each("y") * config.glyph_shift * text_height[:, None]], axis=-1)
+    cos = _whole_vectors(tf.cos, angle) * size
+    sin = _whole_vectors(tf.sin, angle) * size
+    # Each run's box through its own map (elementwise: the same bits in any batch).
+    boxes = tf.transpose(_box_corners(left - 0.5, top - 0.5, right + 0.5, bottom + 0.5),
+                         [0, 2, 1, 3])  # [B, K, 4, 2]
+    relative = boxes - centre[:, :, None]
+    corners = moved[:, :, None] + tf.stack(
+        [cos[..., None] * relative[..., 0] - sin[..., None] * relative[..., 1],
+         sin[..., None] * relative[..., 0] + cos[..., None] * relative[..., 1]], axis=-1)
+    shown = present[:, :, None, None]
+    low = tf.reduce_min(tf.where(shown, corners, 1e6), axis=[1, 2])  # [B, 2]
+    high = tf.reduce_max(tf.where(shown, corners, -1e6), axis=[1, 2])
+    first = tf.cast(margin, tf.float32) - 0.5
+    room = tf.stack([width - 2 * first - 1, height - 2 * first - 1])
+    fit = tf.minimum(1.0, tf.reduce_min(room / tf.maximum(high - low, 1.0), axis=1))[:, None]
+    half = fit * (high - low) / 2
+    middle = tf.clip_by_value((low + high) / 2, first + half, first + room - half)
+    # Output point q = fit * (size R (p - centre) + moved - (low + high) / 2) + middle; the
+    # transform wants p from q: p = centre + R^-1 (q - offset) / (fit size).
+    offset = (fit[:, None] * (moved - (low + high)[:, None] / 2) + middle[:, None])  # [B, K, 2]
+    scale = fit * tf.square(size)  # (fit size)^2: R^-1 / (fit size) = [[c, s], [-s, c]] / that
+    a0, a1 = cos / scale, sin / scale
+    b0, b1 = -sin / scale, cos / scale
+    ox, oy = offset[..., 0], offset[..., 1]
+    transforms = tf.stack([a0, a1, centre[..., 0] - a0 * ox - a1 * oy,
+                           b0, b1, centre[..., 1] - b0 * ox - b1 * oy,
+                           tf.zeros_like(a0), tf.zeros_like(a0)], axis=-1)  # [B, K, 8]
+    runs = tf.cast(ink[:, None], tf.float32) * tf.cast(member[:, :, None, :], tf.float32)
+    warped = _transform(tf.reshape(runs, [-1, height, width]), tf.reshape(transforms, [-1, 8]))
+    jittered = tf.reduce_max(tf.reshape(warped, [-1, _GLYPHS, height, width]), axis=1)
+    apply = (u["glyph"] < config.glyph_prob)[:, None, None]
+    return tf.where(apply, tf.cast(tf.clip_by_value(tf.round(jittered), 0, 255), tf.uint8), ink)
 
 
 def _ink_box(ink: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -388,13 +459,16 @@ def augment_with_ink(ink: tf.Tensor, config: AugmentConfig, keys: tf.Tensor,
       where its characters went, for align.frame_targets).
     """
     height, width = ink.shape[1], ink.shape[2]
-    columns = _uniforms(keys, len(DRAWS) + _JITTER)
+    columns = _uniforms(keys, len(DRAWS) + _JITTER + len(GLYPH_DRAWS))
     u = {name: columns[:, i] for i, name in enumerate(DRAWS)}
-    jitter = tf.reshape(2 * columns[:, len(DRAWS):] - 1, [-1, 4, 2])
+    jitter = tf.reshape(2 * columns[:, len(DRAWS):len(DRAWS) + _JITTER] - 1, [-1, 4, 2])
+    u.update((name, columns[:, len(DRAWS) + _JITTER + i]) for i, name in enumerate(GLYPH_DRAWS))
 
     def per_plate(value):  # [B] -> [B, 1, 1]
         return value[:, None, None]
 
+    if config.glyph_prob > 0:  # off: not computed
+        ink = _glyph_jitter(ink, u, config, margin)
     ink = _elastic(ink, u, config)
     top, bottom, left, right = box = _ink_box(ink)
     coverage, text_corners, forward, scale = _geometry(ink, box, u, jitter, config, margin)
