@@ -92,3 +92,24 @@ def test_fewer_files_than_pipelines_splits_records(tiny_records):
         seen += _labels(input_pipeline.make_dataset(files, 8, False, 64, 128, 5,
                                                     input_context=context))
     assert len(seen) == 40 == len(set(seen))
+
+
+def test_mixed_training_draws_each_source_in_its_fraction_within_every_batch(tmp_path):
+    def shards(level: int, count: int) -> list[str]:  # plates all of one grey level
+        image = np.full((8, 16), level, np.uint8)
+        examples = [records.encode_example(image, [1, 2], "12", "face", 20, 0)
+                    for _ in range(count)]
+        name = f"level{level}.tfrecord"
+        records.write_shard_file(str(tmp_path), name, examples)
+        return [str(tmp_path / name)]
+    own, mixed = shards(0, 50), shards(255, 30)
+    dataset = input_pipeline.make_dataset(own, 32, True, 8, 16, 2, shuffle_buffer=50, seed=3,
+                                          mix=[(mixed, 0.3)])
+    shares = [float(np.mean(images.numpy()[:, 0, 0] == 255))
+              for images, _, _ in dataset.take(300)]
+    assert abs(np.mean(shares) - 0.3) < 0.02  # 9,600 plates: a deviation of 0.005
+    assert np.mean([0 < share < 1 for share in shares]) > 0.99  # mixed within batches
+    again = input_pipeline.make_dataset(own, 32, True, 8, 16, 2, shuffle_buffer=50, seed=3,
+                                        mix=[(mixed, 0.3)])
+    assert shares[:20] == [float(np.mean(images.numpy()[:, 0, 0] == 255))
+                           for images, _, _ in again.take(20)]  # the seed's order

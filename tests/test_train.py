@@ -363,6 +363,45 @@ def test_init_from_starts_a_fresh_run_from_another_runs_best_weights(tiny_record
 
 
 @pytest.mark.slow
+def test_init_from_another_alphabet_rebuilds_only_the_output_layer(
+        tiny_records, write_records, tmp_path, capsys):
+    source_dir = str(tmp_path / "digits")
+    train.train_and_evaluate(smoke_config(tiny_records, epochs=1), source_dir, STRATEGY)
+    letters = str(tmp_path / "letters")
+    write_records(letters, counts=dict(TINY_COUNTS, train=64), style=writer.PlateStyle(
+        alphabet="ABCDEFGHJK0123", plate_length=4))
+    config = smoke_config(letters, epochs=1, init_from=source_dir)
+    train.train_and_evaluate(config, str(tmp_path / "tuned"), STRATEGY)
+    assert ("output layer (alphabet 0123456789) rebuilt for ABCDEFGHJK0123"
+            in capsys.readouterr().out)
+    # What the run started from, against the digits' best weights.
+    info = records.read_info(letters)
+    run = trainer.Trainer(config, info, STRATEGY, 10, files={}, lost={})
+    fresh = [variable.numpy() for variable in run.model.get_layer("logits").weights]
+    checkpoint = os.path.join(source_dir, train.BEST_WEIGHTS)
+    run.start_from(checkpoint, 11)
+    digits = model.build_crnn(config.model, 64, 128, 11)
+    tf.train.Checkpoint(model=digits).read(checkpoint).expect_partial()
+    for layer, source in zip(run.model.layers, digits.layers):
+        for mine, theirs in zip(layer.weights, source.weights):
+            if layer.name == "logits":
+                assert mine.shape[-1] == 15 and theirs.shape[-1] == 11
+            elif "seed_generator" not in mine.path:
+                np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+    for variable, value in zip(run.model.get_layer("logits").weights, fresh):
+        np.testing.assert_array_equal(variable.numpy(), value)  # as initialized
+    # Mixed training plates of the same kind train (here the run's own, as another source).
+    mixed = train.train_and_evaluate(smoke_config(tiny_records, epochs=1,
+                                                  mix_records=((tiny_records, 0.3),)),
+                                     str(tmp_path / "same"), STRATEGY)
+    assert mixed["steps"] == 3 and np.isfinite(mixed["val"]["loss"])
+    # Plates of another alphabet and length cannot be mixed into a run's training plates.
+    with pytest.raises(trainer.TrainingError, match="--mix_records .*plate_length is 4"):
+        train.train_and_evaluate(smoke_config(tiny_records, mix_records=((letters, 0.3),)),
+                                 str(tmp_path / "mixed"), STRATEGY)
+
+
+@pytest.mark.slow
 def test_validation_split_is_what_is_validated_and_must_be_in_the_records(
         tiny_records, write_records, tmp_path):
     config = smoke_config(tiny_records, epochs=1, val_split="val_aug")

@@ -58,6 +58,16 @@ def test_every_config_parses_into_a_training_config(name, monkeypatch):
     assert config.render_clean_fraction <= float(config.render_augment)
 
 
+def test_mix_records_reads_dirs_and_fractions_and_refuses_bad_ones():
+    from plate_ocr.cli import train as cli_train
+    from plate_ocr.cli.common import CommandError
+    config = cli_train.config_from(SMOKE, "--mix_records=tfrecords:0.3,/data/gs:x/other:0.2")
+    assert config.mix_records == (("tfrecords", 0.3), ("/data/gs:x/other", 0.2))
+    for bad in ("tfrecords", "tfrecords:1.5", ":0.3", "a:0.6,b:0.4", "tfrecords:some"):
+        with pytest.raises(CommandError, match="--mix_records"):
+            cli_train.config_from(SMOKE, f"--mix_records={bad}")
+
+
 @pytest.mark.slow
 def test_missing_records_dir_is_one_line(tmp_path):
     result = run_train(f"--records_dir={tmp_path / 'none'}", f"--model_dir={tmp_path / 'run'}")

@@ -50,11 +50,30 @@ def train_config(values: flags.FlagValues = FLAGS):
         data_service=_data_service(values.data_service), data_timeout=values.data_timeout,
         source=values.source, render_augment=values.render_augment,
         render_clean_fraction=values.render_clean_fraction, init_from=values.init_from,
+        mix_records=_mix_records(values.mix_records),
         val_split=values.val_split, watch_splits=tuple(values.watch_splits),
         coarse_ctc_pool=values.coarse_ctc_pool, coarse_ctc_steps=values.coarse_ctc_steps,
         align_steps=values.align_steps, align_weight=values.align_weight,
         tight_plates=input_pipeline.TightPlates(values.tight_weight, values.tight_font_size,
                                                 values.tight_spacing))
+
+
+def _mix_records(entries: list[str]) -> tuple[tuple[str, float], ...]:
+    """--mix_records DIR:FRACTION,... -> ((dir, fraction), ...), the fractions summing under 1."""
+    mix = []
+    for entry in entries:
+        records_dir, _, fraction = entry.rpartition(":")
+        try:
+            value = float(fraction)
+        except ValueError:
+            value = -1.0
+        if not records_dir or not 0 < value < 1:
+            raise CommandError(f"--mix_records {entry!r}: expected DIR:FRACTION with a fraction "
+                               "between 0 and 1 (tfrecords:0.3)")
+        mix.append((records_dir, value))
+    if sum(value for _, value in mix) >= 1:
+        raise CommandError("--mix_records: the fractions must leave some plates to --records_dir")
+    return tuple(mix)
 
 
 def _data_service(address: str) -> str:
@@ -141,8 +160,14 @@ def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
     flags.DEFINE_float("render_clean_fraction", 0.0, "With --render_augment: the fraction of "
                        "rendered plates left clean.", lower_bound=0, upper_bound=1, **on)
     flags.DEFINE_string("init_from", "", "A model dir whose best weights start this run "
-                        "(fine-tuning, e.g. on augmented records); the model shape must match. "
+                        "(fine-tuning); the model shape and image size must match, the alphabet may differ "
+                        "(every layer but the output layer is loaded; that one is rebuilt). "
                         "Used only when --model_dir has no checkpoint yet.", **on)
+    flags.DEFINE_list("mix_records", [], "DIR:FRACTION,...: other records dirs (same image "
+                      "size, alphabet and plate length) whose training plates make up these "
+                      "fractions of each training batch, --records_dir's the rest: fine-tune on "
+                      "your plates (bin/import_images) while still seeing synthetic ones "
+                      "(tfrecords:0.3).", **on)
     flags.DEFINE_float("max_minutes", 0.0, "Training-time budget (0: none): no epoch starts "
                        "that would end past it, judged by the last epoch's length.",
                        lower_bound=0, **on)

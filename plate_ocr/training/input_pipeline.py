@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import os
 import random
+from typing import Sequence
 
 import tensorflow as tf
 
@@ -64,7 +65,8 @@ def _pad_batch(images, labels, batch_size):
 def make_dataset(files: list[str], batch_size: int, training: bool, height: int, width: int,
                  plate_length: int, input_context: tf.distribute.InputContext | None = None,
                  shuffle_buffer: int = 10000, seed: int | None = None,
-                 tight: TightPlates = TightPlates()) -> tf.data.Dataset:
+                 tight: TightPlates = TightPlates(),
+                 mix: Sequence[tuple[list[str], float]] = ()) -> tf.data.Dataset:
     """Streams plates from TFRecord shards.
 
     Args:
@@ -76,9 +78,36 @@ def make_dataset(files: list[str], batch_size: int, training: bool, height: int,
       shuffle_buffer: examples in the shuffle buffer.
       seed: shuffling seed (None: nondeterministic).
       tight: the training plates that weigh more in the loss.
+      mix: in training, other sources (shard paths of the same plate shape and alphabet) and
+        the fraction of the plates each gives; `files` give the rest. Each plate is drawn
+        from a source at random (seeded), so every batch mixes them.
     Returns:
       batches of (images uint8 [B, H, W], labels int32 [B, L], weights float32 [B]).
     """
+    dataset = _records(files, training, input_context, shuffle_buffer, seed)
+    if training and mix:
+        sources = [dataset] + [_records(other, True, input_context, shuffle_buffer, seed)
+                               for other, _ in mix]
+        fractions = [1 - sum(fraction for _, fraction in mix)] + [f for _, f in mix]
+        dataset = tf.data.Dataset.sample_from_datasets(sources, fractions, seed=seed)
+    # Batch before parsing: parse_example and decode_raw run once per batch, not per plate;
+    # drop_remainder makes the training batch shape static.
+    dataset = dataset.batch(batch_size, drop_remainder=training)
+    if training:
+        # In order too: out of order, a resumed epoch met its batches in another order than
+        # the uninterrupted run (a test compares them).
+        return finish(dataset.map(
+            lambda s: parse_batch(s, height, width, plate_length, tight),
+            num_parallel_calls=AUTOTUNE, deterministic=True))
+    dataset = dataset.map(lambda s: parse_batch(s, height, width, plate_length),
+                          num_parallel_calls=AUTOTUNE)
+    dataset = dataset.map(lambda images, labels: _pad_batch(images, labels, batch_size))
+    return finish(dataset)
+
+
+def _records(files: list[str], training: bool, input_context: tf.distribute.InputContext | None,
+             shuffle_buffer: int, seed: int | None) -> tf.data.Dataset:
+    """This pipeline's serialized records of the shards: in training shuffled, endless."""
     dataset = tf.data.Dataset.from_tensor_slices(files)
     pipelines = input_context.num_input_pipelines if input_context else 1
     pipeline_id = input_context.input_pipeline_id if input_context else 0
@@ -99,19 +128,7 @@ def make_dataset(files: list[str], batch_size: int, training: bool, height: int,
     if training:
         # Shuffle before repeat: every epoch sees each plate once, in a new order.
         dataset = dataset.shuffle(shuffle_buffer, seed=seed).repeat()
-    # Batch before parsing: parse_example and decode_raw run once per batch, not per plate;
-    # drop_remainder makes the training batch shape static.
-    dataset = dataset.batch(batch_size, drop_remainder=training)
-    if training:
-        # In order too: out of order, a resumed epoch met its batches in another order than
-        # the uninterrupted run (a test compares them).
-        return finish(dataset.map(
-            lambda s: parse_batch(s, height, width, plate_length, tight),
-            num_parallel_calls=AUTOTUNE, deterministic=True))
-    dataset = dataset.map(lambda s: parse_batch(s, height, width, plate_length),
-                          num_parallel_calls=AUTOTUNE)
-    dataset = dataset.map(lambda images, labels: _pad_batch(images, labels, batch_size))
-    return finish(dataset)
+    return dataset
 
 
 def finish(dataset: tf.data.Dataset) -> tf.data.Dataset:

@@ -55,6 +55,9 @@ def _stem_stride(config: ModelConfig) -> int:
     return 2 if config.stem_filters else 1
 
 
+OUTPUT_LAYER = "logits"  # the one layer whose shape follows the alphabet
+
+
 def build_crnn(config: ModelConfig, height: int, width: int, num_classes: int,
                unroll: bool = False, folded: bool = False) -> keras.Model:
     """Builds the CRNN.
@@ -119,7 +122,7 @@ def build_crnn(config: ModelConfig, height: int, width: int, num_classes: int,
     x = keras.layers.Dropout(config.dropout)(x)
     # float32 logits even under a mixed-precision policy: CTC needs them. With a stride, each
     # RNN step writes the logits of its `stride` frames, back in their columns' order.
-    logits = keras.layers.Dense(stride * num_classes, dtype="float32", name="logits")(x)
+    logits = keras.layers.Dense(stride * num_classes, dtype="float32", name=OUTPUT_LAYER)(x)
     if stride > 1:
         logits = keras.layers.Reshape((steps, num_classes), dtype="float32")(logits)
     return keras.Model(images, logits, name="crnn")

@@ -60,22 +60,49 @@ def _check_model_dir(model_dir: str, description: dict) -> None:
         _write_json(path, description)
 
 
-def _check_init_from(model_dir: str, description: dict) -> str:
+def _check_init_from(model_dir: str, description: dict) -> tuple[str, str]:
     """The best-weights checkpoint of another run to start from, checked against this model.
 
+    Another alphabet is allowed (its output layer is rebuilt), and another plate length
+    (CTC reads any length with the same weights).
+
+    Returns:
+      (the checkpoint, the alphabet that run read).
     Raises:
-      TrainingError: no such run, no best weights, or another model shape.
+      TrainingError: no such run, no best weights, or another model shape or image size.
     """
     best = os.path.join(model_dir, BEST_WEIGHTS)
     if not tf.io.gfile.exists(best + ".index") or not tf.io.gfile.exists(
             os.path.join(model_dir, export.CONFIG_FILE)):
         raise TrainingError(f"--init_from {model_dir}: no trained run there (no {BEST_WEIGHTS} "
                             "weights and config.json)")
-    changed = _model_keys_changed(model_dir, description)
+    changed = [key for key in _model_keys_changed(model_dir, description)
+               if key not in ("alphabet", "plate_length")]
     if changed:
         raise TrainingError(f"--init_from {model_dir}: that run has another "
                             f"{', '.join(changed)}; start from a run of the same model shape")
-    return best
+    return best, _read_json(os.path.join(model_dir, export.CONFIG_FILE))["alphabet"]
+
+
+def _mixed_files(records_dir: str, info: dict, skip_corrupt: bool) -> list[str]:
+    """The training shards of records mixed into the training plates (--mix_records).
+
+    Raises:
+      TrainingError: no such records, no training plates, or plates of another shape or
+        alphabet than the run's own records.
+    """
+    try:
+        other = records.read_info(records_dir)
+        if not other["splits"].get("train", {}).get("num_examples"):
+            raise ValueError("no training plates there")
+        files, _ = input_pipeline.readable_files(other, records_dir, "train", skip_corrupt)
+    except (OSError, ValueError) as error:
+        raise TrainingError(f"--mix_records {records_dir}: {error}") from None
+    for key in ("image_height", "image_width", "plate_length", "alphabet"):
+        if other[key] != info[key]:
+            raise TrainingError(f"--mix_records {records_dir}: its {key} is {other[key]!r}, the "
+                                f"run's records have {info[key]!r}")
+    return files
 
 
 def _image_summary(trainer: Trainer, sample: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -237,7 +264,9 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
             if lost[split] and chief:
                 print(f"skipping corrupt or missing shards of {split}: "
                       f"{lost[split]} of {info['splits'][split]['num_examples']} records lost")
-    trainer = Trainer(config, info, strategy, config.epochs * epoch_steps, files, lost)
+    mix = tuple((_mixed_files(records_dir, info, config.skip_corrupt), fraction)
+                for records_dir, fraction in config.mix_records)
+    trainer = Trainer(config, info, strategy, config.epochs * epoch_steps, files, lost, mix)
     manager = tf.train.CheckpointManager(trainer.checkpoint, os.path.join(out_dir, "checkpoints"),
                                          max_to_keep=3, step_counter=trainer.step)
     if manager.latest_checkpoint:
@@ -247,9 +276,12 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
                   f"step {int(trainer.step)})")
     elif config.init_from:
         # Only a fresh run starts from other weights: a resumed one has its own.
-        trainer.start_from(_check_init_from(config.init_from, description))
+        checkpoint, alphabet = _check_init_from(config.init_from, description)
+        trainer.start_from(checkpoint, len(alphabet) + 1)
         if chief:
-            print(f"starting from the best weights of {config.init_from}")
+            print(f"starting from the best weights of {config.init_from}" + (
+                "" if alphabet == info["alphabet"] else
+                f"; its output layer (alphabet {alphabet}) rebuilt for {info['alphabet']}"))
     history_path = os.path.join(out_dir, HISTORY_FILE)
     history = _read_json(history_path) if tf.io.gfile.exists(history_path) else []
     train_writer = tf.summary.create_file_writer(os.path.join(out_dir, "train"))

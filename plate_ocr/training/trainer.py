@@ -56,6 +56,10 @@ class TrainConfig:
     render_augment: bool = False  # with source "render": augment.py's effects on the plates
     render_clean_fraction: float = 0.0  # with render_augment: of the plates, left clean
     init_from: str = ""  # a model dir whose best weights start a fresh run (fine-tuning)
+    # Other records dirs whose training plates make up these fractions of the training plates
+    # (records_dir's give the rest): fine-tuning on a user's plates keeps seeing synthetic
+    # ones, and does not forget them.
+    mix_records: tuple[tuple[str, float], ...] = ()
     data_timeout: float = 0.0  # stop when no training batch arrives for this long (0: wait)
     val_split: str = "val"  # validated each epoch: early stopping and the best weights
     # Also evaluated each epoch, for the record (time to accuracy on them), never to choose.
@@ -115,10 +119,15 @@ class Trainer:
     """The model, optimizer, compiled steps and state of one run under one strategy."""
 
     def __init__(self, config: TrainConfig, info: dict, strategy: tf.distribute.Strategy,
-                 total_steps: int, files: dict[str, list[str]], lost: dict[str, int]):
-        """files: the shards to read per split; lost: records of the shards left out."""
+                 total_steps: int, files: dict[str, list[str]], lost: dict[str, int],
+                 mix: tuple[tuple[list[str], float], ...] = ()):
+        """files: the shards to read per split; lost: records of the shards left out; mix: the
+        training shards of config.mix_records and their fractions."""
         self.config, self.info, self.strategy = config, info, strategy
-        self.files, self.lost = files, lost
+        self.files, self.lost, self.mix = files, lost, mix
+        if mix and (config.source != "records" or config.data_service):
+            raise TrainingError("--mix_records mixes training records read in this process: "
+                                "not with --source=render or --data_service")
         self.atlas = (render_source.atlas_path(info, config.records_dir)
                       if config.source == "render" else "")
         if self.atlas and config.tight_plates.weight != 1:
@@ -333,13 +342,26 @@ class Trainer:
             return input_pipeline.make_dataset(
                 files, per_replica, training, *self.shape, self.info["plate_length"],
                 input_context=context, shuffle_buffer=self.config.shuffle_buffer, seed=seed,
-                tight=self.config.tight_plates)
+                tight=self.config.tight_plates, mix=self.mix)
         return self.strategy.distribute_datasets_from_function(dataset_fn)
 
-    def start_from(self, checkpoint: str) -> None:
+    def start_from(self, checkpoint: str, num_classes: int) -> None:
         """Loads another run's best weights (and BatchNorm statistics); the average, if any,
-        starts from them too."""
-        tf.train.Checkpoint(model=self.model).read(checkpoint).assert_existing_objects_matched()
+        starts from them too.
+
+        num_classes: that run's (its alphabet + the blank). Another number than this run's
+        loads every layer but the output layer, which keeps its fresh initial weights.
+        """
+        same = num_classes == len(self.info["alphabet"]) + 1
+        source = self.model if same else model_lib.build_crnn(self.config.model, *self.shape,
+                                                              num_classes)
+        tf.train.Checkpoint(model=source).read(checkpoint).assert_existing_objects_matched()
+        if not same:  # the same layers in the same order (unnamed ones hold no weights)
+            for mine, theirs in zip(self.model.layers, source.layers):
+                if mine.name != model_lib.OUTPUT_LAYER:
+                    for variable, value in zip(mine.weights, theirs.weights):
+                        if not _is_rng_state(variable):
+                            variable.assign(value)
         for average, variable in zip(self.averages, self.averaged):
             average.assign(variable)
 
