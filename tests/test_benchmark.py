@@ -36,7 +36,7 @@ def test_records_stage_reports_every_figure(tmp_path, font_dir):
     result = subprocess.run(
         [BENCHMARK, "--stages=records", "--num_plates", "100", "--dataset_scale", "0.003",
          "--repeats", "1", "--work_dir", str(tmp_path), "--json"],
-        capture_output=True, text=True, timeout=300)
+        capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr
     output = json.loads(result.stdout)
     figures = output["records"]
@@ -84,7 +84,7 @@ def test_tensorflow_stages_report_every_figure(tmp_path, tiny_records, untrained
          "--png_examples", "30", "--train_steps", "2", "--inference_batches", "1",
          "--latency_calls", "3", "--tesseract_plates", str(len(truths)), "--repeats", "1",
          "--work_dir", str(work_dir), "--json"],
-        capture_output=True, text=True, timeout=300, env=dict(os.environ, PATH=path))
+        capture_output=True, text=True, timeout=900, env=dict(os.environ, PATH=path))
     assert result.returncode == 0, result.stderr
     output = json.loads(result.stdout)
     settings = output.pop("settings")
@@ -150,7 +150,7 @@ def test_time_to_accuracy_trains_from_scratch_and_draws_the_curve(tmp_path, tiny
     result = subprocess.run(
         [BENCHMARK, "--time_to_accuracy", "--tta_config", SMOKE_CONFIG, "--records_dir",
          tiny_records, "--work_dir", str(tmp_path), "--json"],
-        capture_output=True, text=True, timeout=300)
+        capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr
     output = json.loads(result.stdout)
     figures = output["time_to_accuracy"]
