@@ -390,11 +390,14 @@ def test_init_from_another_alphabet_rebuilds_only_the_output_layer(
                 np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
     for variable, value in zip(run.model.get_layer("logits").weights, fresh):
         np.testing.assert_array_equal(variable.numpy(), value)  # as initialized
-    # Mixed training plates of the same kind train (here the run's own, as another source).
+    # Mixed training plates of the same kind train (here the run's own, as another source),
+    # and the source's validation split is watched each epoch.
     mixed = train.train_and_evaluate(smoke_config(tiny_records, epochs=1,
                                                   mix_records=((tiny_records, 0.3),)),
                                      str(tmp_path / "same"), STRATEGY)
     assert mixed["steps"] == 3 and np.isfinite(mixed["val"]["loss"])
+    history = json.load(open(tmp_path / "same" / train.HISTORY_FILE))
+    assert history[0]["watch"][f"{tiny_records}:val"]["plates"] == TINY_COUNTS["val"]
     # Plates of another alphabet and length cannot be mixed into a run's training plates.
     with pytest.raises(trainer.TrainingError, match="--mix_records .*plate_length is 4"):
         train.train_and_evaluate(smoke_config(tiny_records, mix_records=((letters, 0.3),)),

@@ -84,8 +84,10 @@ def _check_init_from(model_dir: str, description: dict) -> tuple[str, str]:
     return best, _read_json(os.path.join(model_dir, export.CONFIG_FILE))["alphabet"]
 
 
-def _mixed_files(records_dir: str, info: dict, skip_corrupt: bool) -> list[str]:
-    """The training shards of records mixed into the training plates (--mix_records).
+def _mixed_source(records_dir: str, info: dict, skip_corrupt: bool
+                  ) -> tuple[list[str], tuple[list[str], int, int] | None]:
+    """Records mixed into the training plates (--mix_records): their training shards, and
+    their validation split's (shards, records, records lost), or None when they have none.
 
     Raises:
       TrainingError: no such records, no training plates, or plates of another shape or
@@ -96,13 +98,18 @@ def _mixed_files(records_dir: str, info: dict, skip_corrupt: bool) -> list[str]:
         if not other["splits"].get("train", {}).get("num_examples"):
             raise ValueError("no training plates there")
         files, _ = input_pipeline.readable_files(other, records_dir, "train", skip_corrupt)
+        val = None
+        if other["splits"].get("val", {}).get("num_examples"):
+            val_files, lost = input_pipeline.readable_files(other, records_dir, "val",
+                                                            skip_corrupt)
+            val = val_files, other["splits"]["val"]["num_examples"], lost
     except (OSError, ValueError) as error:
         raise TrainingError(f"--mix_records {records_dir}: {error}") from None
     for key in ("image_height", "image_width", "plate_length", "alphabet"):
         if other[key] != info[key]:
             raise TrainingError(f"--mix_records {records_dir}: its {key} is {other[key]!r}, the "
                                 f"run's records have {info[key]!r}")
-    return files
+    return files, val
 
 
 def _image_summary(trainer: Trainer, sample: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -264,9 +271,17 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
             if lost[split] and chief:
                 print(f"skipping corrupt or missing shards of {split}: "
                       f"{lost[split]} of {info['splits'][split]['num_examples']} records lost")
-    mix = tuple((_mixed_files(records_dir, info, config.skip_corrupt), fraction)
-                for records_dir, fraction in config.mix_records)
-    trainer = Trainer(config, info, strategy, config.epochs * epoch_steps, files, lost, mix)
+    # Each mixed source's validation split is watched too, as "<dir>:val".
+    mix, counts = [], {}
+    for records_dir, fraction in config.mix_records:
+        train_files, val = _mixed_source(records_dir, info, config.skip_corrupt)
+        mix.append((train_files, fraction))
+        if val:
+            name = f"{records_dir}:val"
+            files[name], counts[name], lost[name] = val
+            watched += (name,)
+    trainer = Trainer(config, info, strategy, config.epochs * epoch_steps, files, lost,
+                      tuple(mix), counts)
     manager = tf.train.CheckpointManager(trainer.checkpoint, os.path.join(out_dir, "checkpoints"),
                                          max_to_keep=3, step_counter=trainer.step)
     if manager.latest_checkpoint:

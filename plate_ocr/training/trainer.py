@@ -120,11 +120,15 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, info: dict, strategy: tf.distribute.Strategy,
                  total_steps: int, files: dict[str, list[str]], lost: dict[str, int],
-                 mix: tuple[tuple[list[str], float], ...] = ()):
+                 mix: tuple[tuple[list[str], float], ...] = (),
+                 counts: dict[str, int] | None = None):
         """files: the shards to read per split; lost: records of the shards left out; mix: the
-        training shards of config.mix_records and their fractions."""
+        training shards of config.mix_records and their fractions; counts: the records of
+        splits in `files` that are not the run's own (the mixed sources' validation splits)."""
         self.config, self.info, self.strategy = config, info, strategy
         self.files, self.lost, self.mix = files, lost, mix
+        self.counts = {split: info["splits"][split]["num_examples"] for split in info["splits"]}
+        self.counts.update(counts or {})
         if mix and (config.source != "records" or config.data_service):
             raise TrainingError("--mix_records mixes training records read in this process: "
                                 "not with --source=render or --data_service")
@@ -390,7 +394,7 @@ class Trainer:
                     totals[key] = totals.get(key, 0.0) + float(value)
         except tf.errors.DataLossError as error:
             raise corrupt_records_error(error, self.files[split]) from None
-        expected = self.info["splits"][split]["num_examples"] - self.lost[split]
+        expected = self.counts[split] - self.lost[split]
         if round(totals.get("plates", 0)) != expected:
             raise TrainingError(f"evaluation of {split!r} saw {totals.get('plates', 0):.0f} "
                                 f"plates, the metadata says {expected}")
