@@ -53,7 +53,7 @@ DRAWS = ("scale", "scale_amount", "squeeze", "stretch", "stretch_amount", "rotat
 _WAVES = 4  # the pattern's plane waves, each of a direction, frequency and phase
 DRAWS += tuple(f"wave_{what}_{i}" for i in range(_WAVES) for what in ("angle", "freq", "phase"))
 _JITTER = 8  # the perspective's corner displacements, after the DRAWS
-_GLYPHS = 8  # runs of inked columns moved each its own way; any further runs join the last
+_GLYPHS = 6  # runs of inked columns moved each its own way; any further runs join the last
 # After the jitter (a stateless draw's first values do not depend on how many follow, so the
 # plates of a config without this effect keep their pixels).
 GLYPH_DRAWS = ("glyph",) + tuple(f"glyph_{what}_{i}" for i in range(_GLYPHS)
@@ -169,7 +169,17 @@ def _elastic(ink: tf.Tensor, u: dict, config: AugmentConfig) -> tf.Tensor:
 
 
 def _glyph_jitter(ink: tf.Tensor, u: dict, config: AugmentConfig, margin) -> tf.Tensor:
-    """Each character of the clean ink [B, H, W] uint8 turned, resized and moved its own way.
+    """Each character of the clean ink [B, H, W] uint8 turned, resized and moved its own way,
+    on the plates drawn for it (the others are not computed: the effect costs a warp per
+    character)."""
+    chosen = tf.where(u["glyph"] < config.glyph_prob)[:, 0]
+    draws = {name: tf.gather(u[name], chosen) for name in GLYPH_DRAWS}
+    moved = _jitter_runs(tf.gather(ink, chosen), draws, config, margin)
+    return tf.tensor_scatter_nd_update(ink, chosen[:, None], moved)
+
+
+def _jitter_runs(ink: tf.Tensor, u: dict, config: AugmentConfig, margin) -> tf.Tensor:
+    """_glyph_jitter on every plate of ink [B, H, W] uint8.
 
     The characters are the runs of inked columns (two that touch move as one). Each is
     mapped by its own similarity about its centre; the line of them is then shrunk about its
@@ -229,8 +239,7 @@ def _glyph_jitter(ink: tf.Tensor, u: dict, config: AugmentConfig, margin) -> tf.
     runs = tf.cast(ink[:, None], tf.float32) * tf.cast(member[:, :, None, :], tf.float32)
     warped = _transform(tf.reshape(runs, [-1, height, width]), tf.reshape(transforms, [-1, 8]))
     jittered = tf.reduce_max(tf.reshape(warped, [-1, _GLYPHS, height, width]), axis=1)
-    apply = (u["glyph"] < config.glyph_prob)[:, None, None]
-    return tf.where(apply, tf.cast(tf.clip_by_value(tf.round(jittered), 0, 255), tf.uint8), ink)
+    return tf.cast(tf.clip_by_value(tf.round(jittered), 0, 255), tf.uint8)
 
 
 def _ink_box(ink: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
