@@ -191,13 +191,8 @@ def _jitter_runs(ink: tf.Tensor, u: dict, config: AugmentConfig, margin) -> tf.T
     starts = inked_columns & ~tf.pad(inked_columns[:, :-1], [[0, 0], [1, 0]])
     run = tf.minimum(tf.cumsum(tf.cast(starts, tf.int32), axis=1) - 1, _GLYPHS - 1)
     member = inked_columns[:, None, :] & (run[:, None, :] == tf.range(_GLYPHS)[None, :, None])
-    columns = tf.range(width, dtype=tf.float32)
-    left = tf.reduce_min(tf.where(member, columns, float(width)), axis=2)  # [B, K]
-    right = tf.reduce_max(tf.where(member, columns, -1.0), axis=2)
-    inked_rows = tf.reduce_any((ink[:, None] > 0) & member[:, :, None, :], axis=3)  # [B, K, H]
-    rows = tf.range(height, dtype=tf.float32)
-    top = tf.reduce_min(tf.where(inked_rows, rows, float(height)), axis=2)
-    bottom = tf.reduce_max(tf.where(inked_rows, rows, -1.0), axis=2)
+    left, right = _first_last(member)  # [B, K]
+    top, bottom = _first_last(tf.reduce_any((ink[:, None] > 0) & member[:, :, None, :], axis=3))
     present = tf.reduce_any(member, axis=2)  # [B, K]
     text_height = (tf.reduce_max(tf.where(present, bottom, -1.0), axis=1)
                    - tf.reduce_min(tf.where(present, top, float(height)), axis=1) + 1)
@@ -242,16 +237,20 @@ def _jitter_runs(ink: tf.Tensor, u: dict, config: AugmentConfig, margin) -> tf.T
     return tf.cast(tf.clip_by_value(tf.round(jittered), 0, 255), tf.uint8)
 
 
+def _first_last(present: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The first and last True along the last axis of `present` [..., N], as float32 [...]
+    (N and -1 where there is none)."""
+    size = tf.shape(present)[-1]
+    index = tf.range(size)
+    first = tf.reduce_min(tf.where(present, index, size), axis=-1)
+    last = tf.reduce_max(tf.where(present, index, -1), axis=-1)
+    return tf.cast(first, tf.float32), tf.cast(last, tf.float32)
+
+
 def _ink_box(ink: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
     """First and last inked row and column of each plate, as float32 [B] each."""
-    def first_last(present):  # [B, N] bool
-        size = tf.shape(present)[1]
-        index = tf.range(size)[None, :]
-        first = tf.reduce_min(tf.where(present, index, size), axis=1)
-        last = tf.reduce_max(tf.where(present, index, -1), axis=1)
-        return tf.cast(first, tf.float32), tf.cast(last, tf.float32)
-    top, bottom = first_last(tf.reduce_any(ink > 0, axis=2))
-    left, right = first_last(tf.reduce_any(ink > 0, axis=1))
+    top, bottom = _first_last(tf.reduce_any(ink > 0, axis=2))
+    left, right = _first_last(tf.reduce_any(ink > 0, axis=1))
     return top, bottom, left, right
 
 
