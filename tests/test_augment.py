@@ -129,6 +129,39 @@ def test_each_character_moves_its_own_way_and_keeps_its_ink(inks):
     assert 0.7 < np.median(mass(turned)) < 1.4 and mass(turned).min() > 0.3
 
 
+def test_one_way_characters_turn_only_their_way():
+    # A bar per plate, one character: its top leans right of its bottom when turned clockwise.
+    ink = np.zeros([64, 64, 128], np.uint8)
+    ink[:, 16:48, 62:66] = 255
+    config = dataclasses.replace(CLEAN, glyph_prob=1.0, glyph_rotate_degrees=25.0,
+                                 glyph_scale=0.0, glyph_shift=0.0)
+
+    def lean(ways):  # per plate: the ink's mean column in its top rows less its bottom rows'
+        plates, _ = augment.augment_with_ink(tf.constant(ink), config, tf.constant(keys(64)),
+                                             2, None if ways is None else tf.constant(ways))
+        dark = plates.numpy() < 128
+        rows = np.flatnonzero(dark.any(axis=(0, 2)))
+        columns = np.arange(128)
+
+        def centre(band):
+            mask = dark[:, band].any(axis=1)
+            return (mask * columns).sum(axis=1) / np.maximum(mask.sum(axis=1), 1)
+        return centre(slice(rows[0], rows[0] + 6)) - centre(slice(rows[-1] - 5, rows[-1] + 1))
+    clockwise, anticlockwise = lean(np.ones([64, 1])), lean(-np.ones([64, 1]))
+    either = lean(None)
+    assert (clockwise > -0.5).all() and (clockwise > 2).mean() > 0.6
+    assert (anticlockwise < 0.5).all() and (anticlockwise < -2).mean() > 0.6
+    assert (either > 2).mean() > 0.25 and (either < -2).mean() > 0.25
+    np.testing.assert_array_equal(either, lean(np.zeros([64, 5])))  # no one-way character
+    # Two runs for a one-character label: which is the character is not known, so no turn.
+    assert (np.abs(lean(np.ones([64, 2]))) < 0.5).all()
+
+
+def test_a_one_and_a_seven_turn_each_the_way_that_keeps_them_apart():
+    ways = CONFIG.turn_ways("0123456789")
+    assert ways[1] == -1 and ways[7] == 1 and set(ways[:1] + ways[2:7] + ways[8:]) == {0}
+
+
 @pytest.mark.parametrize("effect", ["speckle_prob", "scratch_prob"])
 def test_speckle_and_scratches_mark_the_plate_not_the_frame_targets(inks, effect):
     ink, _ = inks
@@ -254,8 +287,9 @@ def test_the_writer_augments_with_this_implementation(faces):
     clean = writer.make_plates(list(range(12)), families, style, clean_rngs)
     # The plate's key is its generator's next draw after rendering.
     plate_keys = np.stack([rng.integers(2 ** 62, size=2) for rng in clean_rngs])
+    ways = np.array(CONFIG.turn_ways(style.alphabet))[np.array([d for _, d, *_ in clean])]
     expected = augment.augment_plates(255 - np.stack([image for image, *_ in clean]), CONFIG,
-                                      plate_keys, style.spec.margin)
+                                      plate_keys, style.spec.margin, ways)
     np.testing.assert_array_equal(np.stack([image for image, *_ in made]), expected)
 
 
@@ -263,12 +297,14 @@ def test_the_training_stream_augments_each_plate_from_its_own_key(tiny_records):
     info = records.read_info(tiny_records)
     path = render_source.atlas_path(info, tiny_records)
     images, labels, ink = next(iter(render_source.chunk_plates(
-        path, 3, tf.constant(2, tf.int64), 64, 128, CONFIG, clean_fraction=0.25).batch(64)))
+        path, 3, tf.constant(2, tf.int64), 64, 128, CONFIG, clean_fraction=0.25,
+        alphabet=info["alphabet"]).batch(64)))
     atlas = render_source.read_atlas(path)
     choices = render_source.draw_plates(atlas, 3, tf.constant(2, tf.int64))
     clean = 255 - render_source.compose_ink(atlas, {k: v[:64] for k, v in choices.items()})
     plate_keys = augment.plate_keys(3, "train", 2 * render_source.CHUNK + np.arange(64))
-    expected, warped = augment.augment_with_ink(255 - clean, CONFIG, plate_keys, 2)
+    ways = tf.gather(CONFIG.turn_ways(info["alphabet"]), choices["label"][:64])
+    expected, warped = augment.augment_with_ink(255 - clean, CONFIG, plate_keys, 2, ways)
     kept = (images.numpy() == clean.numpy()).all(axis=(1, 2))
     assert 0.15 < kept.mean() < 0.35  # the clean fraction, by plate number
     np.testing.assert_array_equal(images.numpy()[~kept], expected.numpy()[~kept])

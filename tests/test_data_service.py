@@ -249,7 +249,7 @@ def test_service_workers_render_the_plates_this_process_would(service, tiny_reco
     augment = writer.style_from_info(info).augment if augmented else None
     dataset = render_source.make_render_dataset(path, 32, 64, 128, 5, seed=2, first_chunk=10,
                                                 service=service.address, shuffle_buffer=64,
-                                                augment=augment)
+                                                augment=augment, alphabet=info["alphabet"])
     assert dataset.element_spec[0].shape == (32, 64, 128)
     streamed = {hashlib.sha256(image.tobytes()).hexdigest()
                 for images, *_ in dataset.take(40) for image in images.numpy()}
@@ -257,7 +257,7 @@ def test_service_workers_render_the_plates_this_process_would(service, tiny_reco
     local = set()
     for chunk in range(10, 18):
         plates = render_source.chunk_plates(path, 2, tf.constant(chunk, tf.int64), 64, 128,
-                                            augment)
+                                            augment, alphabet=info["alphabet"])
         for images, *_ in plates.batch(render_source.CHUNK):
             local |= {hashlib.sha256(image.tobytes()).hexdigest() for image in images.numpy()}
     assert len(streamed) == 40 * 32 and streamed <= local

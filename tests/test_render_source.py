@@ -145,7 +145,8 @@ def test_each_input_pipeline_and_each_epoch_renders_its_own_chunks(rendering):
     assert not _digests(streamed) & _digests(_plates(path, 0, 4)[0])
 
 
-def _numbered_chunk(path, seed, chunk, height, width, augment=None, clean_fraction=0.0):
+def _numbered_chunk(path, seed, chunk, height, width, augment=None, clean_fraction=0.0,
+                    alphabet=""):
     """chunk_plates' stand-in: plate j of a chunk is a 1x2 image and label (chunk, j)."""
     numbers = tf.stack([tf.fill([render_source.CHUNK], tf.cast(chunk, tf.int32)),
                         tf.range(render_source.CHUNK, dtype=tf.int32)], axis=1)

@@ -82,7 +82,8 @@ def _render_pipeline(records_dir: str, service: str, examples: int, repeats: int
     dataset = render_source.make_render_dataset(
         render_source.atlas_path(info, records_dir), BATCH, info["image_height"],
         info["image_width"], info["plate_length"], seed=0, first_chunk=0, service=service,
-        augment=writer.style_from_info(info).augment if augmented else None)
+        augment=writer.style_from_info(info).augment if augmented else None,
+        alphabet=info["alphabet"])
     return {"examples_per_s": _pipeline_rate(_normalized(dataset), examples, repeats)}
 
 

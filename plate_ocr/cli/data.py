@@ -65,9 +65,13 @@ def _define_augment_flags() -> list[str]:
     from plate_ocr.data import augment_config
     names = []
     for field in dataclasses.fields(augment_config.AugmentConfig):
-        define = flags.DEFINE_integer if field.type in (int, "int") else flags.DEFINE_float
-        define(f"aug_{field.name}", field.default, f"Augmentation: {field.name.replace('_', ' ')}"
-               " (probabilities 0-1).", lower_bound=0)
+        about = f"Augmentation: {field.name.replace('_', ' ')}"
+        if field.type in (str, "str"):
+            flags.DEFINE_string(f"aug_{field.name}", field.default, about + " (characters).")
+        else:
+            define = flags.DEFINE_integer if field.type in (int, "int") else flags.DEFINE_float
+            define(f"aug_{field.name}", field.default, about + " (probabilities 0-1).",
+                   lower_bound=0)
         names.append(f"aug_{field.name}")
     return names
 

@@ -168,23 +168,27 @@ def _elastic(ink: tf.Tensor, u: dict, config: AugmentConfig) -> tf.Tensor:
     return tf.where(sigma > 0, tf.cast(tf.round(warped), tf.uint8), ink)
 
 
-def _glyph_jitter(ink: tf.Tensor, u: dict, config: AugmentConfig, margin) -> tf.Tensor:
+def _glyph_jitter(ink: tf.Tensor, u: dict, config: AugmentConfig, margin, ways) -> tf.Tensor:
     """Each character of the clean ink [B, H, W] uint8 turned, resized and moved its own way,
     on the plates drawn for it (the others are not computed: the effect costs a warp per
-    character)."""
+    character). ways: int32 [B, L] or None, as augment_with_ink's."""
     chosen = tf.where(u["glyph"] < config.glyph_prob)[:, 0]
     draws = {name: tf.gather(u[name], chosen) for name in GLYPH_DRAWS}
-    moved = _jitter_runs(tf.gather(ink, chosen), draws, config, margin)
+    moved = _jitter_runs(tf.gather(ink, chosen), draws, config, margin,
+                         None if ways is None else tf.gather(ways, chosen))
     return tf.tensor_scatter_nd_update(ink, chosen[:, None], moved)
 
 
-def _jitter_runs(ink: tf.Tensor, u: dict, config: AugmentConfig, margin) -> tf.Tensor:
+def _jitter_runs(ink: tf.Tensor, u: dict, config: AugmentConfig, margin, ways) -> tf.Tensor:
     """_glyph_jitter on every plate of ink [B, H, W] uint8.
 
     The characters are the runs of inked columns (two that touch move as one). Each is
     mapped by its own similarity about its centre; the line of them is then shrunk about its
     middle, if it must be, and moved as little as it must, to keep `margin` pixels from the
     frame: every glyph's ink stays inside. Overlapping characters keep the darker ink.
+    The k-th run is the label's k-th character when there are as many runs as characters;
+    its turn then follows `ways` (int32 [B, L], as augment_with_ink's). On a plate with other
+    runs (characters that touch) nothing is turned if any character is one-way.
     """
     height, width = ink.shape[1], ink.shape[2]
     inked_columns = tf.reduce_any(ink > 0, axis=1)  # [B, W]
@@ -199,7 +203,16 @@ def _jitter_runs(ink: tf.Tensor, u: dict, config: AugmentConfig, margin) -> tf.T
 
     def each(what):  # [B, K] uniforms in [-1, 1)
         return tf.stack([2 * u[f"glyph_{what}_{i}"] - 1 for i in range(_GLYPHS)], axis=1)
-    angle = each("angle") * math.radians(config.glyph_rotate_degrees)
+    angle = each("angle")
+    if ways is not None:
+        # [B, K]: the ways of the label's first K characters, 0 past its end
+        run_ways = tf.cast(tf.pad(ways, [[0, 0], [0, _GLYPHS]])[:, :_GLYPHS], tf.float32)
+        matched = tf.reduce_sum(tf.cast(present, tf.int32), axis=1) == tf.shape(ways)[1]
+        angle = tf.where(run_ways == 0, angle, tf.abs(angle) * run_ways)
+        # A positive angle turns clockwise as the plate is seen (y down).
+        turned = matched | tf.reduce_all(ways == 0, axis=1)
+        angle = tf.where(turned[:, None], angle, 0.0)
+    angle = angle * math.radians(config.glyph_rotate_degrees)
     size = _whole_vectors(tf.exp, each("size") * math.log(1 + config.glyph_scale))
     centre = tf.stack([(left + right) / 2, (top + bottom) / 2], axis=-1)  # [B, K, 2]
     moved = centre + tf.stack([each("x") * config.glyph_shift * (right + 1 - left),
@@ -454,7 +467,7 @@ def _levels(u: dict, config: AugmentConfig):
 
 
 def augment_with_ink(ink: tf.Tensor, config: AugmentConfig, keys: tf.Tensor,
-                     margin: int) -> tuple[tf.Tensor, tf.Tensor]:
+                     margin: int, ways: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
     """Turns a batch of ink coverages into plates as other cameras and software show them.
 
     Args:
@@ -462,6 +475,9 @@ def augment_with_ink(ink: tf.Tensor, config: AugmentConfig, keys: tf.Tensor,
       config: probabilities and ranges (the records' plate_style.augment).
       keys: int64 [B, 2] each plate's stateless key (plate_keys).
       margin: pixels the ink keeps from the frame (int or int32 scalar).
+      ways: int32 [B, L], how each character of the label may be turned on its own
+        (config.turn_ways of the alphabet, gathered by the labels): 1 clockwise only, -1
+        anticlockwise only, 0 either way; None: every character either way.
     Returns:
       (uint8 [B, H, W] plates, uint8 [B, H, W] the warped ink as a clean dark-on-white plate:
       where its characters went, for align.frame_targets).
@@ -476,7 +492,7 @@ def augment_with_ink(ink: tf.Tensor, config: AugmentConfig, keys: tf.Tensor,
         return value[:, None, None]
 
     if config.glyph_prob > 0:  # off: not computed
-        ink = _glyph_jitter(ink, u, config, margin)
+        ink = _glyph_jitter(ink, u, config, margin, ways)
     ink = _elastic(ink, u, config)
     top, bottom, left, right = box = _ink_box(ink)
     coverage, text_corners, forward, scale = _geometry(ink, box, u, jitter, config, margin)
@@ -635,24 +651,27 @@ def augment_with_ink(ink: tf.Tensor, config: AugmentConfig, keys: tf.Tensor,
     return plates, clean_ink
 
 
-def augment(ink: tf.Tensor, config: AugmentConfig, keys: tf.Tensor, margin: int) -> tf.Tensor:
-    """augment_with_ink's plates only: uint8 [B, H, W]."""
-    return augment_with_ink(ink, config, keys, margin)[0]
-
-
 @functools.cache
 def _compiled(config: AugmentConfig, margin: int, height: int, width: int):
-    """augment() as one graph per (config, margin, plate size), for any batch size."""
-    return tf.function(lambda ink, keys: augment(ink, config, keys, margin),
+    """augment_with_ink's plates as one graph per (config, margin, plate size), for any batch
+    size and plate length."""
+    return tf.function(lambda ink, keys, ways: augment_with_ink(ink, config, keys, margin,
+                                                                ways)[0],
                        input_signature=[tf.TensorSpec([None, height, width], tf.uint8),
-                                        tf.TensorSpec([None, 2], tf.int64)])
+                                        tf.TensorSpec([None, 2], tf.int64),
+                                        tf.TensorSpec([None, None], tf.int32)])
 
 
 def augment_plates(inks: np.ndarray, config: AugmentConfig, keys: np.ndarray,
-                   margin: int) -> np.ndarray:
-    """augment() for numpy callers (the records' writer): uint8 [B, H, W] -> uint8 [B, H, W].
+                   margin: int, ways: np.ndarray | None = None) -> np.ndarray:
+    """augment_with_ink's plates for numpy callers (the records' writer): uint8 [B, H, W] ->
+    uint8 [B, H, W].
 
     keys: int64 [B, 2], each plate's (plate_keys).
+    ways: int [B, L], as augment_with_ink's; None: every character either way.
     """
-    return _compiled(config, margin, *inks.shape[1:])(tf.constant(inks, tf.uint8),
-                                     tf.constant(keys, tf.int64)).numpy()
+    if ways is None:
+        ways = np.zeros([len(inks), 1])  # no one-way character: the same as None
+    return _compiled(config, margin, *inks.shape[1:])(
+        tf.constant(inks, tf.uint8), tf.constant(keys, tf.int64),
+        tf.constant(ways, tf.int32)).numpy()

@@ -16,12 +16,13 @@ import crc32c
 import numpy as np
 
 INFO_NAME = "dataset_info.json"
-INFO_VERSION = 9  # 2: the test_aug split and the augmentation in plate_style; 3: its contrast floor;
+INFO_VERSION = 10  # 2: the test_aug split and the augmentation in plate_style; 3: its contrast floor;
 # 4: perspective in ink-box heights, strokes half a pixel each side; 5: the wide augmentation
 # (augment.py's TF ops: scale, position, box on a page, marks, resampling, motion blur);
 # 6: elastic bends, wear, speckle, scratches, wave patterns, thinner strokes on large text;
 # 7: more text scaled up, to 5x (frame-filling crops); 8: text scaled up sharpened;
-# 9: each character turned, resized and moved its own way (glyph_*)
+# 9: each character turned, resized and moved its own way (glyph_*); 10: 1s and 7s turned one
+# way only (glyph_clockwise, glyph_anticlockwise)
 # heldout: test labels in held-out font families; test_aug: test labels, augmented plates;
 # val_aug: validation labels, augmented plates (what an augmented training run validates on).
 # New splits go last: a split's index seeds its plates (writer.plate_rng).

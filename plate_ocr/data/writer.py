@@ -127,7 +127,9 @@ def make_plates(numbers: Sequence[int], families: Sequence[Sequence[fonts.Face]]
         from plate_ocr.data import augment
         inks = 255 - np.stack(images)
         keys = np.stack([rng.integers(2 ** 62, size=2) for rng in rngs])
-        images = augment.augment_plates(inks, style.augment, keys, style.spec.margin)
+        ways = np.array(style.augment.turn_ways(style.alphabet))[
+            np.array([digits for digits, *_ in details])]
+        images = augment.augment_plates(inks, style.augment, keys, style.spec.margin, ways)
     return [(image, *detail) for image, detail in zip(images, details)]
 
 

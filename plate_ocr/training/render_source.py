@@ -163,16 +163,21 @@ def compose_ink(atlas: dict[str, tf.Tensor], choices: dict[str, tf.Tensor]) -> t
 
 def chunk_plates(path: str, seed: int, chunk: tf.Tensor, height: int, width: int,
                  augment: augment_config.AugmentConfig | None = None,
-                 clean_fraction: float = 0.0) -> tf.data.Dataset:
+                 clean_fraction: float = 0.0, alphabet: str = "") -> tf.data.Dataset:
     """The plates of one chunk, in order: (images uint8 [H, W], labels int32 [L], ink uint8
     [H, W]).
 
     With `augment`, each plate gets augment's effects from its key, plate_keys(seed, "train",
     plate), except a clean_fraction of them (by plate number): still a pure function of
     (seed, plate). `ink` is where the plate's characters are, as a clean dark-on-white plate
-    (the plate itself when clean): what align.frame_targets reads.
+    (the plate itself when clean): what align.frame_targets reads. `alphabet` (the labels'
+    characters) says which characters augment turns one way only.
     """
     atlas = read_atlas(path)
+    if augment is not None:
+        if not alphabet:
+            raise ValueError("augmented plates need the labels' alphabet")
+        turn_ways = tf.constant(augment.turn_ways(alphabet), tf.int32)
     choices = tf.data.Dataset.from_tensor_slices(draw_plates(atlas, seed, chunk))
     first = tf.cast(chunk, tf.int64) * CHUNK
 
@@ -184,7 +189,8 @@ def chunk_plates(path: str, seed: int, chunk: tf.Tensor, height: int, width: int
             return clean, batch["label"], clean
         plate = first + index * _COMPOSE_BATCH + tf.range(tf.shape(ink)[0], dtype=tf.int64)
         keys = augment_lib.plate_keys(seed, "train", plate)
-        augmented, warped = augment_lib.augment_with_ink(ink, augment, keys, atlas["margin"])
+        augmented, warped = augment_lib.augment_with_ink(
+            ink, augment, keys, atlas["margin"], tf.gather(turn_ways, batch["label"]))
         # Which plates stay clean: the golden-ratio sequence of their numbers, evenly spread.
         keep = tf.math.floormod(tf.cast(plate, tf.float64) * 0.6180339887498949,
                                 1.0) < clean_fraction
@@ -211,7 +217,7 @@ def make_render_dataset(path: str, batch_size: int, height: int, width: int, pla
                         seed: int, first_chunk: int, input_context: tf.distribute.InputContext | None = None,
                         service: str = "", shuffle_buffer: int = 10000,
                         augment: augment_config.AugmentConfig | None = None,
-                        clean_fraction: float = 0.0) -> tf.data.Dataset:
+                        clean_fraction: float = 0.0, alphabet: str = "") -> tf.data.Dataset:
     """Endless training batches rendered from the atlas, in process or on a tf.data service.
 
     Args:
@@ -227,6 +233,7 @@ def make_render_dataset(path: str, batch_size: int, height: int, width: int, pla
       shuffle_buffer: plates in the shuffle buffer.
       augment: the effects to apply (augment.py), or None for clean plates.
       clean_fraction: of the plates, left clean when augmenting.
+      alphabet: the labels' characters (needed with augment).
     Returns:
       batches of (images uint8 [B, H, W], labels int32 [B, L], weights float32 [B], ink
       uint8 [B, H, W]: where each plate's characters are, for the frame targets).
@@ -237,7 +244,8 @@ def make_render_dataset(path: str, batch_size: int, height: int, width: int, pla
     chunks = tf.data.Dataset.range(first_chunk + pipeline_id, first_chunk + 2 ** 31, pipelines)
     # Two chunks at a time: each worker holds only the chunks it renders.
     dataset = chunks.interleave(lambda chunk: chunk_plates(path, seed, chunk, height, width,
-                                                           augment, clean_fraction),
+                                                           augment, clean_fraction,
+                                                           alphabet),
                                 cycle_length=2,
                                 num_parallel_calls=AUTOTUNE, deterministic=True)
     dataset = dataset.shuffle(shuffle_buffer, seed=(seed * 1_000_003 + first_chunk) % 2 ** 31)

@@ -337,7 +337,7 @@ class Trainer:
                     self.atlas, per_replica, *self.shape, self.info["plate_length"],
                     self.config.seed, epoch * stride, context, service,
                     self.config.shuffle_buffer, self.render_augment,
-                    self.config.render_clean_fraction)
+                    self.config.render_clean_fraction, self.info["alphabet"])
             if service:
                 return input_pipeline.make_service_dataset(
                     files, per_replica, *self.shape, self.info["plate_length"], service,
