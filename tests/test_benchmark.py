@@ -20,12 +20,13 @@ def untrained_model(tmp_path_factory) -> str:
     untrained."""
     from plate_ocr.cli import train as cli_train
     from plate_ocr.serving import export
-    from plate_ocr.training import model
+    from plate_ocr.training import model, plate_format
     config = cli_train.config_from(SMOKE_CONFIG).model
     model_dir = str(tmp_path_factory.mktemp("untrained"))
     crnn = model.build_crnn(config, 64, 128, len(ALPHABET) + 1)
-    export.export_model(crnn, config, model_dir, ALPHABET, 5, 64, 128)
-    export.export_tflite(crnn, config, 5, os.path.join(model_dir, export.TFLITE_MODEL))
+    five = plate_format.exactly(5, len(ALPHABET))
+    export.export_model(crnn, config, model_dir, ALPHABET, five, 64, 128)
+    export.export_tflite(crnn, config, five, os.path.join(model_dir, export.TFLITE_MODEL))
     with open(os.path.join(model_dir, export.CONFIG_FILE), "w") as f:
         json.dump({"alphabet": ALPHABET}, f)  # what a .tflite file's reader looks for beside it
     return model_dir

@@ -1,12 +1,13 @@
-"""CTC loss, greedy and fixed-length decoding and metrics on hand-built tensors."""
+"""CTC loss, greedy, fixed-length and format decoding and metrics on hand-built tensors."""
 
 import itertools
+import re
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from plate_ocr.training import ctc
+from plate_ocr.training import ctc, plate_format
 
 CLASSES = 11  # ten digits + blank (last)
 BLANK = CLASSES - 1
@@ -36,17 +37,21 @@ def test_greedy_decode_collapses_repeats_and_removes_blanks():
     assert np.all((confidence.numpy() > 0.5) & (confidence.numpy() <= 1.0))
 
 
-def best_path_of_length(log_probs: np.ndarray, length: int) -> tuple[list[int], float]:
-    """By brute force: the most probable path over every path that reads `length` labels."""
+def best_path_where(log_probs: np.ndarray, accept) -> tuple[list[int], float]:
+    """By brute force: the most probable path over every path whose reading `accept`s."""
     steps, classes = log_probs.shape
     best, best_score = None, -np.inf
     for path in itertools.product(range(classes), repeat=steps):
         read = [c for i, c in enumerate(path)
                 if c != classes - 1 and (i == 0 or path[i - 1] != c)]
         score = sum(log_probs[t, c] for t, c in enumerate(path))
-        if len(read) == length and score > best_score:
+        if accept(read) and score > best_score:
             best, best_score = read, score
     return best, best_score
+
+
+def best_path_of_length(log_probs: np.ndarray, length: int) -> tuple[list[int], float]:
+    return best_path_where(log_probs, lambda read: len(read) == length)
 
 
 def test_fixed_length_decode_finds_the_best_path_of_that_length():
@@ -83,8 +88,56 @@ def test_fixed_length_decode_reads_exactly_the_length_and_agrees_with_greedy_the
     assert confidence[0] > confidence[1]
     compiled = tf.function(lambda x: ctc.fixed_length_decode(x, 5), jit_compile=True)
     assert compiled(tf.constant(logits))[0].numpy().tolist() == decoded.numpy().tolist()
-    with pytest.raises(ValueError, match="int32"):  # 36 ** 6 labels: more than an int32 holds
-        ctc.fixed_length_decode(tf.zeros([1, 16, 37]), 6)
+
+
+def test_format_decode_finds_the_best_path_the_format_accepts():
+    # Every path of 7 steps over 3 characters + blank ("abc"), formats with classes, counts
+    # and alternatives of several lengths: the search must find the brute force's path.
+    logits = tf.random.stateless_normal((10, 7, 4), seed=(11, 12)) * 2.0
+    log_probs = tf.nn.log_softmax(logits).numpy()
+    for pattern in ("[ab]c{1,2}", "a.|[bc]{3}", "b{0,1}[a-c]a", "c"):
+        masks = plate_format.masks(pattern, "abc")
+        regex = re.compile(pattern)  # the same language as Python's regular expressions
+        decoded, confidence = ctc.format_decode(logits, masks)
+        assert decoded.shape == (10, masks.shape[1]) and decoded.dtype == tf.int32
+        for b in range(10):
+            read, score = best_path_where(
+                log_probs[b], lambda r: regex.fullmatch("".join("abc"[c] for c in r)))
+            assert decoded[b].numpy().tolist() == read + [ctc.PAD] * (masks.shape[1] - len(read))
+            np.testing.assert_allclose(confidence[b].numpy(), np.exp(score), rtol=1e-4)
+
+
+def test_format_decode_reads_long_plates_of_a_large_alphabet():
+    # 36 classes, 8 characters: more readings than an int32 numbers (a search that carried
+    # each state's reading as one number in base 36 could not).
+    alphabet = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    masks = plate_format.masks("[A-Z]{3}[0-9]{4,5}", alphabet)
+    want = [alphabet.index(c) for c in "XZY98765"]
+    paths = [[36] + [c for c in want for _ in (0, 1)] + [36] * 5]  # each character twice
+    logits = np.full((1, 22, 37), -5.0, np.float32)
+    for t, c in enumerate(paths[0]):
+        logits[0, t, c] = 5.0
+    logits[0, 3, [alphabet.index("Z"), alphabet.index("2")]] = [4.0, 6.0]  # a 2 where a Z goes
+    decoded, _ = ctc.format_decode(tf.constant(logits), masks)
+    assert decoded.numpy().tolist() == [want]
+    tail = ctc.format_decode(tf.constant(logits), plate_format.masks("[A-Z]{3}[0-9]{4}",
+                                                                     alphabet))[0]
+    assert len(tail.numpy()[0]) == 7  # one digit fewer: the best path that drops one
+
+
+def test_plate_formats_expand_to_masks_and_refuse_what_they_cannot_read():
+    masks = plate_format.masks("[A-C]{2}[0-9]{1,2}|7", "0123456789ABC")
+    assert masks.shape == (3, 4, 13)  # AA0, AA00 and 7, the longest 4 places
+    assert masks[0, :2, 10:].all() and not masks[0, :2, :10].any()
+    assert masks[0, 2, :10].all() and not masks[0, 3].any()
+    assert masks[1, 3, :10].all() and masks[2, 0].tolist() == [c == 7 for c in range(13)]
+    np.testing.assert_array_equal(plate_format.masks(".{5}", "0123456789"),
+                                  plate_format.exactly(5, 10))
+    for bad, message in (("[A-Z]{2}", "no character of the alphabet"), ("12A", "not in the alphabet"), ("[0-9", "cannot read"),
+                         ("1|", "empty alternative"), ("[9-0]", "empty"),
+                         ("1{3,2}", "count"), (".{1,9}.{1,9}", "more than 64")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            plate_format.masks(bad, "0123456789")
 
 
 def test_label_probability_sums_every_path_that_reads_the_label():
@@ -120,7 +173,7 @@ def test_read_plates_is_confident_on_a_clear_reading_and_not_on_an_unclear_one()
     unclear[0, 4, [2, 7]] = [5.0, 5.0]  # is the second digit a 2 or a 7?
     empty = logits_for([[B] * 16]).numpy()  # the model sees no digit
     labels, confidence = ctc.read_plates(tf.constant(np.concatenate([clear, unclear, empty])),
-                                         5)
+                                         plate_format.exactly(5, BLANK))
     assert labels[0].numpy().tolist() == [1, 2, 3, 3, 4]
     assert labels.shape == (3, 5)
     confidence = confidence.numpy()
@@ -140,7 +193,7 @@ def test_read_plates_reads_as_the_search_when_greedy_decoding_reads_the_length_a
     greedy = ctc.greedy_decode(logits)[0].numpy()
     exact = np.sum(greedy != ctc.PAD, axis=1) == 3
     assert 20 < exact.sum() < 380
-    read = tf.function(lambda x: ctc.read_plates(x, 3)[0])
+    read = tf.function(lambda x: ctc.read_plates(x, plate_format.exactly(3, 3))[0])
     for batch in (logits.numpy()[exact], logits.numpy()):
         labels = read(tf.constant(batch)).numpy()
         assert labels.tolist() == ctc.fixed_length_decode(tf.constant(batch), 3)[0].numpy().tolist()
@@ -195,3 +248,30 @@ def test_metric_sums_count_plates_characters_and_edits():
 def test_to_strings():
     decoded = tf.constant([[0, 3, 9, ctc.PAD], [ctc.PAD] * 4], tf.int32)
     assert ctc.to_strings(decoded, "0123456789").numpy().tolist() == [b"039", b""]
+
+
+def test_read_plates_with_a_format_reads_as_its_search_with_or_without_the_shortcut():
+    # Random logits over "abc": greedy decoding reads anything. Where the format accepts every
+    # plate's greedy reading the shortcut gives it; elsewhere the search. The same labels, and
+    # the confidence is the probability of the (shorter or longer) reading.
+    masks = plate_format.masks("a[bc]{1,2}|c{3}", "abc")
+    logits = tf.random.stateless_normal((400, 8, 4), seed=(13, 14)) * 3.0
+    greedy = ctc.greedy_decode(logits)[0].numpy()
+    regex = re.compile("a[bc]{1,2}|c{3}")
+    accepted = np.array([bool(regex.fullmatch("".join("abc"[c] for c in row if c >= 0)))
+                         for row in greedy])
+    assert 5 < accepted.sum() < 395
+    read = tf.function(lambda x: ctc.read_plates(x, masks))
+    for batch in (logits.numpy()[accepted], logits.numpy()):
+        labels, confidence = read(tf.constant(batch))
+        searched = ctc.format_decode(tf.constant(batch), masks)[0].numpy()
+        assert labels.numpy().tolist() == searched.tolist()
+        for row, label in enumerate(labels.numpy()[:20]):
+            text = "".join("abc"[c] for c in label if c >= 0)
+            assert regex.fullmatch(text)
+            np.testing.assert_allclose(  # the reading's own probability, as if unpadded
+                confidence.numpy()[row], ctc.label_probability(
+                    tf.constant(batch[row:row + 1]), tf.constant([label[label >= 0]])).numpy()[0],
+                rtol=1e-5)
+    assert read(tf.constant(logits.numpy()[accepted]))[0].numpy().tolist() == [
+        row[:3].tolist() for row in greedy[accepted]]

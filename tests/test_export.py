@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import shutil
 import subprocess
 
 import keras
@@ -10,10 +12,12 @@ import pytest
 import tensorflow as tf
 
 from plate_ocr.serving import calibration, evaluate, export
-from plate_ocr.training import model
+from plate_ocr.training import model, plate_format
 
 from conftest import PROJECT_DIR
 from test_train import smoke_config
+
+FIVE = plate_format.exactly(5, 10)  # the readings of five digits
 
 
 def read_with(serve, images: np.ndarray) -> dict:
@@ -47,7 +51,7 @@ def test_saved_model_keras_and_tflite_agree_on_confidence_and_readable(reading_m
     config = json.load(open(f"{model_dir}/{export.CONFIG_FILE}"))
     trained = keras.models.load_model(f"{model_dir}/{export.KERAS_MODEL}")
     tflite = export.export_tflite(trained, model.config_from_dict(config["model"]),
-                                  config["plate_length"], f"{model_dir}/{export.TFLITE_MODEL}")
+                                  FIVE, f"{model_dir}/{export.TFLITE_MODEL}")
     images = next(evaluate.read_split(records_dir, "test", 40))["image"]
     images = np.concatenate([images, calibration.non_plates("photo", 8, *images.shape[1:])])
     readings = {}
@@ -81,7 +85,7 @@ def test_the_dynamic_range_tflite_reads_what_the_saved_model_reads(reading_model
     # Its weights are int8 (a float model has none), so the file is smaller.
     config = json.load(open(f"{model_dir}/{export.CONFIG_FILE}"))
     trained = keras.models.load_model(f"{model_dir}/{export.KERAS_MODEL}")
-    float_model = export.export_tflite(trained, model.config_from_dict(config["model"]), 5,
+    float_model = export.export_tflite(trained, model.config_from_dict(config["model"]), FIVE,
                                        str(tmp_path / "float.tflite"))
 
     def int8_tensors(path):
@@ -90,8 +94,39 @@ def test_the_dynamic_range_tflite_reads_what_the_saved_model_reads(reading_model
     assert int8_tensors(dynamic) > 0 and int8_tensors(float_model) == 0
     assert os.path.getsize(dynamic) < 0.6 * os.path.getsize(float_model)
     with pytest.raises(ValueError, match="no TFLite variant"):
-        export.export_tflite(trained, model.config_from_dict(config["model"]), 5,
+        export.export_tflite(trained, model.config_from_dict(config["model"]), FIVE,
                              str(tmp_path / "x.tflite"), "tflite_int4")
+
+
+@pytest.mark.slow
+def test_a_plate_format_is_what_the_saved_model_and_tflite_read(reading_model, tmp_path):
+    # bin/export again with a format (on a copy of the run: the fixture's exports stay): two
+    # digits 0-4, then two or three digits. Every reading obeys it, in both formats.
+    model_dir, records_dir = reading_model
+    for name in (export.CONFIG_FILE, export.KERAS_MODEL):
+        shutil.copy(os.path.join(model_dir, name), tmp_path)
+    pattern = "[0-4]{2}[0-9]{2,3}"
+
+    def export_with(*flags):
+        return subprocess.run([os.path.join(PROJECT_DIR, "bin", "export"), "--model_dir",
+                               str(tmp_path), *flags], capture_output=True, text=True,
+                              timeout=300)
+    for form in ("saved_model", "tflite"):
+        result = export_with("--format", form, "--plate_format", pattern)
+        assert result.returncode == 0 and f"(plate format {pattern})" in result.stdout, (
+            result.stderr)
+    batch = next(evaluate.read_split(records_dir, "test", 200))
+    saved = evaluate.load_predictor(str(tmp_path))[0](batch["image"])[0]
+    lite = evaluate.load_predictor(str(tmp_path / export.TFLITE_MODEL))[0](batch["image"])[0]
+    assert all(re.fullmatch(pattern, text) for text in saved) and saved == lite
+    fits = [bool(re.fullmatch(pattern, truth)) for truth in batch["text"]]
+    assert 20 < sum(fits) < 180
+    assert np.mean([text == truth for text, truth, fit in zip(saved, batch["text"], fits)
+                    if fit]) >= 0.9  # what the format allows is read as before
+    result = export_with("--format", "saved_model", "--plate_format", "[A-Z]{5}")
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
+        "export: error: plate format '[A-Z]{5}': [A-Z] has no character of the alphabet "
+        "'0123456789'")
 
 
 @pytest.mark.slow
@@ -100,7 +135,7 @@ def test_the_threshold_is_a_constant_of_the_serving_function(reading_model):
     trained = keras.models.load_model(f"{model_dir}/{export.KERAS_MODEL}")
     images = next(evaluate.read_split(records_dir, "test", 8))["image"]
     readable = {threshold: read_with(export.serving_function(
-        trained, "0123456789", 5, *images.shape[1:], min_confidence=threshold), images)
+        trained, "0123456789", FIVE, *images.shape[1:], min_confidence=threshold), images)
         ["readable"] for threshold in (0.0, 1.01)}
     assert readable[0.0].all() and not readable[1.01].any()
 
@@ -108,7 +143,7 @@ def test_the_threshold_is_a_constant_of_the_serving_function(reading_model):
 def test_an_export_without_a_threshold_reads_everything(tmp_path):
     # As exports were made before the threshold: text and confidence, no min_confidence.
     crnn = model.build_crnn(smoke_config("unused").model, 64, 128, 11)
-    serve = export.serving_function(crnn, "0123456789", 5, 64, 128)
+    serve = export.serving_function(crnn, "0123456789", FIVE, 64, 128)
 
     @tf.function(input_signature=serve.input_signature)
     def old_serve(images):

@@ -76,12 +76,18 @@ def test_missing_records_dir_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_bad_flag_is_one_line(tmp_path):
+def test_bad_flag_is_one_line(tiny_records, tmp_path):
     result = run_train("--batch_size=zero", f"--model_dir={tmp_path / 'run'}")
     assert result.returncode == 2 and len(error_lines(result)) == 1
     result = run_train("--render_augment", f"--model_dir={tmp_path / 'run'}")
     assert result.returncode == 2 and len(error_lines(result)) == 1
     assert "--render_augment needs --source=render" in error_lines(result)[0]
+    # A plate format the records' alphabet cannot write: before any training.
+    result = run_train(f"--records_dir={tiny_records}", "--plate_format=[0-9]{3}[A-Z]{2}",
+                       f"--model_dir={tmp_path / 'format'}")
+    assert result.returncode == 2 and len(error_lines(result)) == 1
+    assert "[A-Z] has no character of the alphabet" in error_lines(result)[0]
+    assert not os.path.exists(tmp_path / "format" / "checkpoints")
 
 
 @pytest.mark.slow

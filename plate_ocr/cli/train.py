@@ -50,7 +50,7 @@ def train_config(values: flags.FlagValues = FLAGS):
         data_service=_data_service(values.data_service), data_timeout=values.data_timeout,
         source=values.source, render_augment=values.render_augment,
         render_clean_fraction=values.render_clean_fraction, init_from=values.init_from,
-        mix_records=_mix_records(values.mix_records),
+        mix_records=_mix_records(values.mix_records), plate_format=values.plate_format,
         val_split=values.val_split, watch_splits=tuple(values.watch_splits),
         coarse_ctc_pool=values.coarse_ctc_pool, coarse_ctc_steps=values.coarse_ctc_steps,
         align_steps=values.align_steps, align_weight=values.align_weight,
@@ -168,6 +168,10 @@ def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
                       "fractions of each training batch, --records_dir's the rest: fine-tune on "
                       "your plates (bin/import_images) while still seeing synthetic ones "
                       "(tfrecords:0.3).", **on)
+    flags.DEFINE_string("plate_format", "", "The readings the exports may give: character "
+                        "classes and counts, alternatives with | (\"[A-Z]{2}[0-9]{3}\", "
+                        "\"[0-9]{5}|[A-Z][0-9]{4}\"); decoding finds the most probable one the "
+                        "format accepts. Empty: exactly the records' plate length.", **on)
     flags.DEFINE_float("max_minutes", 0.0, "Training-time budget (0: none): no epoch starts "
                        "that would end past it, judged by the last epoch's length.",
                        lower_bound=0, **on)

@@ -213,14 +213,17 @@ def export() -> None:
     """Writes another export format of a trained model dir."""
     quiet_tensorflow()
     flags.DEFINE_string("model_dir", "runs/fast", "A finished training run.")
-    flags.DEFINE_enum("format", "tflite", ["tflite", "tflite_dynamic"], "Format to write "
-                      "(bin/train already wrote the SavedModel, .keras and weights): tflite "
-                      "(float32) or tflite_dynamic (int8 weights, dynamic-range quantized).")
+    flags.DEFINE_enum("format", "tflite", ["tflite", "tflite_dynamic", "saved_model"],
+                      "Format to write (bin/train already wrote the SavedModel, .keras and "
+                      "weights): tflite (float32), tflite_dynamic (int8 weights, dynamic-range "
+                      "quantized), or saved_model (again: with another --plate_format).")
+    flags.DEFINE_string("plate_format", None, "The readings the export may give (as bin/train's "
+                        "--plate_format; \"\": exactly the plate length). Default: the run's.")
 
     def main(argv):
         import keras
         from plate_ocr.serving import export as export_lib
-        from plate_ocr.training import model
+        from plate_ocr.training import model, plate_format
         config_path = os.path.join(FLAGS.model_dir, export_lib.CONFIG_FILE)
         keras_path = os.path.join(FLAGS.model_dir, export_lib.KERAS_MODEL)
         if not (os.path.exists(config_path) and os.path.exists(keras_path)):
@@ -229,10 +232,25 @@ def export() -> None:
                                f"{export_lib.CONFIG_FILE})")
         config = json.load(open(config_path))
         model_config = model.config_from_dict(config["model"])
-        path = export_lib.export_tflite(
-            keras.models.load_model(keras_path), model_config, config["plate_length"],
-            os.path.join(FLAGS.model_dir, export_lib.TFLITE_FILES[FLAGS.format]), FLAGS.format)
-        print(f"wrote {path}")
+        pattern = (config.get("plate_format", "") if FLAGS.plate_format is None
+                   else FLAGS.plate_format)
+        try:
+            formats = plate_format.for_model(pattern, config["alphabet"],
+                                             config["plate_length"])
+        except ValueError as error:
+            raise CommandError(str(error)) from None
+        trained = keras.models.load_model(keras_path)
+        if FLAGS.format == "saved_model":
+            path = export_lib.export_model(trained, model_config, FLAGS.model_dir,
+                                           config["alphabet"], formats,
+                                           config["image_height"],
+                                           config["image_width"])["saved_model"]
+        else:
+            path = export_lib.export_tflite(
+                trained, model_config, formats,
+                os.path.join(FLAGS.model_dir, export_lib.TFLITE_FILES[FLAGS.format]),
+                FLAGS.format)
+        print(f"wrote {path}" + (f" (plate format {pattern})" if pattern else ""))
 
     run_command(main)
 

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from plate_ocr.data import records
 from plate_ocr.serving import calibration, export
-from plate_ocr.training import input_pipeline
+from plate_ocr.training import input_pipeline, plate_format
 
 
 def _config_beside(path: str) -> dict:
@@ -63,8 +63,8 @@ def load_predictor(path: str, threads: int | None = None):
         model = keras.models.load_model(path)
         shape = tuple(model.input_shape[1:])
         config = _config_beside(path)
-        serve = export.serving_function(model, config["alphabet"], config["plate_length"],
-                                        *shape)
+        serve = export.serving_function(model, config["alphabet"], plate_format.for_model(
+            config.get("plate_format", ""), config["alphabet"], config["plate_length"]), *shape)
         min_confidence = export.MIN_CONFIDENCE
     else:
         serve, min_confidence = export.load_export(path)

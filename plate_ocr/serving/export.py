@@ -31,21 +31,22 @@ CONFIG_FILE = "config.json"  # written by training: image size, alphabet, model 
 MIN_CONFIDENCE = 0.8
 
 
-def serving_function(model: keras.Model, alphabet: str | None, plate_length: int,
+def serving_function(model: keras.Model, alphabet: str | None, masks: np.ndarray,
                      height: int, width: int, min_confidence: float = MIN_CONFIDENCE):
     """A tf.function: uint8 [N, H, W] -> {"text": string [N], "confidence": float32 [N],
     "readable": bool [N]}.
 
-    It reads exactly plate_length characters per plate; the confidence is the probability
-    of that reading (ctc.read_plates) and a reading is readable when its confidence is at
-    least min_confidence (a constant of the graph). With alphabet None it returns
-    {"labels": int32 [N, plate_length], "confidence", "readable"} instead (TFLite's built-in
-    ops have no strings).
+    It reads what the plate format `masks` accepts (plate_format.for_model: exactly the
+    plate length by default); the confidence is the probability of that reading
+    (ctc.read_plates) and a reading is readable when its confidence is at least
+    min_confidence (a constant of the graph). With alphabet None it returns
+    {"labels": int32 [N, places] (PAD past a shorter reading's end), "confidence",
+    "readable"} instead (TFLite's built-in ops have no strings).
     """
     @tf.function(input_signature=[tf.TensorSpec([None, height, width], tf.uint8, name="images")])
     def serve(images):
         logits = model(tf.cast(images, tf.float32), training=False)
-        decoded, confidence = ctc.read_plates(logits, plate_length)
+        decoded, confidence = ctc.read_plates(logits, masks)
         outputs = {"confidence": confidence, "readable": confidence >= min_confidence}
         if alphabet is None:
             return dict(outputs, labels=decoded)
@@ -67,8 +68,9 @@ def _write_archive(model: keras.Model, path: str, serve,
 
 
 def export_model(model: keras.Model, config: model_lib.ModelConfig, export_root: str,
-                 alphabet: str, plate_length: int, height: int, width: int) -> dict:
-    """Writes the three export formats into export_root.
+                 alphabet: str, masks: np.ndarray, height: int, width: int) -> dict:
+    """Writes the three export formats into export_root; the SavedModel reads what the plate
+    format `masks` accepts (plate_format.for_model).
 
     The SavedModel serves the model with BatchNorm folded into the convolutions (faster, same
     logits); the .keras model and weights are the trained model itself, to train on from.
@@ -85,7 +87,7 @@ def export_model(model: keras.Model, config: model_lib.ModelConfig, export_root:
     saved_model = os.path.join(export_root, SAVED_MODEL)
     inference = model_lib.fold_batch_norm(model, config)
     _write_archive(inference, saved_model,
-                   serving_function(inference, alphabet, plate_length, height, width))
+                   serving_function(inference, alphabet, masks, height, width))
     paths = {"saved_model": saved_model,
              "keras": os.path.join(export_root, KERAS_MODEL),
              "weights": os.path.join(export_root, KERAS_WEIGHTS)}
@@ -116,10 +118,11 @@ def load_export(saved_model: str):
             float(stored[0].numpy()) if stored else 0.0)
 
 
-def export_tflite(model: keras.Model, config: model_lib.ModelConfig, plate_length: int,
+def export_tflite(model: keras.Model, config: model_lib.ModelConfig, masks: np.ndarray,
                   path: str, variant: str = "tflite") -> str:
     """Writes a TFLite model (built-in ops only): uint8 images -> labels, confidence,
-    readable; variant is a key of TFLITE_FILES (float, or dynamic-range quantized)."""
+    readable, the labels what the plate format `masks` accepts (plate_format.for_model);
+    variant is a key of TFLITE_FILES (float, or dynamic-range quantized)."""
     if variant not in TFLITE_FILES:
         raise ValueError(f"no TFLite variant {variant!r}: one of {', '.join(TFLITE_FILES)}")
     height, width = model.input_shape[1:]
@@ -127,7 +130,7 @@ def export_tflite(model: keras.Model, config: model_lib.ModelConfig, plate_lengt
     unrolled = model_lib.fold_batch_norm(model, config, unroll=True)
     with tempfile.TemporaryDirectory() as scratch:
         _write_archive(unrolled, scratch,
-                       serving_function(unrolled, None, plate_length, height, width))
+                       serving_function(unrolled, None, masks, height, width))
         converter = tf.lite.TFLiteConverter.from_saved_model(scratch)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         if variant == "tflite_dynamic":

@@ -8,6 +8,8 @@ inside a SavedModel signature, under XLA and in TFLite.
 import numpy as np
 import tensorflow as tf
 
+from plate_ocr.training import plate_format
+
 PAD = -1
 
 
@@ -61,56 +63,80 @@ IMPOSSIBLE = -1e30  # the log-probability of a state no path reaches
 
 
 def fixed_length_decode(logits: tf.Tensor, length: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """The most probable path that reads exactly `length` characters (a Viterbi search).
+    """The most probable path that reads exactly `length` characters: format_decode of the
+    format "any `length` characters".
 
     Every plate has `length` characters: greedy decoding can read one more or one fewer (a
     digit dropped or split in two), this cannot. When the best path reads `length`
-    characters both give the same labels. The search is a while loop over the time steps
-    with dense ops. A state is (characters read so far, class of the last step); each
-    carries the characters of its best path as a number in base len(alphabet), so there is
-    nothing to trace back.
+    characters both give the same labels.
 
     Returns:
       (int32 [B, length] labels, float32 [B] confidence: the probability of that path).
     """
-    steps, classes = tf.shape(logits)[1], logits.shape[-1]
+    return format_decode(logits, plate_format.exactly(length, blank_index(logits.shape[-1])))
+
+
+def format_decode(logits: tf.Tensor, masks: np.ndarray) -> tuple[tf.Tensor, tf.Tensor]:
+    """The most probable path whose reading a plate format accepts (a Viterbi search).
+
+    Args:
+      logits: float [B, T, classes].
+      masks: bool [A, N, classes - 1], a format's alternatives (plate_format.masks): reading
+        k of alternative a may be class c where masks[a, k, c]; an alternative reads as many
+        characters as it has positions with any class allowed (first ones first).
+    Returns:
+      (int32 [B, N] labels left-aligned and padded with PAD, float32 [B] the probability of
+      that path).
+    """
+    masks = np.asarray(masks, bool)
+    alternatives, positions, chars = masks.shape
+    classes = logits.shape[-1]
     blank = blank_index(classes)
-    if blank ** length >= 2 ** 31:  # int32: TFLite divides no int64
-        raise ValueError(f"{length} characters of an alphabet of {blank} do not fit an int32")
+    if chars != blank:
+        raise ValueError(f"the format has {chars} characters, the model {blank}")
+    lengths = masks.any(axis=2).sum(axis=1)  # [A]
     log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
-    batch = tf.shape(logits)[0]
-    start = np.full((length + 1, classes), IMPOSSIBLE, np.float32)
+    steps, batch = tf.shape(logits)[1], tf.shape(logits)[0]
+    rows = batch * alternatives  # each plate once per alternative: [B * A, ...] below
+    start = np.full((positions + 1, classes), IMPOSSIBLE, np.float32)
     start[0, blank] = 0.0
-    score = tf.tile(tf.constant(start)[None], [batch, 1, 1])  # [B, counts, classes]
-    read = tf.zeros([batch, length + 1, classes], tf.int32)   # each state's characters
-    chars = tf.range(blank)
-    no_entry = tf.fill([batch, 1, blank], IMPOSSIBLE)
+    score = tf.tile(tf.constant(start)[None], [rows, 1, 1])  # [R, counts, classes]
+    # Each state's characters so far; reading k + 1 writes place k.
+    read = tf.fill([rows, positions + 1, classes, positions], PAD)
+    allowed = tf.tile(tf.constant(masks), [batch, 1, 1])  # [R, N, chars]
+    places = tf.constant(np.eye(positions, dtype=bool)[:, None, :])  # [N (count), 1, N]
+    written = tf.range(blank)[None, :, None]  # [1, chars, 1]
+    no_entry = tf.fill([rows, 1, blank], IMPOSSIBLE)
+
     def advance(t, score, read):
-        step = tf.gather(log_probs, t, axis=1)                       # [B, classes]
+        step = tf.repeat(tf.gather(log_probs, t, axis=1), alternatives, axis=0)  # [R, classes]
         # The two best states of each count: a character enters after the best one that is
         # not itself (a repeat needs a blank in between); a blank follows the best one.
-        top, previous = tf.math.top_k(score, 2)                       # [B, counts, 2]
-        top_read = tf.gather(read, previous, axis=2, batch_dims=2)
-        repeat = previous[:, :-1, :1] == chars                        # [B, length, chars]
-        entry_score = tf.concat(
-            [no_entry, tf.where(repeat, top[:, :-1, 1:], top[:, :-1, :1])], axis=1)
-        entry_read = tf.concat([read[:, :1, :blank], blank * tf.where(
-            repeat, top_read[:, :-1, 1:], top_read[:, :-1, :1]) + chars], axis=1)
+        top, previous = tf.math.top_k(score, 2)                         # [R, counts, 2]
+        top_read = tf.gather(read, previous, axis=2, batch_dims=2)     # [R, counts, 2, N]
+        repeat = previous[:, :-1, :1] == tf.range(blank)                # [R, N, chars]
+        entry_score = tf.concat([no_entry, tf.where(
+            allowed, tf.where(repeat, top[:, :-1, 1:], top[:, :-1, :1]), IMPOSSIBLE)], axis=1)
+        before = tf.where(repeat[..., None], top_read[:, :-1, 1:], top_read[:, :-1, :1])
+        entry_read = tf.concat([read[:, :1, :blank],
+                                tf.where(places, written, before)], axis=1)  # [R, counts, chars, N]
         enters = entry_score > score[:, :, :blank]
         score = tf.concat([tf.maximum(entry_score, score[:, :, :blank]) + step[:, None, :blank],
                            top[:, :, :1] + step[:, None, blank:]], axis=2)
-        read = tf.concat([tf.where(enters, entry_read, read[:, :, :blank]), top_read[:, :, :1]],
-                         axis=2)
+        read = tf.concat([tf.where(enters[..., None], entry_read, read[:, :, :blank]),
+                          top_read[:, :, :1]], axis=2)
         return t + 1, score, read
 
     # A while loop, not a Python one: 64 unrolled steps took 2 s to trace in every graph.
     _, score, read = tf.while_loop(lambda t, *_: t < steps, advance,
                                    (tf.constant(0), score, read))
-    best = tf.argmax(score[:, length], axis=1, output_type=tf.int32)
-    number = tf.gather(read[:, length], best, axis=1, batch_dims=1)
-    places = tf.constant([blank ** k for k in reversed(range(length))], tf.int32)
-    return (number[:, None] // places % blank,
-            tf.exp(tf.reduce_max(score[:, length], axis=1)))
+    # Each alternative ends having read its length: [B, A * classes] scores of those states.
+    ends = tf.tile(tf.constant(lengths, tf.int32), [batch])  # [R]
+    final = tf.reshape(tf.gather(score, ends, axis=1, batch_dims=1), [batch, -1])
+    best = tf.argmax(final, axis=1, output_type=tf.int32)  # alternative * classes + class
+    row = tf.range(batch) * alternatives + best // classes
+    labels = tf.gather_nd(read, tf.stack([row, tf.gather(ends, row), best % classes], axis=1))
+    return labels, tf.exp(tf.reduce_max(final, axis=1))
 
 
 def label_probability(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
@@ -135,13 +161,17 @@ def label_probability(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
 
     Args:
       logits: float [B, T, classes], T known when traced.
-      labels: int32 [B, L], alphabet indices (no padding).
+      labels: int32 [B, L], alphabet indices, left-aligned and padded with PAD (readings of
+        a format with alternatives of several lengths).
     Returns:
       float32 [B] in [0, 1].
     """
     probs = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
     batch, length, classes = tf.shape(labels)[0], labels.shape[1], logits.shape[-1]
     blank, states_count = blank_index(classes), 2 * length + 1
+    read = tf.reduce_sum(tf.cast(labels != PAD, tf.int32), axis=1)  # [B]
+    # Padding as blanks: states past a reading's end, which its paths never need.
+    labels = tf.where(labels == PAD, blank, labels)
     # The labels with a blank before, between and after them: 2L + 1 states.
     blanks = tf.fill([batch, length], blank)
     states = tf.concat([tf.reshape(tf.stack([blanks, labels], axis=2), [batch, 2 * length]),
@@ -155,26 +185,44 @@ def label_probability(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
                + tf.constant(np.eye(states_count, k=2), tf.float32)
                * tf.cast(skips, tf.float32)[:, None, :])                 # [B, from, to]
     # A path starts on the first blank or the first character, ends on the last character
-    # or the blank after it.
+    # (state 2n - 1 of a reading of n) or the blank after it (2n).
     alpha = tf.concat([emit[:, 0, :2], tf.zeros([batch, states_count - 2])], axis=1)
     for t in range(1, logits.shape[1]):
         alpha = tf.linalg.matvec(allowed, alpha, transpose_a=True) * emit[:, t]
-    return tf.minimum(alpha[:, -1] + alpha[:, -2], 1.0)
+    last = tf.gather(alpha, tf.maximum(2 * read - 1, 0), axis=1, batch_dims=1)
+    return tf.minimum(tf.gather(alpha, 2 * read, axis=1, batch_dims=1)
+                      + tf.where(read > 0, last, 0.0), 1.0)
 
 
-def read_plates(logits: tf.Tensor, length: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """The exports' reading: exactly `length` characters and the probability of that reading.
+def read_plates(logits: tf.Tensor, masks: np.ndarray) -> tuple[tf.Tensor, tf.Tensor]:
+    """The exports' reading: what the format accepts, and the probability of that reading.
 
+    Args:
+      logits: float [B, T, classes].
+      masks: bool [A, N, classes - 1], the format (plate_format.masks, or .exactly for
+        "every plate has N characters").
     Returns:
-      (int32 [B, length] labels of fixed_length_decode, float32 [B] label_probability).
+      (int32 [B, N] labels of format_decode, PAD after a shorter alternative's end; float32
+       [B] label_probability).
     """
-    # The best path is the greedy one: when it reads `length` characters it is the best path
-    # that does, and for a batch where every plate's does, the search is skipped.
+    masks = np.asarray(masks, bool)
+    positions = masks.shape[1]
+    # The best path is the greedy one: when the format accepts its reading it is the best
+    # path that the format accepts, and for a batch where every plate's is, the search is
+    # skipped.
     greedy, _ = greedy_decode(logits)
-    exact = tf.reduce_all(tf.reduce_all(greedy[:, length:] == PAD, axis=1)
-                          & tf.reduce_all(greedy[:, :length] != PAD, axis=1))
-    labels = tf.cond(exact, lambda: greedy[:, :length],
-                     lambda: fixed_length_decode(logits, length)[0])
+    head = greedy[:, :positions]
+    if greedy.shape[1] is not None and greedy.shape[1] < positions:
+        head = tf.pad(head, [[0, 0], [0, positions - greedy.shape[1]]], constant_values=PAD)
+    # Alternative a accepts a reading when each place k holds a class it allows, or PAD
+    # past the alternative's end.
+    places = tf.constant(masks.any(axis=2))  # [A, N]
+    fits = tf.reduce_any(tf.one_hot(head, masks.shape[2], dtype=tf.bool, on_value=True,
+                                    off_value=False)[:, None] & masks[None], axis=3)  # [B, A, N]
+    fits = tf.reduce_all(tf.where(places, fits, head[:, None] == PAD), axis=2)
+    accepted = tf.reduce_all(tf.reduce_any(fits, axis=1)
+                             & tf.reduce_all(greedy[:, positions:] == PAD, axis=1))
+    labels = tf.cond(accepted, lambda: head, lambda: format_decode(logits, masks)[0])
     return labels, label_probability(logits, labels)
 
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from plate_ocr.data import records
 from plate_ocr.serving import export, pictures
-from plate_ocr.training import ctc, distribute, input_pipeline
+from plate_ocr.training import ctc, distribute, input_pipeline, plate_format
 from plate_ocr.training.trainer import TrainConfig, Trainer, TrainingError, corrupt_records_error
 from plate_ocr.training.trainer import steps_per_epoch
 
@@ -48,13 +48,17 @@ def _model_keys_changed(model_dir: str, description: dict) -> list[str]:
 
 
 def _check_model_dir(model_dir: str, description: dict) -> None:
-    """Refuses a model dir written for another model or image size."""
+    """Refuses a model dir written for another model or image size; a resumed run's plate
+    format is the one its exports (and bin/export later) use."""
     path = os.path.join(model_dir, export.CONFIG_FILE)
     if tf.io.gfile.exists(path):
         changed = _model_keys_changed(model_dir, description)
         if changed:
             raise TrainingError(f"{model_dir} holds a run of another configuration ({', '.join(changed)} "
                                 "differ): use a new --model_dir")
+        old = _read_json(path)
+        if old.get("plate_format", "") != description["plate_format"]:
+            _write_json(path, dict(old, plate_format=description["plate_format"]))
     else:
         tf.io.gfile.makedirs(model_dir)
         _write_json(path, description)
@@ -250,8 +254,11 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
     out_dir = distribute.writer_dir(model_dir, strategy)
     description = {"image_height": info["image_height"], "image_width": info["image_width"],
                    "alphabet": info["alphabet"], "plate_length": info["plate_length"],
-                   "model": dataclasses.asdict(config.model), "train": dataclasses.asdict(config)}
+                   "model": dataclasses.asdict(config.model), "train": dataclasses.asdict(config),
+                   "plate_format": config.plate_format}
     description["model"] = json.loads(json.dumps(description["model"]))  # tuples -> lists
+    # A format that cannot be read fails now, not after the training.
+    formats = plate_format.for_model(config.plate_format, info["alphabet"], info["plate_length"])
     _check_model_dir(out_dir, description)
     epoch_steps = steps_per_epoch(config, info)
     if not info["splits"].get(config.val_split, {}).get("num_examples"):
@@ -391,8 +398,7 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
         for split, entries in reached_watched.items():
             print(f"time to {split} accuracy: " + format_time_to_accuracy(entries))
     result["exports"] = export.export_model(trainer.model, config.model, out_dir,
-                                            info["alphabet"], info["plate_length"],
-                                            *trainer.shape)
+                                            info["alphabet"], formats, *trainer.shape)
     _write_json(os.path.join(out_dir, "final_metrics.json"), result)
     if not chief:
         tf.io.gfile.rmtree(out_dir)

@@ -60,6 +60,9 @@ class TrainConfig:
     # (records_dir's give the rest): fine-tuning on a user's plates keeps seeing synthetic
     # ones, and does not forget them.
     mix_records: tuple[tuple[str, float], ...] = ()
+    # The readings the exports may give (plate_format.py: "[A-Z]{2}[0-9]{3}", alternatives
+    # with "|"); "": exactly plate_length characters of the alphabet.
+    plate_format: str = ""
     data_timeout: float = 0.0  # stop when no training batch arrives for this long (0: wait)
     val_split: str = "val"  # validated each epoch: early stopping and the best weights
     # Also evaluated each epoch, for the record (time to accuracy on them), never to choose.
