@@ -95,16 +95,23 @@ def format_decode(logits: tf.Tensor, masks: np.ndarray) -> tuple[tf.Tensor, tf.T
     if chars != blank:
         raise ValueError(f"the format has {chars} characters, the model {blank}")
     lengths = masks.any(axis=2).sum(axis=1)  # [A]
+    # Each state carries its characters so far as numbers in base `chars`, `per` characters
+    # to an int32 (TFLite divides no int64): reading k + 1 appends to number k // per. Five
+    # digits are one number; 8 characters of 36, two.
+    per = 1
+    while per < positions and chars ** (per + 1) < 2 ** 31:
+        per += 1
+    numbers = -(-positions // per)
     log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
     steps, batch = tf.shape(logits)[1], tf.shape(logits)[0]
     rows = batch * alternatives  # each plate once per alternative: [B * A, ...] below
     start = np.full((positions + 1, classes), IMPOSSIBLE, np.float32)
     start[0, blank] = 0.0
     score = tf.tile(tf.constant(start)[None], [rows, 1, 1])  # [R, counts, classes]
-    # Each state's characters so far; reading k + 1 writes place k.
-    read = tf.fill([rows, positions + 1, classes, positions], PAD)
+    read = tf.zeros([rows, positions + 1, classes, numbers], tf.int32)
     allowed = tf.tile(tf.constant(masks), [batch, 1, 1])  # [R, N, chars]
-    places = tf.constant(np.eye(positions, dtype=bool)[:, None, :])  # [N (count), 1, N]
+    appends = tf.constant((np.arange(positions)[:, None] // per
+                           == np.arange(numbers))[:, None, :])  # [N (count), 1, numbers]
     written = tf.range(blank)[None, :, None]  # [1, chars, 1]
     no_entry = tf.fill([rows, 1, blank], IMPOSSIBLE)
 
@@ -113,13 +120,13 @@ def format_decode(logits: tf.Tensor, masks: np.ndarray) -> tuple[tf.Tensor, tf.T
         # The two best states of each count: a character enters after the best one that is
         # not itself (a repeat needs a blank in between); a blank follows the best one.
         top, previous = tf.math.top_k(score, 2)                         # [R, counts, 2]
-        top_read = tf.gather(read, previous, axis=2, batch_dims=2)     # [R, counts, 2, N]
+        top_read = tf.gather(read, previous, axis=2, batch_dims=2)  # [R, counts, 2, numbers]
         repeat = previous[:, :-1, :1] == tf.range(blank)                # [R, N, chars]
         entry_score = tf.concat([no_entry, tf.where(
             allowed, tf.where(repeat, top[:, :-1, 1:], top[:, :-1, :1]), IMPOSSIBLE)], axis=1)
         before = tf.where(repeat[..., None], top_read[:, :-1, 1:], top_read[:, :-1, :1])
-        entry_read = tf.concat([read[:, :1, :blank],
-                                tf.where(places, written, before)], axis=1)  # [R, counts, chars, N]
+        entry_read = tf.concat([read[:, :1, :blank], tf.where(appends, before * blank + written,
+                                                              before)], axis=1)
         enters = entry_score > score[:, :, :blank]
         score = tf.concat([tf.maximum(entry_score, score[:, :, :blank]) + step[:, None, :blank],
                            top[:, :, :1] + step[:, None, blank:]], axis=2)
@@ -135,8 +142,16 @@ def format_decode(logits: tf.Tensor, masks: np.ndarray) -> tuple[tf.Tensor, tf.T
     final = tf.reshape(tf.gather(score, ends, axis=1, batch_dims=1), [batch, -1])
     best = tf.argmax(final, axis=1, output_type=tf.int32)  # alternative * classes + class
     row = tf.range(batch) * alternatives + best // classes
-    labels = tf.gather_nd(read, tf.stack([row, tf.gather(ends, row), best % classes], axis=1))
-    return labels, tf.exp(tf.reduce_max(final, axis=1))
+    number = tf.gather_nd(read, tf.stack([row, tf.gather(ends, row), best % classes], axis=1))
+    # Place i is digit i % per of number i // per, which holds `held` characters.
+    read_count = tf.gather(tf.constant(lengths, tf.int32), best // classes)[:, None]  # [B, 1]
+    place = np.arange(positions)
+    held = tf.clip_by_value(read_count - place // per * per, 0, per)  # [B, N]
+    power = tf.gather(tf.constant([blank ** p for p in range(per)], tf.int32),
+                      tf.maximum(held - 1 - place % per, 0))
+    labels = tf.gather(number, place // per, axis=1) // power % blank
+    return (tf.where(place < read_count, labels, PAD),
+            tf.exp(tf.reduce_max(final, axis=1)))
 
 
 def label_probability(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
