@@ -60,7 +60,7 @@ def reading_model(tmp_path_factory, faces) -> tuple[str, str]:
     every plate and prove nothing.
     """
     from plate_ocr.data import render
-    from plate_ocr.training import model, train, trainer
+    from plate_ocr.training import train
     import tensorflow as tf
     records_dir = str(tmp_path_factory.mktemp("reading_records"))
     style = writer.PlateStyle(font_size_min=11, font_size_max=11, spacing_min=1, spacing_max=1,
@@ -71,16 +71,22 @@ def reading_model(tmp_path_factory, faces) -> tuple[str, str]:
     writer.write_dataset(records_dir, labels, {split: 1 for split in counts},
                          {"train": faces["train"][:1], "heldout": faces["heldout"][:1]},
                          style, 0, 0)
-    config = trainer.TrainConfig(
+    model_dir = str(tmp_path_factory.mktemp("reading_model"))
+    train.train_and_evaluate(reading_config(records_dir), model_dir,
+                             tf.distribute.OneDeviceStrategy("/cpu:0"))
+    return model_dir, records_dir
+
+
+def reading_config(records_dir: str):
+    """reading_model's training configuration (a TrainConfig) on records_dir."""
+    from plate_ocr.training import model, trainer
+    return trainer.TrainConfig(
         records_dir=records_dir,
         model=model.ModelConfig(stem_filters=16, conv_filters=(32, 48, 64), pool_widths=(1, 1, 1),
                                 dense_units=64, rnn_units=64, batch_norm_momentum=0.9),
         batch_size=32, eval_batch_size=100, learning_rate=6e-3, lr_schedule="cosine",
         warmup_steps=50, epochs=2, steps_per_epoch=200, steps_per_loop=50, patience=2,
         shuffle_buffer=2000, num_image_summaries=2, ema_momentum=0.9, align_steps=300)
-    model_dir = str(tmp_path_factory.mktemp("reading_model"))
-    train.train_and_evaluate(config, model_dir, tf.distribute.OneDeviceStrategy("/cpu:0"))
-    return model_dir, records_dir
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ colour JPEG, an odd-sized BMP): the records must hold each file fitted as bin/pr
 with its label, and every bad row must be reported and counted.
 """
 
+import dataclasses
 import os
 import subprocess
 
@@ -12,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import PROJECT_DIR
-from plate_ocr.data import importer, predict, records
+from conftest import PROJECT_DIR, reading_config
+from plate_ocr.data import importer, predict, records, render, writer
 from plate_ocr.serving import evaluate
 from plate_ocr.training import input_pipeline
 
@@ -185,3 +186,38 @@ def test_imported_records_train_and_evaluate(tmp_path, plates):
         capture_output=True, text=True, timeout=300)
     assert evaluated.returncode == 0, evaluated.stderr
     assert "split test: 10 plates" in evaluated.stdout
+
+
+@pytest.mark.slow
+def test_fine_tuning_on_imported_plates_reads_them_and_still_reads_ours(reading_model, faces,
+                                                                        tmp_path):
+    """A user's path end to end: their plates (here 800 PNG files in a held-out face at other
+    sizes and spacings), bin/import_images, a fine-tune from the synthetic model with 30% of
+    its own plates in each batch; their test split is then read far better, ours as before."""
+    import tensorflow as tf
+    from plate_ocr.training import train
+    model_dir, synthetic = reading_model
+    style = writer.PlateStyle(font_size_min=10, font_size_max=12, spacing_min=0, spacing_max=3,
+                              spec=render.PlateSpec(height=32, width=64))
+    numbers = np.random.default_rng(7).choice(100_000, 800, replace=False).tolist()
+    writer.write_png_plates(str(tmp_path / "mine"), numbers, [faces["heldout"][:1]], style, 7)
+    mine = str(tmp_path / "rec")
+    imported = run("--input", str(tmp_path / "mine"), "--output_dir", mine, "--image_height",
+                   "32", "--image_width", "64", "--val_fraction", "0.125", "--test_fraction",
+                   "0.25")
+    assert imported.returncode == 0, imported.stderr
+
+    def accuracy(run_dir: str, records_dir: str) -> float:
+        read = evaluate.load_predictor(run_dir)[0]
+        batch = next(evaluate.read_split(records_dir, "test", 1000))
+        return float(np.mean([a == b for a, b in zip(read(batch["image"])[0], batch["text"])]))
+    before = accuracy(model_dir, mine), accuracy(model_dir, synthetic)
+    config = dataclasses.replace(reading_config(mine), init_from=model_dir,
+                                 mix_records=((synthetic, 0.3),), learning_rate=2e-3,
+                                 warmup_steps=0, epochs=1, align_steps=0)
+    tuned = str(tmp_path / "tuned")
+    train.train_and_evaluate(config, tuned, tf.distribute.OneDeviceStrategy("/cpu:0"))
+    after = accuracy(tuned, mine), accuracy(tuned, synthetic)
+    print(f"their test {before[0]:.3f} -> {after[0]:.3f}, ours {before[1]:.3f} -> {after[1]:.3f}")
+    assert after[0] >= before[0] + 0.2, (before, after)
+    assert after[1] >= before[1] - 0.01, (before, after)

@@ -671,7 +671,7 @@ def augment_plates(inks: np.ndarray, config: AugmentConfig, keys: np.ndarray,
     ways: int [B, L], as augment_with_ink's; None: every character either way.
     """
     if ways is None:
-        ways = np.zeros([len(inks), 1])  # no one-way character: the same as None
+        ways = np.zeros([len(inks), 1], np.int32)  # no one-way character: the same as None
     return _compiled(config, margin, *inks.shape[1:])(
         tf.constant(inks, tf.uint8), tf.constant(keys, tf.int64),
         tf.constant(ways, tf.int32)).numpy()

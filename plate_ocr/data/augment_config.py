@@ -97,7 +97,6 @@ class AugmentConfig:
     jpeg_prob: float = 0.3
     jpeg_quality_min: int = 25
 
-
     def turn_ways(self, alphabet: str) -> tuple[int, ...]:
         """Each character's turns, by alphabet index: 1 clockwise only, -1 anticlockwise
         only, 0 either way."""
