@@ -68,7 +68,8 @@ def test_bad_shapes_raise():
     model.ModelConfig(stem_filters=4, conv_filters=(8, 16), pool_widths=(1, 1), dense_units=16,
                       rnn_units=8, rnn_stride=2)],
     ids=["blocks", "stem", "rnn_stride"])
-def test_folding_batch_norm_keeps_the_logits(config):
+@pytest.mark.parametrize("unroll", [False, True], ids=["loop", "unrolled"])
+def test_folding_batch_norm_keeps_the_logits(config, unroll):
     import numpy as np
     trained = model.build_crnn(config, 64, 128, 11)
     # Give BatchNorm statistics that are not the identity, as training would.
@@ -78,9 +79,25 @@ def test_folding_batch_norm_keeps_the_logits(config):
             gamma, beta, mean, variance = layer.get_weights()
             layer.set_weights([rng.uniform(0.5, 2, gamma.shape), rng.normal(size=beta.shape),
                                rng.normal(size=mean.shape), rng.uniform(0.5, 2, variance.shape)])
-    folded = model.fold_batch_norm(trained, config)
+        elif layer.name == "rnn":  # weights of a trained size, not the initial ones
+            layer.set_weights([rng.normal(0, 0.5, w.shape) for w in layer.get_weights()])
+    folded = model.fold_batch_norm(trained, config, unroll=unroll)
     assert not [l for l in folded.layers if "batch_norm" in l.name]
+    # Unrolled, an LSTM is the one-product-a-step layer, with the trained weights.
+    assert isinstance(folded.get_layer("rnn"), model.UnrolledBiLSTM) == unroll
     images = rng.uniform(0, 255, (4, 64, 128)).astype(np.float32)
+    np.testing.assert_allclose(folded(images), trained(images, training=False), atol=1e-4)
+
+
+def test_an_unrolled_gru_stays_keras_bidirectional_gru():
+    import keras
+    import numpy as np
+    import dataclasses
+    config = dataclasses.replace(SMALL, rnn="gru")
+    trained = model.build_crnn(config, 64, 128, 11)
+    folded = model.fold_batch_norm(trained, config, unroll=True)
+    assert isinstance(folded.get_layer("rnn"), keras.layers.Bidirectional)
+    images = np.random.default_rng(1).uniform(0, 255, (2, 64, 128)).astype(np.float32)
     np.testing.assert_allclose(folded(images), trained(images, training=False), atol=1e-4)
 
 

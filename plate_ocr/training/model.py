@@ -67,7 +67,7 @@ def build_crnn(config: ModelConfig, height: int, width: int, num_classes: int,
       height, width: image size in pixels.
       num_classes: alphabet size + 1 (the blank).
       unroll: unroll the RNN over the time steps (TFLite's built-in ops have no while loop of
-        tensor lists); same weights either way.
+        tensor lists); same weights either way (an LSTM as UnrolledBiLSTM).
       folded: for inference: convolutions with a bias and no BatchNorm, to receive the weights
         of a trained model through fold_batch_norm.
     Returns:
@@ -116,9 +116,12 @@ def build_crnn(config: ModelConfig, height: int, width: int, num_classes: int,
     stride = config.rnn_stride
     if stride > 1:  # [B, steps, D] -> [B, steps / stride, stride * D]: neighbours side by side
         x = keras.layers.Reshape((steps // stride, stride * config.dense_units))(x)
-    rnn = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}[config.rnn]
-    x = keras.layers.Bidirectional(rnn(config.rnn_units, return_sequences=True, unroll=unroll),
-                                   name="rnn")(x)
+    if unroll and config.rnn == "lstm":
+        x = UnrolledBiLSTM(config.rnn_units, name="rnn")(x)
+    else:
+        rnn = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}[config.rnn]
+        x = keras.layers.Bidirectional(rnn(config.rnn_units, return_sequences=True,
+                                           unroll=unroll), name="rnn")(x)
     x = keras.layers.Dropout(config.dropout)(x)
     # float32 logits even under a mixed-precision policy: CTC needs them. With a stride, each
     # RNN step writes the logits of its `stride` frames, back in their columns' order.
@@ -126,6 +129,79 @@ def build_crnn(config: ModelConfig, height: int, width: int, num_classes: int,
     if stride > 1:
         logits = keras.layers.Reshape((steps, num_classes), dtype="float32")(logits)
     return keras.Model(images, logits, name="crnn")
+
+
+@keras.saving.register_keras_serializable(package="plate_ocr")
+class UnrolledBiLSTM(keras.layers.Layer):
+    """Bidirectional(LSTM(units, return_sequences=True)) unrolled for inference: the same
+    weights (set_weights takes the Bidirectional layer's six) and outputs, in fewer ops.
+
+    Keras' unrolled LSTM computes each step of each direction apart: two small products and
+    ~12 elementwise ops, 128 times for 64 columns; on one plate TFLite spends more on launching
+    those ~1,800 ops than on their arithmetic. Here the input's products for every step and
+    both directions are one product before the loop, and each step runs both directions at
+    once: one product of [h_forward, h_backward] with a block-diagonal recurrent kernel, one
+    sigmoid over all four gates (the cell candidate's columns doubled: tanh(x) = 2 sigmoid(2x)
+    - 1) and five elementwise ops. The rearranged kernels are functions of the weights, folded
+    into constants by the TFLite converter. Inference only (no dropout, no masks).
+
+    The products are plain 2-D ones with block-diagonal kernels (half zeros), which TFLite runs
+    as FULLY_CONNECTED: dynamic-range quantization gives those a scale per output column and
+    per input row. The directions as one batched product [2, B, .] were faster still (the
+    network 0.38 against 0.43 ms a plate) but quantized with one scale per tensor, and read
+    4 points less of the augmented test split (docs/experiments.md, "One product a step").
+    """
+
+    def __init__(self, units: int, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    def build(self, input_shape):
+        features, gates = input_shape[-1], 4 * self.units
+        # In Bidirectional(LSTM)'s order: each direction's kernel, recurrent kernel, bias.
+        self.directions = [[self.add_weight(shape=shape, name=f"{direction}_{name}")
+                            for name, shape in (("kernel", (features, gates)),
+                                                ("recurrent_kernel", (self.units, gates)),
+                                                ("bias", (gates,)))]
+                           for direction in ("forward", "backward")]
+
+    def _interleaved(self, forward, backward):
+        """[..., 4u] of each direction -> [..., 8u]: gate by gate (Keras' i, f, c, o), the
+        forward units then the backward ones, the cell candidate's doubled."""
+        u = self.units
+        doubled = tf.constant(np.repeat([1.0, 1.0, 2.0, 1.0], u), forward.dtype)
+        forward, backward = forward * doubled, backward * doubled
+        shape = tf.concat([tf.shape(forward)[:-1], [4, u]], 0)
+        pairs = tf.stack([tf.reshape(forward, shape), tf.reshape(backward, shape)], axis=-2)
+        return tf.reshape(pairs, tf.concat([tf.shape(forward)[:-1], [8 * u]], 0))
+
+    def call(self, inputs):
+        (kernel, recurrent, bias), (back_kernel, back_recurrent, back_bias) = self.directions
+        u, steps = self.units, inputs.shape[1]
+        # [x_t, x_(T-1-t)] times a block-diagonal kernel: both directions' inputs at step t.
+        kernel = tf.concat([self._interleaved(kernel, tf.zeros_like(back_kernel)),
+                            self._interleaved(tf.zeros_like(kernel), back_kernel)], axis=0)
+        recurrent = tf.concat([self._interleaved(recurrent, tf.zeros_like(back_recurrent)),
+                               self._interleaved(tf.zeros_like(recurrent), back_recurrent)],
+                              axis=0)
+        both = tf.concat([inputs, tf.reverse(inputs, [1])], axis=-1)
+        gate_inputs = tf.einsum("btf,fg->btg", both, kernel) + self._interleaved(bias, back_bias)
+        state = tf.zeros([tf.shape(inputs)[0], 2 * u], inputs.dtype)
+        cell, outputs = state, []
+        for step in range(steps):
+            gates = tf.sigmoid(gate_inputs[:, step] + tf.matmul(state, recurrent))
+            input_gate, forget_gate, candidate, output_gate = tf.split(gates, 4, axis=-1)
+            cell = forget_gate * cell + input_gate * (2.0 * candidate - 1.0)
+            state = output_gate * tf.tanh(cell)
+            outputs.append(state)
+        outputs = tf.stack(outputs, axis=1)  # [B, T, 2u]: forward at t, backward at T-1-t
+        return tf.concat([outputs[..., :u], tf.reverse(outputs[..., u:], [1])], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], 2 * self.units)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
 
 
 @keras.saving.register_keras_serializable(package="plate_ocr")
