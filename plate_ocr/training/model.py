@@ -138,18 +138,19 @@ class UnrolledBiLSTM(keras.layers.Layer):
 
     Keras' unrolled LSTM computes each step of each direction apart: two small products and
     ~12 elementwise ops, 128 times for 64 columns; on one plate TFLite spends more on launching
-    those ~1,800 ops than on their arithmetic. Here the input's products for every step and
-    both directions are one product before the loop, and each step runs both directions at
-    once: one product of [h_forward, h_backward] with a block-diagonal recurrent kernel, one
-    sigmoid over all four gates (the cell candidate's columns doubled: tanh(x) = 2 sigmoid(2x)
-    - 1) and five elementwise ops. The rearranged kernels are functions of the weights, folded
-    into constants by the TFLite converter. Inference only (no dropout, no masks).
+    those ~1,800 ops than on their arithmetic. Here each direction's input products for every
+    step are one product before the loop, and each step runs both directions at once: one
+    product of [h_forward, h_backward] with a block-diagonal recurrent kernel (half zeros),
+    one sigmoid over all four gates (the cell candidate's columns doubled: tanh(x) =
+    2 sigmoid(2x) - 1) and five elementwise ops. The rearranged kernels are functions of the
+    weights, folded into constants by the TFLite converter. Inference only (no dropout, no
+    masks).
 
-    The products are plain 2-D ones with block-diagonal kernels (half zeros), which TFLite runs
-    as FULLY_CONNECTED: dynamic-range quantization gives those a scale per output column and
-    per input row. The directions as one batched product [2, B, .] were faster still (the
-    network 0.38 against 0.43 ms a plate) but quantized with one scale per tensor, and read
-    4 points less of the augmented test split (docs/experiments.md, "One product a step").
+    The products are 2-D, which TFLite runs as FULLY_CONNECTED: dynamic-range quantization
+    gives those a scale per output column and per input row. The directions as one batched
+    product [2, B, .] were faster (the network 0.38 against 0.41 ms a plate) but quantized with
+    one scale per tensor, and read 4 points less of the augmented test split
+    (docs/experiments.md, "One product a step").
     """
 
     def __init__(self, units: int, **kwargs):
@@ -178,14 +179,13 @@ class UnrolledBiLSTM(keras.layers.Layer):
     def call(self, inputs):
         (kernel, recurrent, bias), (back_kernel, back_recurrent, back_bias) = self.directions
         u, steps = self.units, inputs.shape[1]
-        # [x_t, x_(T-1-t)] times a block-diagonal kernel: both directions' inputs at step t.
-        kernel = tf.concat([self._interleaved(kernel, tf.zeros_like(back_kernel)),
-                            self._interleaved(tf.zeros_like(kernel), back_kernel)], axis=0)
+        # Step t's gate inputs: the forward direction's from x_t, the backward's from x_(T-1-t).
+        gate_inputs = self._interleaved(
+            tf.einsum("btf,fg->btg", inputs, kernel) + bias,
+            tf.einsum("btf,fg->btg", tf.reverse(inputs, [1]), back_kernel) + back_bias)
         recurrent = tf.concat([self._interleaved(recurrent, tf.zeros_like(back_recurrent)),
                                self._interleaved(tf.zeros_like(recurrent), back_recurrent)],
-                              axis=0)
-        both = tf.concat([inputs, tf.reverse(inputs, [1])], axis=-1)
-        gate_inputs = tf.einsum("btf,fg->btg", both, kernel) + self._interleaved(bias, back_bias)
+                              axis=0)  # [h_forward, h_backward] -> both directions' gates
         state = tf.zeros([tf.shape(inputs)[0], 2 * u], inputs.dtype)
         cell, outputs = state, []
         for step in range(steps):
