@@ -94,7 +94,9 @@ def test_tensorflow_stages_report_every_figure(tmp_path, tiny_records, untrained
                 "inference model.tflite": "inference", "tesseract": "tesseract"}
     assert sorted(output) == sorted(expected)
     for stage, kind in expected.items():
-        assert sorted(output[stage]) == sorted(benchmark_lib.FIGURES[kind]), stage
+        # The tiny records have no foreign split to read.
+        assert (sorted(output[stage])
+                == sorted(set(benchmark_lib.FIGURES[kind]) - {"foreign_plate_accuracy"})), stage
         assert {key: value for key, value in output[stage].items()
                 if not value > 0 and key != "val_plate_accuracy"} == {}  # an untrained model
         assert kind == "tesseract" or settings[stage]["rss_mb_after_import"] > 0

@@ -113,7 +113,11 @@ FIGURES = {
                                      "plates/s", 5000),
         "single_p50_ms": Figure("1 plate per call, 1 thread: median latency", "ms", 0.5, False),
         "single_p99_ms": Figure("1 plate per call, 1 thread: 99th percentile", "ms"),
+        "single_p50_ms_2_threads": Figure("1 plate per call, 2 threads: median latency", "ms"),
+        "single_p99_ms_2_threads": Figure("1 plate per call, 2 threads: 99th percentile", "ms"),
         "val_plate_accuracy": Figure("val plate accuracy of the batches' plates", ""),
+        # Where the records have a foreign split: as many of its plates as the batches'.
+        "foreign_plate_accuracy": Figure("foreign plate accuracy (another renderer)", ""),
         "size_mb": Figure("model file size", "MB"),
         "peak_rss_mb": Figure("peak RSS of the batched inference process", "MB"),
     },

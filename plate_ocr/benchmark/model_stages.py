@@ -115,31 +115,33 @@ def train_stage(config, steps: int, repeats: int,
             {"fit_jit_compile": jit, "rss_mb_after_import": baseline})
 
 
-def _val_plates(records_dir: str, batches: int) -> tuple[np.ndarray, list[str]]:
-    """The first `batches` batches of 256 val plates (fewer if the split is smaller) and
-    their labels."""
+def _split_plates(records_dir: str, split: str, batches: int) -> tuple[np.ndarray, list[str]]:
+    """The first `batches` batches of 256 plates of a split (fewer if the split is smaller)
+    and their labels."""
     import itertools
     from plate_ocr.serving import evaluate
-    val = list(itertools.islice(evaluate.read_split(records_dir, "val", BATCH), batches))
-    return (np.concatenate([batch["image"] for batch in val]),
-            sum((batch["text"] for batch in val), []))
+    read = list(itertools.islice(evaluate.read_split(records_dir, split, BATCH), batches))
+    return (np.concatenate([batch["image"] for batch in read]),
+            sum((batch["text"] for batch in read), []))
 
 
 def _inference(model_path: str, records_dir: str, batches: int, calls: int, repeats: int,
                threads: int | None) -> dict:
-    """Batched plates/s and the readings' accuracy (on all threads), or, on `threads`
-    threads, the latency of one plate per call."""
+    """Batched plates/s and the readings' accuracy on val plates and, where the records have
+    it, on as many foreign plates (on all threads), or, on `threads` threads, the latency of
+    one plate per call."""
     import tensorflow as tf
     from plate_ocr.serving import evaluate
     if threads:  # before TensorFlow first runs
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
-    predict, shape = evaluate.load_predictor(model_path, threads)
+    # Batched on every core: a TFLite interpreter's default is one thread.
+    predict, shape = evaluate.load_predictor(model_path, threads or os.cpu_count())
     info = records.read_info(records_dir)
     if tuple(shape) != (info["image_height"], info["image_width"]):
         raise ValueError(f"the model reads {shape[0]}x{shape[1]} plates, the records in "
                          f"{records_dir} are {info['image_height']}x{info['image_width']}")
-    val, truths = _val_plates(records_dir, batches)
+    val, truths = _split_plates(records_dir, "val", batches)
     plates = np.resize(val, (batches * BATCH, *shape))  # the val plates, cycled if too few
     if threads:
         latencies = []
@@ -152,17 +154,28 @@ def _inference(model_path: str, records_dir: str, batches: int, calls: int, repe
                 latencies[-1].append(1000 * (time.perf_counter() - started))
         median_seconds(single, repeats)
         timed = latencies[1:]  # the first run warmed up
-        return {"single_p50_ms": statistics.median(np.percentile(run, 50) for run in timed),
-                "single_p99_ms": statistics.median(np.percentile(run, 99) for run in timed)}
+        suffix = "" if threads == 1 else f"_{threads}_threads"
+        return {f"single_p50_ms{suffix}": statistics.median(np.percentile(run, 50)
+                                                            for run in timed),
+                f"single_p99_ms{suffix}": statistics.median(np.percentile(run, 99)
+                                                            for run in timed)}
     readings = []
 
     def batched():
         readings.clear()
         for i in range(batches):
             readings.extend(predict(plates[i * BATCH:(i + 1) * BATCH])[0])
-    return {"batch_plates_per_s": batches * BATCH / median_seconds(batched, repeats),
-            "val_plate_accuracy": float(np.mean([reading == truth for reading, truth
-                                                 in zip(readings, truths)]))}
+
+    def accuracy(readings_, truths_) -> float:
+        return float(np.mean([reading == truth for reading, truth in zip(readings_, truths_)]))
+    figures = {"batch_plates_per_s": batches * BATCH / median_seconds(batched, repeats),
+               "val_plate_accuracy": accuracy(readings, truths)}
+    if "foreign" in info["splits"]:
+        foreign, foreign_truths = _split_plates(records_dir, "foreign", batches)
+        figures["foreign_plate_accuracy"] = accuracy(
+            sum((predict(foreign[i:i + BATCH])[0] for i in range(0, len(foreign), BATCH)), []),
+            foreign_truths)
+    return figures
 
 
 def _size_mb(model_path: str) -> float:
@@ -178,13 +191,13 @@ def _size_mb(model_path: str) -> float:
 def inference_stage(model_path: str, records_dir: str, batches: int, calls: int,
                     repeats: int) -> tuple[dict[str, float], dict]:
     """Plates/s of a model at batch 256 on all cores, its latency on one plate per call on one
-    thread (a camera's plates one by one, on one core), its accuracy on the plates it read
-    and its size.
+    thread (a camera's plates one by one, on one core) and on two, its accuracy on the plates
+    it read (and on foreign plates) and its size.
 
     The model is loaded as bin/evaluate and bin/predict load it (evaluate.load_predictor:
     uint8 plates in, Python strings and confidences out), and reads val plates: batched in
-    one process, one by one in another whose TensorFlow (or TFLite interpreter) has one
-    thread.
+    one process, one by one in two others whose TensorFlow (or TFLite interpreter) has one
+    thread, then two.
 
     Args:
       model_path: a model dir, its SavedModel, .keras or .tflite file.
@@ -197,8 +210,9 @@ def inference_stage(model_path: str, records_dir: str, batches: int, calls: int,
     """
     figures, rss, baseline = run_measured(_inference, model_path, records_dir, batches, calls,
                                           repeats, None)
-    figures.update(run_measured(_inference, model_path, records_dir, batches, calls, repeats,
-                                1)[0])
+    for threads in (1, 2):
+        figures.update(run_measured(_inference, model_path, records_dir, batches, calls,
+                                    repeats, threads)[0])
     return ({**figures, "size_mb": _size_mb(model_path), "peak_rss_mb": rss},
             {"rss_mb_after_import": baseline})
 
@@ -209,7 +223,7 @@ TESSERACT = ("tesseract", "stdout", "--psm", "7", "-c", "tessedit_char_whitelist
 def _tesseract(records_dir: str, plates: int, repeats: int, work_dir: str) -> dict:
     import subprocess
     from PIL import Image
-    images, truths = _val_plates(records_dir, math.ceil(plates / BATCH))
+    images, truths = _split_plates(records_dir, "val", math.ceil(plates / BATCH))
     images, truths = images[:plates], truths[:plates]
     folder = os.path.join(work_dir, "tesseract")
     os.makedirs(folder, exist_ok=True)

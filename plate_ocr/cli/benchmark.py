@@ -193,8 +193,8 @@ def benchmark() -> None:
         if "inference" in FLAGS.stages:
             print(f"inference: {', '.join(FLAGS.model)}, each in its own processes through "
                   f"evaluate.load_predictor, the same val plates; {FLAGS.inference_batches} "
-                  f"batches on all cores, then {FLAGS.latency_calls} one-plate calls on one "
-                  "thread, per run")
+                  f"batches on all cores (and as many foreign plates), then "
+                  f"{FLAGS.latency_calls} one-plate calls on one thread, then on two, per run")
         if "tesseract" in settings:
             print(f"tesseract: {FLAGS.tesseract_plates} of the same val plates, upscaled 2x, "
                   f"OMP_THREAD_LIMIT=1 {settings['tesseract']['command']} <list>"
