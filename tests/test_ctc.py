@@ -54,12 +54,17 @@ def best_path_of_length(log_probs: np.ndarray, length: int) -> tuple[list[int], 
     return best_path_where(log_probs, lambda read: len(read) == length)
 
 
-def test_fixed_length_decode_finds_the_best_path_of_that_length():
+def fixed_length_decode(logits, length: int):
+    """The format "any `length` characters" (what the exports read by default)."""
+    return ctc.format_decode(logits, plate_format.exactly(length, logits.shape[-1] - 1))
+
+
+def test_the_format_of_n_characters_finds_the_best_path_of_that_length():
     # Every path of 7 steps over 3 characters + blank: the search must find the same one.
     logits = tf.random.stateless_normal((12, 7, 4), seed=(5, 6)) * 2.0
     log_probs = tf.nn.log_softmax(logits).numpy()
     for length in (1, 3):
-        decoded, confidence = ctc.fixed_length_decode(logits, length)
+        decoded, confidence = fixed_length_decode(logits, length)
         assert decoded.shape == (12, length) and decoded.dtype == tf.int32
         for b in range(12):
             read, score = best_path_of_length(log_probs[b], length)
@@ -67,7 +72,7 @@ def test_fixed_length_decode_finds_the_best_path_of_that_length():
             np.testing.assert_allclose(confidence[b].numpy(), np.exp(score), rtol=1e-4)
 
 
-def test_fixed_length_decode_reads_exactly_the_length_and_agrees_with_greedy_there():
+def test_the_format_of_n_characters_reads_exactly_n_and_agrees_with_greedy_there():
     B = BLANK
     logits = logits_for([
         [1, 1, B, 2, 2, B, 3, B, 3, 4, B, B],  # greedy reads 1 2 3 3 4: both agree
@@ -79,14 +84,14 @@ def test_fixed_length_decode_reads_exactly_the_length_and_agrees_with_greedy_the
     logits = logits.numpy()
     logits[1, 6, [3, BLANK]] = [5.0, 4.9]
     logits[2, 1, [1, BLANK]] = [5.0, 4.0]
-    decoded, confidence = ctc.fixed_length_decode(tf.constant(logits), 5)
+    decoded, confidence = fixed_length_decode(tf.constant(logits), 5)
     greedy = ctc.greedy_decode(tf.constant(logits))[0].numpy()
     assert decoded[0].numpy().tolist() == [1, 2, 3, 3, 4] == greedy[0, :5].tolist()
     assert decoded[1].numpy().tolist() == [1, 2, 3, 4, 4]
     assert decoded[2].numpy().tolist() == [1, 1, 2, 3, 4]
     assert np.all((confidence.numpy() > 0) & (confidence.numpy() <= 1))
     assert confidence[0] > confidence[1]
-    compiled = tf.function(lambda x: ctc.fixed_length_decode(x, 5), jit_compile=True)
+    compiled = tf.function(lambda x: fixed_length_decode(x, 5), jit_compile=True)
     assert compiled(tf.constant(logits))[0].numpy().tolist() == decoded.numpy().tolist()
 
 
@@ -182,7 +187,7 @@ def test_read_plates_is_confident_on_a_clear_reading_and_not_on_an_unclear_one()
     assert confidence[2] < 1e-6
     # The best path alone would say much less than the reading's probability on a clear
     # plate: it spreads over the alignments (here the blank or digit at each boundary).
-    assert ctc.fixed_length_decode(tf.constant(clear), 5)[1].numpy()[0] < confidence[0]
+    assert fixed_length_decode(tf.constant(clear), 5)[1].numpy()[0] < confidence[0]
 
 
 def test_read_plates_reads_as_the_search_when_greedy_decoding_reads_the_length_and_when_not():
@@ -196,7 +201,7 @@ def test_read_plates_reads_as_the_search_when_greedy_decoding_reads_the_length_a
     read = tf.function(lambda x: ctc.read_plates(x, plate_format.exactly(3, 3))[0])
     for batch in (logits.numpy()[exact], logits.numpy()):
         labels = read(tf.constant(batch)).numpy()
-        assert labels.tolist() == ctc.fixed_length_decode(tf.constant(batch), 3)[0].numpy().tolist()
+        assert labels.tolist() == fixed_length_decode(tf.constant(batch), 3)[0].numpy().tolist()
     shortcut = read(tf.constant(logits.numpy()[exact])).numpy()
     assert shortcut.tolist() == greedy[exact][:, :3].tolist()
 
@@ -275,3 +280,37 @@ def test_read_plates_with_a_format_reads_as_its_search_with_or_without_the_short
                 rtol=1e-5)
     assert read(tf.constant(logits.numpy()[accepted]))[0].numpy().tolist() == [
         row[:3].tolist() for row in greedy[accepted]]
+
+
+def test_labels_of_several_lengths_end_in_pad_and_cost_what_their_characters_cost():
+    """Records of plates of several lengths end the shorter labels in PAD: the loss of such a
+    label is that of its characters alone (both CTC implementations), and the metrics count
+    only its characters."""
+    logits = tf.random.stateless_normal((3, 12, 4), seed=(11, 12)) * 2.0
+    padded = tf.constant([[1, 2, ctc.PAD], [0, 1, 2], [2, ctc.PAD, ctc.PAD]], tf.int32)
+    for kernel in (False, True):
+        losses = ctc.per_example_loss(padded, logits, kernel).numpy()
+        for row, label in enumerate(([1, 2], [0, 1, 2], [2])):
+            alone = ctc.per_example_loss(tf.constant([label]), logits[row:row + 1], kernel)
+            np.testing.assert_allclose(losses[row], alone.numpy()[0], rtol=1e-5)
+    decoded = tf.constant([[1, 2, ctc.PAD, ctc.PAD], [0, 1, 1, ctc.PAD], [2, 0, ctc.PAD, ctc.PAD]])
+    sums = {key: float(value) for key, value in
+            ctc.metric_sums(padded, decoded, tf.ones([3])).items()}
+    # Plate 1 right; plate 2 one character wrong; plate 3 its one character right and one
+    # too many: 5 of 6 characters right place by place, 2 edits.
+    assert sums == {"plates": 3.0, "plates_correct": 1.0, "chars": 6.0, "chars_correct": 5.0,
+                    "edits": 2.0}
+
+
+def test_the_default_format_of_several_lengths_reads_any_of_them():
+    masks = plate_format.for_model("", "abc", [4, 2])
+    assert masks.shape == (2, 4, 3)  # an alternative a length, the places up to the longest
+    assert masks.any(axis=2).tolist() == [[True, True, False, False], [True] * 4]
+    assert (plate_format.for_model("", "abc", [3]) == plate_format.exactly(3, 3)).all()
+    # Brute force over every path of 7 steps: the best of 2 or 4 characters.
+    logits = tf.random.stateless_normal((12, 7, 4), seed=(13, 14)) * 2.0
+    log_probs = tf.nn.log_softmax(logits).numpy()
+    decoded = ctc.format_decode(logits, masks)[0].numpy()
+    for b in range(12):
+        read, _ = best_path_where(log_probs[b], lambda read: len(read) in (2, 4))
+        assert [i for i in decoded[b] if i != ctc.PAD] == read

@@ -22,6 +22,9 @@ def import_images() -> None:
     flags.DEFINE_string("alphabet", "0123456789", "Characters of the plates.")
     flags.DEFINE_integer("plate_length", 0, "Characters per plate (0: the most common length "
                          "of the labels; the others are reported).", lower_bound=0)
+    flags.DEFINE_list("plate_lengths", [], "Plates of several lengths instead: the numbers of "
+                      "characters a plate may have (e.g. 4,5,6,7,8), or 'all' for every length "
+                      "of the labels; the others are reported.")
     flags.DEFINE_integer("image_height", 64, "Height the images are fitted to.", lower_bound=8)
     flags.DEFINE_integer("image_width", 128, "Width the images are fitted to.", lower_bound=8)
     flags.DEFINE_float("val_fraction", 0.1, "Of the labels without a split, the share drawn "
@@ -51,9 +54,20 @@ def import_images() -> None:
             rows, problems = importer.read_rows(FLAGS.input, FLAGS.alphabet)
         except ValueError as error:
             raise CommandError(str(error)) from None
-        lengths = collections.Counter(len(row.label) for row in rows)
-        plate_length = FLAGS.plate_length or (lengths.most_common(1)[0][0] if lengths else 0)
-        rows, bad = importer.check_labels(rows, FLAGS.alphabet, plate_length)
+        found = collections.Counter(len(row.label) for row in rows)
+        if FLAGS.plate_lengths == ["all"]:
+            lengths = sorted(found) or [0]
+        elif FLAGS.plate_lengths:
+            try:
+                lengths = sorted({int(length) for length in FLAGS.plate_lengths})
+            except ValueError:
+                lengths = [0]
+            if min(lengths) < 1:
+                raise CommandError(f"--plate_lengths must be whole numbers of at least 1, or "
+                                   f"all: got {','.join(FLAGS.plate_lengths)}")
+        else:
+            lengths = [FLAGS.plate_length or (found.most_common(1)[0][0] if found else 0)]
+        rows, bad = importer.check_labels(rows, FLAGS.alphabet, lengths)
         problems += bad
         rows, bad = importer.assign_splits(rows, FLAGS.val_fraction, FLAGS.test_fraction,
                                            FLAGS.seed)
@@ -71,7 +85,7 @@ def import_images() -> None:
             raise CommandError(f"no image of {FLAGS.input} could be imported")
         try:
             info = importer.write_records(FLAGS.output_dir, loaded, FLAGS.alphabet,
-                                          plate_length, FLAGS.shards, FLAGS.input, problems,
+                                          lengths, FLAGS.shards, FLAGS.input, problems,
                                           FLAGS.seed)
         except OSError as error:
             raise CommandError(f"writing records to {FLAGS.output_dir} failed: "
@@ -79,7 +93,8 @@ def import_images() -> None:
         splits = ", ".join(f"{split} {entry['num_examples']:,}"
                            for split, entry in info["splits"].items())
         print(f"imported {len(loaded):,} of {len(loaded) + len(problems):,} rows ({splits}; "
-              f"{plate_length} characters each) to {FLAGS.output_dir}; {len(problems):,} not "
+              f"{' or '.join(map(str, lengths))} characters each) to {FLAGS.output_dir}; "
+              f"{len(problems):,} not "
               f"imported, listed in {os.path.join(FLAGS.output_dir, importer.REPORT_NAME)}")
 
     run_command(main)

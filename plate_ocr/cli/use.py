@@ -222,6 +222,7 @@ def export() -> None:
 
     def main(argv):
         import keras
+        from plate_ocr.data import records
         from plate_ocr.serving import export as export_lib
         from plate_ocr.training import model, plate_format
         config_path = os.path.join(FLAGS.model_dir, export_lib.CONFIG_FILE)
@@ -236,7 +237,7 @@ def export() -> None:
                    else FLAGS.plate_format)
         try:
             formats = plate_format.for_model(pattern, config["alphabet"],
-                                             config["plate_length"])
+                                             records.plate_lengths(config))
         except ValueError as error:
             raise CommandError(str(error)) from None
         trained = keras.models.load_model(keras_path)

@@ -92,17 +92,18 @@ def read_rows(source: str, alphabet: str) -> tuple[list[Row], list[Problem]]:
 
 
 def check_labels(rows: Sequence[Row], alphabet: str,
-                 plate_length: int) -> tuple[list[Row], list[Problem]]:
-    """The rows whose label has plate_length characters of the alphabet."""
+                 lengths: Sequence[int]) -> tuple[list[Row], list[Problem]]:
+    """The rows whose label has as many characters of the alphabet as one of `lengths`."""
     good, problems = [], []
+    allowed = " or ".join(str(length) for length in sorted(set(lengths)))
     for row in rows:
         outside = sorted(set(row.label) - set(alphabet))
         if outside:
             problems.append(Problem(row.source, f"label {row.label!r} has characters outside "
                                                 f"the alphabet: {''.join(outside)!r}"))
-        elif len(row.label) != plate_length:
+        elif len(row.label) not in lengths:
             problems.append(Problem(row.source, f"label {row.label!r} has {len(row.label)} "
-                                                f"characters, the plates {plate_length}"))
+                                                f"characters, the plates {allowed}"))
         else:
             good.append(row)
     return good, problems
@@ -169,18 +170,25 @@ def load_images(rows: Sequence[Row], height: int, width: int,
 
 
 def write_records(output_dir: str, loaded: Sequence[tuple[Row, np.ndarray]], alphabet: str,
-                  plate_length: int, shards: int, source: str, problems: Sequence[Problem],
+                  lengths: Sequence[int], shards: int, source: str, problems: Sequence[Problem],
                   seed: int) -> dict:
     """Writes the splits' shards (each renamed once whole), the report and dataset_info.json
-    (last: a dataset without it is unfinished). Returns the metadata."""
+    (last: a dataset without it is unfinished). Returns the metadata.
+
+    Plates of several `lengths`: each label ended with records.PAD to the longest, which is
+    the metadata's plate_length; its plate_lengths lists them all.
+    """
     started = time.perf_counter()
     os.makedirs(output_dir, exist_ok=True)
     height, width = loaded[0][1].shape
+    plate_length = max(lengths)
     info = {"alphabet": alphabet, "plate_length": plate_length, "image_height": height,
             "image_width": width, "seed": seed, "fonts": {},
             "source": {"input": os.path.abspath(source), "rows_imported": len(loaded),
                        "rows_not_imported": len(problems), "report": REPORT_NAME},
             "splits": {}}
+    if len(set(lengths)) > 1:
+        info["plate_lengths"] = sorted(set(lengths))
     for split in SPLITS:
         plates = [(row, image) for row, image in loaded if row.split == split]
         if not plates:
@@ -191,8 +199,8 @@ def write_records(output_dir: str, loaded: Sequence[tuple[Row, np.ndarray]], alp
         for shard in range(count):
             name = records.shard_name(split, shard, count)
             sha256 = records.write_shard_file(output_dir, name, (
-                records.encode_example(image, [alphabet.index(c) for c in row.label],
-                                       row.label, "", 0, 0)
+                records.encode_example(image, records.padded_label(
+                    [alphabet.index(c) for c in row.label], plate_length), row.label, "", 0, 0)
                 for row, image in plates[bounds[shard]:bounds[shard + 1]]))
             entries.append({"name": name, "num_examples": bounds[shard + 1] - bounds[shard],
                             "sha256": sha256})

@@ -33,6 +33,9 @@ DERIVED_SPLITS = {"heldout": "test", "test_aug": "test", "val_aug": "val"}
 # The foreign split reads the first test labels too, but Cairo draws it (foreign.add_split)
 # after the writer has rendered these: it is in dataset_info.json's splits, not in SPLITS.
 _LABEL_STREAM = 4  # spawn key of the label draw (apart from every split's plate streams)
+# A label shorter than the dataset's plate_length (its longest) ends in PAD: records of plates
+# of several lengths (dataset_info.json's "plate_lengths", e.g. imported ones).
+PAD = -1
 # Feature keys and kinds of the schema: the parsing side builds its spec from these.
 FEATURES = {"image": "bytes", "label": "int64_list", "text": "bytes", "font": "bytes",
             "font_size": "int64", "spacing": "int64"}
@@ -179,6 +182,17 @@ def label_digits(number: int, alphabet: str, plate_length: int) -> list[int]:
         number, digit = divmod(int(number), len(alphabet))
         digits.append(digit)
     return digits[::-1]
+
+
+def plate_lengths(info: dict) -> list[int]:
+    """The characters a plate may have, shortest first: dataset_info.json's (or a run's
+    config.json's) "plate_lengths", or its one "plate_length"."""
+    return sorted(info.get("plate_lengths") or [info["plate_length"]])
+
+
+def padded_label(label: list[int], plate_length: int) -> list[int]:
+    """A label of up to plate_length characters, ended with PAD to that length."""
+    return list(label) + [PAD] * (plate_length - len(label))
 
 
 def write_info(output_dir: str, info: dict) -> None:

@@ -64,7 +64,8 @@ def load_predictor(path: str, threads: int | None = None):
         shape = tuple(model.input_shape[1:])
         config = _config_beside(path)
         serve = export.serving_function(model, config["alphabet"], plate_format.for_model(
-            config.get("plate_format", ""), config["alphabet"], config["plate_length"]), *shape)
+            config.get("plate_format", ""), config["alphabet"], records.plate_lengths(config)),
+            *shape)
         min_confidence = export.MIN_CONFIDENCE
     else:
         serve, min_confidence = export.load_export(path)
@@ -129,8 +130,9 @@ def report(truths: list[str], predictions: list[str], fonts: list[str], sizes: l
         plate_metrics(truths, predictions),
         per_font=grouped(fonts),
         per_font_size=grouped(sizes),
+        # Over the plates that have a character there (plates of several lengths).
         per_position=[float(np.mean([len(p) > i and p[i] == t[i]
-                                     for t, p in zip(truths, predictions)]))
+                                     for t, p in zip(truths, predictions) if len(t) > i]))
                       for i in range(length)],
         confusion=confusion_matrix(truths, predictions, alphabet).tolist(),
         wrong_length=sum(len(t) != len(p) for t, p in zip(truths, predictions)))

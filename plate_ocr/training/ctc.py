@@ -8,9 +8,10 @@ inside a SavedModel signature, under XLA and in TFLite.
 import numpy as np
 import tensorflow as tf
 
+from plate_ocr.data import records
 from plate_ocr.training import plate_format
 
-PAD = -1
+PAD = records.PAD  # after a shorter reading's (or label's) end
 
 
 def blank_index(num_classes: int) -> int:
@@ -22,7 +23,7 @@ def per_example_loss(labels: tf.Tensor, logits: tf.Tensor, kernel: bool = False)
     """CTC loss per plate from raw logits (no softmax: ctc_loss normalizes itself).
 
     Args:
-      labels: int32 [B, L], alphabet indices (every plate has L characters).
+      labels: int32 [B, L], alphabet indices, a shorter label ended with PAD.
       logits: float32 [B, T, classes].
       kernel: compute it with TensorFlow's CTCLoss kernel (sparse labels), which also gives
         the gradient: forward and backward 5x faster on this CPU than the dense
@@ -32,9 +33,10 @@ def per_example_loss(labels: tf.Tensor, logits: tf.Tensor, kernel: bool = False)
       float32 [B].
     """
     batch, steps = tf.shape(logits)[0], tf.shape(logits)[1]
+    read = labels != PAD
     return tf.nn.ctc_loss(
-        labels=_sparse(labels) if kernel else labels, logits=logits,
-        label_length=None if kernel else tf.fill([batch], tf.shape(labels)[1]),
+        labels=_sparse(labels) if kernel else tf.where(read, labels, 0), logits=logits,
+        label_length=None if kernel else tf.reduce_sum(tf.cast(read, tf.int32), axis=1),
         logit_length=tf.fill([batch], steps),
         logits_time_major=False, blank_index=blank_index(logits.shape[-1]))
 
@@ -60,20 +62,6 @@ def greedy_decode(logits: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
 
 
 IMPOSSIBLE = -1e30  # the log-probability of a state no path reaches
-
-
-def fixed_length_decode(logits: tf.Tensor, length: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """The most probable path that reads exactly `length` characters: format_decode of the
-    format "any `length` characters".
-
-    Every plate has `length` characters: greedy decoding can read one more or one fewer (a
-    digit dropped or split in two), this cannot. When the best path reads `length`
-    characters both give the same labels.
-
-    Returns:
-      (int32 [B, length] labels, float32 [B] confidence: the probability of that path).
-    """
-    return format_decode(logits, plate_format.exactly(length, blank_index(logits.shape[-1])))
 
 
 def format_decode(logits: tf.Tensor, masks: np.ndarray) -> tuple[tf.Tensor, tf.Tensor]:
@@ -254,8 +242,8 @@ def metric_sums(labels: tf.Tensor, decoded: tf.Tensor, weights: tf.Tensor) -> di
     """Sums over a batch, to be added across batches and replicas before dividing.
 
     Args:
-      labels: int32 [B, L].
-      decoded: int32 [B, T] from greedy_decode.
+      labels: int32 [B, L], a shorter label ended with PAD.
+      decoded: int32 [B, T >= L], PAD after each reading's end.
       weights: float32 [B], 0 for padding examples.
     Returns:
       {"plates": number of plates, "plates_correct", "chars": number of label characters,
@@ -264,9 +252,10 @@ def metric_sums(labels: tf.Tensor, decoded: tf.Tensor, weights: tf.Tensor) -> di
     length = tf.shape(labels)[1]
     head, tail = decoded[:, :length], decoded[:, length:]
     exact = tf.reduce_all(head == labels, axis=1) & tf.reduce_all(tail == PAD, axis=1)
-    chars_correct = tf.reduce_sum(tf.cast(head == labels, tf.float32), axis=1)
+    read = labels != PAD
+    chars_correct = tf.reduce_sum(tf.cast((head == labels) & read, tf.float32), axis=1)
     edits = tf.edit_distance(_sparse(decoded), _sparse(labels), normalize=False)
-    chars = tf.cast(length, tf.float32) * weights
+    chars = tf.reduce_sum(tf.cast(read, tf.float32), axis=1) * weights
     return {"plates": tf.reduce_sum(weights),
             "plates_correct": tf.reduce_sum(tf.cast(exact, tf.float32) * weights),
             "chars": tf.reduce_sum(chars),

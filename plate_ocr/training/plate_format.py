@@ -9,6 +9,7 @@ Pure Python and numpy: the format becomes masks that the decoder takes as consta
 
 import itertools
 import re
+from typing import Sequence
 
 import numpy as np
 
@@ -92,10 +93,18 @@ def masks(pattern: str, alphabet: str) -> np.ndarray:
 
 def exactly(length: int, alphabet_size: int) -> np.ndarray:
     """The format "any `length` characters" ("." repeated), as masks."""
-    return np.ones([1, length, alphabet_size], bool)
+    return any_length([length], alphabet_size)
 
 
-def for_model(pattern: str, alphabet: str, plate_length: int) -> np.ndarray:
-    """What a model's exports decode: the format `pattern`, or with "" exactly plate_length
-    characters of the alphabet (masks as masks() returns them)."""
-    return masks(pattern, alphabet) if pattern else exactly(plate_length, len(alphabet))
+def any_length(lengths: Sequence[int], alphabet_size: int) -> np.ndarray:
+    """The format "any characters, as many as one of `lengths`" (".{4}|.{5}|..."), as masks."""
+    places = np.arange(max(lengths))
+    return np.stack([np.broadcast_to((places < length)[:, None], (len(places), alphabet_size))
+                     for length in sorted(set(lengths))])
+
+
+def for_model(pattern: str, alphabet: str, lengths: Sequence[int]) -> np.ndarray:
+    """What a model's exports decode: the format `pattern`, or with "" any characters of the
+    alphabet, as many as one of the records' plate lengths (records.plate_lengths), as
+    masks() returns them."""
+    return masks(pattern, alphabet) if pattern else any_length(lengths, len(alphabet))

@@ -43,7 +43,7 @@ def _write_json(path: str, value) -> None:
 def _model_keys_changed(model_dir: str, description: dict) -> list[str]:
     """What of the model's shape differs from the run in model_dir (which must exist)."""
     old = _read_json(os.path.join(model_dir, export.CONFIG_FILE))
-    keys = ("image_height", "image_width", "alphabet", "plate_length", "model")
+    keys = ("image_height", "image_width", "alphabet", "plate_length", "plate_lengths", "model")
     return [key for key in keys if old.get(key) != description[key]]
 
 
@@ -81,7 +81,7 @@ def _check_init_from(model_dir: str, description: dict) -> tuple[str, str]:
         raise TrainingError(f"--init_from {model_dir}: no trained run there (no {BEST_WEIGHTS} "
                             "weights and config.json)")
     changed = [key for key in _model_keys_changed(model_dir, description)
-               if key not in ("alphabet", "plate_length")]
+               if key not in ("alphabet", "plate_length", "plate_lengths")]
     if changed:
         raise TrainingError(f"--init_from {model_dir}: that run has another "
                             f"{', '.join(changed)}; start from a run of the same model shape")
@@ -113,6 +113,10 @@ def _mixed_source(records_dir: str, info: dict, skip_corrupt: bool
         if other[key] != info[key]:
             raise TrainingError(f"--mix_records {records_dir}: its {key} is {other[key]!r}, the "
                                 f"run's records have {info[key]!r}")
+    if records.plate_lengths(other) != records.plate_lengths(info):
+        raise TrainingError(f"--mix_records {records_dir}: its plates have "
+                            f"{records.plate_lengths(other)} characters, the run's "
+                            f"{records.plate_lengths(info)}")
     return files, val
 
 
@@ -120,9 +124,9 @@ def _image_summary(trainer: Trainer, sample: tuple[np.ndarray, np.ndarray]) -> n
     images, labels = sample
     logits = trainer.model(tf.cast(images, tf.float32), training=False)
     alphabet = trainer.info["alphabet"]
-    decoded = ctc.fixed_length_decode(logits, labels.shape[1])[0]
+    decoded = ctc.format_decode(logits, trainer.lengths)[0]
     predictions = [t.decode() for t in ctc.to_strings(decoded, alphabet).numpy()]
-    truths = ["".join(alphabet[i] for i in label) for label in labels]
+    truths = ["".join(alphabet[i] for i in label if i != records.PAD) for label in labels]
     return pictures.prediction_grid(list(images), predictions, truths)
 
 
@@ -256,9 +260,12 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
                    "alphabet": info["alphabet"], "plate_length": info["plate_length"],
                    "model": dataclasses.asdict(config.model), "train": dataclasses.asdict(config),
                    "plate_format": config.plate_format}
+    if len(records.plate_lengths(info)) > 1:  # records of plates of several lengths
+        description["plate_lengths"] = records.plate_lengths(info)
     description["model"] = json.loads(json.dumps(description["model"]))  # tuples -> lists
     # A format that cannot be read fails now, not after the training.
-    formats = plate_format.for_model(config.plate_format, info["alphabet"], info["plate_length"])
+    formats = plate_format.for_model(config.plate_format, info["alphabet"],
+                                     records.plate_lengths(info))
     _check_model_dir(out_dir, description)
     epoch_steps = steps_per_epoch(config, info)
     if not info["splits"].get(config.val_split, {}).get("num_examples"):

@@ -15,9 +15,9 @@ import os
 import keras
 import tensorflow as tf
 
-from plate_ocr.data import writer
+from plate_ocr.data import records, writer
 from plate_ocr.training import (align, ctc, data_service, distribute, input_pipeline,
-                                model as model_lib, render_source)
+                                model as model_lib, plate_format, render_source)
 
 SUM = tf.distribute.ReduceOp.SUM
 
@@ -156,6 +156,9 @@ class Trainer:
                                 + ("augmented" if style else "imported images (pass "
                                    "--align_steps=0)"))
         self.shape = (info["image_height"], info["image_width"])
+        # What validation reads: any characters, as many as a plate of the records may have.
+        self.lengths = plate_format.any_length(records.plate_lengths(info),
+                                               len(info["alphabet"]))
         if config.coarse_ctc_pool:
             # Five equal digits need 9 steps: one blank between each repeat.
             needed = 2 * info["plate_length"] - 1
@@ -306,8 +309,8 @@ class Trainer:
             # ended that way): it adds nothing to the sums.
             return {key: tf.constant(0.0) for key in ctc.SUM_KEYS + ("loss",)}
         logits = self.model(tf.cast(images, tf.float32), training=False)
-        # Read as the exports read: exactly as many characters as the labels have.
-        decoded = ctc.fixed_length_decode(logits, labels.shape[1])[0]
+        # Read as the exports read by default: as many characters as a plate may have.
+        decoded = ctc.format_decode(logits, self.lengths)[0]
         sums = ctc.metric_sums(labels, decoded, weights)
         sums["loss"] = tf.reduce_sum(ctc.per_example_loss(labels, logits, self.ctc_kernel)
                                      * weights)
