@@ -44,7 +44,7 @@ def _model_keys_changed(model_dir: str, description: dict) -> list[str]:
     """What of the model's shape differs from the run in model_dir (which must exist)."""
     old = _read_json(os.path.join(model_dir, export.CONFIG_FILE))
     keys = ("image_height", "image_width", "alphabet", "plate_length", "plate_lengths", "model")
-    return [key for key in keys if old.get(key) != description[key]]
+    return [key for key in keys if old.get(key) != description.get(key)]
 
 
 def _check_model_dir(model_dir: str, description: dict) -> None:
