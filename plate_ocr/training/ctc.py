@@ -134,7 +134,9 @@ def format_decode(logits: tf.Tensor, masks: np.ndarray) -> tuple[tf.Tensor, tf.T
     # Place i is digit i % per of number i // per, which holds `held` characters.
     read_count = tf.gather(tf.constant(lengths, tf.int32), best // classes)[:, None]  # [B, 1]
     place = np.arange(positions)
-    held = tf.clip_by_value(read_count - place // per * per, 0, per)  # [B, N]
+    # (Below 0 past the reading's end, where PAD replaces the label; no clip to 0: TFLite's
+    # converter turns an int32 clip to [0, 6] into RELU6, which has no int32 kernel.)
+    held = tf.minimum(read_count - place // per * per, per)  # [B, N]
     power = tf.gather(tf.constant([blank ** p for p in range(per)], tf.int32),
                       tf.maximum(held - 1 - place % per, 0))
     labels = tf.gather(number, place // per, axis=1) // power % blank

@@ -35,10 +35,12 @@ def parse_batch(serialized: tf.Tensor, height: int, width: int, plate_length: in
     """Parses a batch of serialized Examples at once: uint8 [B, H, W], int32 [B, L], and with
     `tight` each plate's float32 [B] weight in the training loss.
 
-    Only the training features of the records.FEATURES schema are read, in one parse.
+    Only the training features of the records.FEATURES schema are read, in one parse. A
+    label shorter than plate_length (L: records of plates of several lengths, or a mixed
+    source of shorter plates) ends in records.PAD.
     """
     spec = {"image": tf.io.FixedLenFeature([], tf.string),
-            "label": tf.io.FixedLenFeature([plate_length], tf.int64)}
+            "label": tf.io.RaggedFeature(tf.int64)}
     if tight:
         spec.update(font_size=tf.io.FixedLenFeature([], tf.int64),
                     spacing=tf.io.FixedLenFeature([], tf.int64))
@@ -46,7 +48,8 @@ def parse_batch(serialized: tf.Tensor, height: int, width: int, plate_length: in
     # decode_raw on the whole batch: one op instead of one decode per example.
     images = tf.io.decode_raw(features["image"], tf.uint8)
     images = tf.reshape(images, [serialized.shape[0] or -1, height, width])  # keep a static batch
-    parsed = images, tf.cast(features["label"], tf.int32)
+    labels = features["label"].to_tensor(records.PAD, shape=[serialized.shape[0], plate_length])
+    parsed = images, tf.cast(labels, tf.int32)
     if not tight:
         return parsed
     is_tight = (features["font_size"] <= tight.font_size) & (features["spacing"] <= tight.spacing)

@@ -89,13 +89,14 @@ def _check_init_from(model_dir: str, description: dict) -> tuple[str, str]:
 
 
 def _mixed_source(records_dir: str, info: dict, skip_corrupt: bool
-                  ) -> tuple[list[str], tuple[list[str], int, int] | None]:
-    """Records mixed into the training plates (--mix_records): their training shards, and
-    their validation split's (shards, records, records lost), or None when they have none.
+                  ) -> tuple[list[str], tuple[list[str], int, int] | None, list[int]]:
+    """Records mixed into the training plates (--mix_records): their training shards, their
+    validation split's (shards, records, records lost) or None when they have none, and
+    their plate lengths.
 
     Raises:
-      TrainingError: no such records, no training plates, or plates of another shape or
-        alphabet than the run's own records.
+      TrainingError: no such records, no training plates, plates of another shape or
+        alphabet than the run's own records, or longer plates than those.
     """
     try:
         other = records.read_info(records_dir)
@@ -109,15 +110,16 @@ def _mixed_source(records_dir: str, info: dict, skip_corrupt: bool
             val = val_files, other["splits"]["val"]["num_examples"], lost
     except (OSError, ValueError) as error:
         raise TrainingError(f"--mix_records {records_dir}: {error}") from None
-    for key in ("image_height", "image_width", "plate_length", "alphabet"):
+    for key in ("image_height", "image_width", "alphabet"):
         if other[key] != info[key]:
             raise TrainingError(f"--mix_records {records_dir}: its {key} is {other[key]!r}, the "
                                 f"run's records have {info[key]!r}")
-    if records.plate_lengths(other) != records.plate_lengths(info):
-        raise TrainingError(f"--mix_records {records_dir}: its plates have "
-                            f"{records.plate_lengths(other)} characters, the run's "
-                            f"{records.plate_lengths(info)}")
-    return files, val
+    # Shorter plates end in PAD in the run's batches; longer ones would not fit them.
+    if other["plate_length"] > info["plate_length"]:
+        raise TrainingError(f"--mix_records {records_dir}: its plates have up to "
+                            f"{other['plate_length']} characters, the run's records "
+                            f"{info['plate_length']}: pass the longer ones as --records_dir")
+    return files, val, records.plate_lengths(other)
 
 
 def _image_summary(trainer: Trainer, sample: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -254,6 +256,13 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
       TrainingError, FileNotFoundError, ValueError: with one-line messages.
     """
     info = records.read_info(config.records_dir)
+    mixed = [(records_dir, fraction, *_mixed_source(records_dir, info, config.skip_corrupt))
+             for records_dir, fraction in config.mix_records]
+    # The run reads the lengths of its records' plates and of the mixed sources'.
+    lengths = sorted(set(records.plate_lengths(info)).union(
+        *(source_lengths for *_, source_lengths in mixed)))
+    if len(lengths) > 1:
+        info = dict(info, plate_lengths=lengths)
     chief = distribute.is_chief(strategy)
     out_dir = distribute.writer_dir(model_dir, strategy)
     description = {"image_height": info["image_height"], "image_width": info["image_width"],
@@ -287,8 +296,7 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
                       f"{lost[split]} of {info['splits'][split]['num_examples']} records lost")
     # Each mixed source's validation split is watched too, as "<dir>:val".
     mix, counts = [], {}
-    for records_dir, fraction in config.mix_records:
-        train_files, val = _mixed_source(records_dir, info, config.skip_corrupt)
+    for records_dir, fraction, train_files, val, _ in mixed:
         mix.append((train_files, fraction))
         if val:
             name = f"{records_dir}:val"
