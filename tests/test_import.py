@@ -144,6 +144,8 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
             (["--input", str(tmp_path), "--val_fraction", "0.7", "--test_fraction", "0.5"],
              "must not add up to more than 1"),
             (["--input", str(tmp_path)], "no image of"),
+            (["--input", str(tmp_path), "--plate_lengths", "4,x"],
+             "--plate_lengths must be whole numbers"),
     ]:
         result = run(*args, "--output_dir", str(tmp_path / "out"))
         assert result.returncode == 2
