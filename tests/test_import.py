@@ -210,17 +210,23 @@ def test_fine_tuning_on_imported_plates_reads_them_and_still_reads_ours(reading_
                    "0.25")
     assert imported.returncode == 0, imported.stderr
 
-    def accuracy(run_dir: str, records_dir: str) -> float:
+    def accuracies(run_dir: str) -> tuple[float, float]:
+        """Plate accuracy of the run's export on their test split, then on ours."""
         read = evaluate.load_predictor(run_dir)[0]
-        batch = next(evaluate.read_split(records_dir, "test", 1000))
-        return float(np.mean([a == b for a, b in zip(read(batch["image"])[0], batch["text"])]))
-    before = accuracy(model_dir, mine), accuracy(model_dir, synthetic)
+        found = []
+        for records_dir in (mine, synthetic):
+            batch = next(evaluate.read_split(records_dir, "test", 1000))
+            found.append(float(np.mean([a == b for a, b in zip(read(batch["image"])[0],
+                                                               batch["text"])])))
+        return tuple(found)
+    before = accuracies(model_dir)
+    # 120 steps: theirs goes from ~0.02 to ~0.75 (200 steps: 0.9), ours stays at 1.0.
     config = dataclasses.replace(reading_config(mine), init_from=model_dir,
                                  mix_records=((synthetic, 0.3),), learning_rate=2e-3,
-                                 warmup_steps=0, epochs=1, align_steps=0)
+                                 warmup_steps=0, epochs=1, steps_per_epoch=120, align_steps=0)
     tuned = str(tmp_path / "tuned")
     train.train_and_evaluate(config, tuned, tf.distribute.OneDeviceStrategy("/cpu:0"))
-    after = accuracy(tuned, mine), accuracy(tuned, synthetic)
+    after = accuracies(tuned)
     print(f"their test {before[0]:.3f} -> {after[0]:.3f}, ours {before[1]:.3f} -> {after[1]:.3f}")
     assert after[0] >= before[0] + 0.2, (before, after)
     assert after[1] >= before[1] - 0.01, (before, after)
