@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 
 import pytest
 
@@ -31,13 +32,30 @@ def error_lines(process):
 
 @pytest.mark.slow
 def test_flagfile_run_saves_effective_flags_that_rerun_the_same_config(tiny_records, tmp_path):
-    first = run_train(f"--records_dir={tiny_records}", f"--model_dir={tmp_path / 'a'}")
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert "done: 2 epochs, 8 steps" in first.stdout
-    flagfile = tmp_path / "a" / "flags.cfg"
-    assert "--conv_filters=8,16,16,16" in flagfile.read_text()
-    second = subprocess.run([TRAIN, f"--flagfile={flagfile}", f"--model_dir={tmp_path / 'b'}"],
-                            capture_output=True, text=True, timeout=300)
+    # The flags are written before the training starts (then config.json): the rerun starts
+    # from them while the first run trains, and the two TensorFlow starts overlap.
+    # (Output to files: a pipe nobody reads meanwhile could fill and stall the first run.)
+    with open(tmp_path / "a.out", "w") as out, open(tmp_path / "a.err", "w") as err:
+        first = subprocess.Popen([TRAIN, f"--flagfile={SMOKE}", f"--records_dir={tiny_records}",
+                                  f"--model_dir={tmp_path / 'a'}"], stdout=out, stderr=err)
+    try:
+        deadline = time.monotonic() + 300  # only a hang
+        while not (tmp_path / "a" / "config.json").exists():
+            assert first.poll() is None, (tmp_path / "a.err").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the first run never started training"
+            time.sleep(0.1)
+        flagfile = tmp_path / "a" / "flags.cfg"
+        assert "--conv_filters=8,16,16,16" in flagfile.read_text()
+        second = subprocess.run([TRAIN, f"--flagfile={flagfile}",
+                                 f"--model_dir={tmp_path / 'b'}"],
+                                capture_output=True, text=True, timeout=300)
+        first.wait(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode == 0, (tmp_path / "a.err").read_text()[-3000:]
+    assert "done: 2 epochs, 8 steps" in (tmp_path / "a.out").read_text()
     assert second.returncode == 0, second.stderr[-3000:]
     configs = [json.load(open(tmp_path / run / "config.json")) for run in ("a", "b")]
     assert configs[0] == configs[1]
