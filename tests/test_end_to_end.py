@@ -19,6 +19,33 @@ def run(command, *args):
     return result.stdout
 
 
+class Beside:
+    """A command run in the background while the test goes on (as `run`, when finished):
+    commands that only read the trained model need not wait for each other."""
+
+    def __init__(self, log_dir, command, *args):
+        self.command, self.log = command, os.path.join(log_dir, f"{command}.log")
+        # Output to files: a pipe nobody reads meanwhile could fill and stall the command.
+        with open(self.log + ".out", "w") as out, open(self.log + ".err", "w") as err:
+            self.process = subprocess.Popen([os.path.join(PROJECT_DIR, "bin", command), *args],
+                                            stdout=out, stderr=err)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *error):
+        if self.process.poll() is None:  # the test failed first
+            self.process.kill()
+            self.process.wait()
+
+    def output(self) -> str:
+        """Its stdout, once it has exited 0."""
+        self.process.wait(timeout=600)
+        assert self.process.returncode == 0, (
+            f"{self.command}: {open(self.log + '.err').read()[-3000:]}")
+        return open(self.log + ".out").read()
+
+
 def test_make_records_to_predict(tmp_path):
     records, model, images = tmp_path / "records", tmp_path / "model", tmp_path / "images"
     run("make_records", f"--output_dir={records}", "--num_train=400", "--num_val=64",
@@ -26,7 +53,15 @@ def test_make_records_to_predict(tmp_path):
     out = run("train", f"--flagfile={PROJECT_DIR}/configs/smoke.cfg", f"--records_dir={records}",
               f"--model_dir={model}", "--steps_per_epoch=6")
     assert "done: 2 epochs, 12 steps" in out
-    out = run("evaluate", f"--model={model}", "--split=heldout,test_aug")
+    with Beside(tmp_path, "evaluate", f"--model={model}", "--split=heldout,test_aug") as evaluate:
+        run("make_test_images", f"--records_dir={records}", f"--output_dir={images}",
+            "--count=12")
+        assert len(os.listdir(images)) == 12
+        out = run("predict", f"--model={model}", str(images), "--labels_from_filenames",
+                  f"--contact_sheet={tmp_path / 'sheet.png'}")
+        # Readings under the export's min confidence count as unreadable, not as errors.
+        assert "/12, " in out.splitlines()[-2] and (tmp_path / "sheet.png").exists()
+        out = evaluate.output()
     assert "split heldout: 32 plates" in out and "split test_aug: 64 plates" in out
     assert out.splitlines()[-3].split() == ["split", "plates", "plate", "acc", "char", "acc",
                                             "CER", "ECE", f"cov@{MIN_CONFIDENCE:g}",
@@ -38,12 +73,6 @@ def test_make_records_to_predict(tmp_path):
     assert {t["threshold"] for t in metrics["calibration"]["thresholds"]} == {
         0.5, 0.8, 0.9, 0.95, 0.99}
     assert f"non-plates read at or above min confidence {MIN_CONFIDENCE:g}" in out
-    run("make_test_images", f"--records_dir={records}", f"--output_dir={images}", "--count=12")
-    assert len(os.listdir(images)) == 12
-    out = run("predict", f"--model={model}", str(images), "--labels_from_filenames",
-              f"--contact_sheet={tmp_path / 'sheet.png'}")
-    # Readings under the export's min confidence count as unreadable, not as errors.
-    assert "/12, " in out.splitlines()[-2] and (tmp_path / "sheet.png").exists()
 
 
 def test_another_alphabet_and_length_from_make_records_to_tflite(tmp_path):
@@ -67,28 +96,35 @@ def test_another_alphabet_and_length_from_make_records_to_tflite(tmp_path):
     assert "done: 2 epochs, 12 steps" in out
     config = json.load(open(model / "config.json"))
     assert (config["alphabet"], config["plate_length"]) == (alphabet, length)
-    out = run("evaluate", f"--model={model}", "--split=test,foreign,captcha", "--non_plates=0")
-    assert all(f"split {split}: 64 plates" in out for split in ("test", "foreign", "captcha"))
+    # evaluate and export only read the trained model: they run beside the rest.
+    with Beside(tmp_path, "evaluate", f"--model={model}", "--split=test,foreign,captcha",
+                "--non_plates=0") as evaluate, \
+            Beside(tmp_path, "export", f"--model_dir={model}",
+                   "--format=tflite_dynamic") as exporting:
+        run("make_test_images", f"--records_dir={records}", f"--output_dir={images}",
+            "--count=8")
+        names = sorted(os.listdir(images))
+        assert len(names) == 8 and all(
+            name.endswith(".png") and reads_alike(name[:-4]) for name in names), names
+        assert any(char.isalpha() for name in names for char in name[:-4]), "no letter was drawn"
+        batch = np.stack([predict_lib.load_image(str(images / name), 64, 128)
+                          for name in names])
 
-    run("make_test_images", f"--records_dir={records}", f"--output_dir={images}", "--count=8")
-    names = sorted(os.listdir(images))
-    assert len(names) == 8 and all(
-        name.endswith(".png") and reads_alike(name[:-4]) for name in names), names
-    assert any(char.isalpha() for name in names for char in name[:-4]), "no letter was drawn"
-    batch = np.stack([predict_lib.load_image(str(images / name), 64, 128) for name in names])
+        serve = tf.saved_model.load(str(model / "export")).signatures["serving_default"]
+        texts = [t.decode() for t in serve(images=tf.constant(batch, tf.uint8))["text"].numpy()]
+        assert len(texts) == 8 and all(reads_alike(text) for text in texts), texts
 
-    serve = tf.saved_model.load(str(model / "export")).signatures["serving_default"]
-    texts = [t.decode() for t in serve(images=tf.constant(batch, tf.uint8))["text"].numpy()]
-    assert len(texts) == 8 and all(reads_alike(text) for text in texts), texts
+        out = run("predict", f"--model={model}", "--labels_from_filenames",
+                  *[str(images / name) for name in names]).splitlines()
+        readings = [line.split("\t")[1] for line in out[:-1]]
+        assert len(readings) == 8 and all(
+            reading == "unreadable" or reads_alike(reading) for reading in readings), out
+        assert out[-1].startswith("accuracy: ") and "/8, " in out[-1], out[-1]
 
-    out = run("predict", f"--model={model}", "--labels_from_filenames",
-              *[str(images / name) for name in names]).splitlines()
-    readings = [line.split("\t")[1] for line in out[:-1]]
-    assert len(readings) == 8 and all(
-        reading == "unreadable" or reads_alike(reading) for reading in readings), out
-    assert out[-1].startswith("accuracy: ") and "/8, " in out[-1], out[-1]
-
-    out = run("export", f"--model_dir={model}", "--format=tflite_dynamic")
+        out = evaluate.output()
+        assert all(f"split {split}: 64 plates" in out
+                   for split in ("test", "foreign", "captcha"))
+        out = exporting.output()
     path = model / export.TFLITE_FILES["tflite_dynamic"]
     assert f"wrote {path}" in out
     texts, confidences = export.load_tflite(str(path), alphabet, threads=1)(batch)
