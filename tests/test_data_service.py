@@ -48,14 +48,21 @@ class Server:
         """The same command again (after a kill): a new Server."""
         return Server(os.path.dirname(self.log_path), self.role, self.port, *self.args)
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 30) -> None:
+        self.terminate()
+        self.wait(grace)
+
+    def terminate(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+
+    def wait(self, grace: float) -> None:
+        """Waits for it to exit after terminate(); kills it after `grace` seconds."""
+        try:
+            self.process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 class Service:
@@ -76,9 +83,14 @@ class Service:
         """Datasets the dispatcher has stored: each training pipeline registers its own."""
         return len(os.listdir(os.path.join(self.work_dir, "datasets")))
 
-    def stop(self) -> None:
-        for server in [*self.workers, self.dispatcher]:
-            server.stop()
+    def stop(self, grace: float = 30) -> None:
+        """SIGTERM to the workers together, then to the dispatcher; each killed if it is not
+        gone after `grace` seconds."""
+        for group in (self.workers, [self.dispatcher]):
+            for server in group:
+                server.terminate()
+            for server in group:
+                server.wait(grace)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +98,10 @@ def service(tmp_path_factory):
     """A dispatcher and two workers shared by the tests that do not break them."""
     running = Service(str(tmp_path_factory.mktemp("service")))
     yield running
-    running.stop()
+    # A worker may still be rendering a chunk (1,024 augmented plates) of a job whose client
+    # is gone, and SIGTERM waits for it (17-30 s here): nothing is checked after the last
+    # test, so the servers get a few seconds, then SIGKILL.
+    running.stop(grace=5)
 
 
 def train_args(records_dir, model_dir, address, *args):
@@ -253,13 +268,16 @@ def test_service_workers_render_the_plates_this_process_would(service, tiny_reco
     assert dataset.element_spec[0].shape == (32, 64, 128)
     streamed = {hashlib.sha256(image.tobytes()).hexdigest()
                 for images, *_ in dataset.take(40) for image in images.numpy()}
-    # The workers hand the chunks out from chunk 10, two at a time each.
+    # The workers hand the chunks out from chunk 10, two at a time each. Rendered here in
+    # order until every streamed plate is found (each chunk is 1,024 plates to render).
     local = set()
     for chunk in range(10, 18):
         plates = render_source.chunk_plates(path, 2, tf.constant(chunk, tf.int64), 64, 128,
                                             augment, alphabet=info["alphabet"])
         for images, *_ in plates.batch(render_source.CHUNK):
             local |= {hashlib.sha256(image.tobytes()).hexdigest() for image in images.numpy()}
+        if streamed <= local:
+            break
     assert len(streamed) == 40 * 32 and streamed <= local
 
 
