@@ -78,40 +78,17 @@ def test_tensorflow_stages_report_every_figure(tmp_path, tiny_records, untrained
     truths = next(evaluate.read_split(tiny_records, "val", 20))["text"]
     # Tesseract beside the models: one that reads every plate right, on one thread.
     path = fake_tesseract(tmp_path / "bin", truths) + os.pathsep + os.environ["PATH"]
-    # Two commands side by side (the figures are not judged, so sharing the cores is no
-    # harm): pipeline and train together (the train stage's ratio to the pipeline needs
-    # both), and the inference stages with Tesseract. Each stage's processes start
-    # TensorFlow, one after another; two commands overlap those starts.
-    common = ["--records_dir", tiny_records, "--repeats", "1", "--work_dir", str(work_dir),
-              "--json"]
-    commands = {
-        "pipeline_train": ["--stages=pipeline,train", "--configs", SMOKE_CONFIG,
-                           "--pipeline_examples", "256", "--png_examples", "30",
-                           "--train_steps", "2"],
-        "inference": ["--stages=inference", "--model", f"{untrained_model},{tflite}",
-                      "--inference_batches", "1", "--latency_calls", "3",
-                      "--tesseract_plates", str(len(truths))]}
-    processes = {}
-    try:
-        for name, args in commands.items():
-            # Output to files: a pipe nobody reads while the other runs could fill and stall it.
-            with open(tmp_path / f"{name}.out", "w") as out, \
-                    open(tmp_path / f"{name}.err", "w") as err:
-                processes[name] = subprocess.Popen([BENCHMARK, *args, *common], stdout=out,
-                                                   stderr=err, env=dict(os.environ, PATH=path))
-        for process in processes.values():
-            process.wait(timeout=900)
-    finally:
-        for process in processes.values():
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    output, settings = {}, {}
-    for name, process in processes.items():
-        assert process.returncode == 0, (tmp_path / f"{name}.err").read_text()[-5000:]
-        command_output = json.loads((tmp_path / f"{name}.out").read_text())
-        settings.update(command_output.pop("settings"))
-        output.update(command_output)
+    result = subprocess.run(
+        [BENCHMARK, "--stages=pipeline,train,inference", "--records_dir", tiny_records,
+         "--configs", SMOKE_CONFIG, "--model", f"{untrained_model},{tflite}",
+         "--pipeline_examples", "256",
+         "--png_examples", "30", "--train_steps", "2", "--inference_batches", "1",
+         "--latency_calls", "3", "--tesseract_plates", str(len(truths)), "--repeats", "1",
+         "--work_dir", str(work_dir), "--json"],
+        capture_output=True, text=True, timeout=900, env=dict(os.environ, PATH=path))
+    assert result.returncode == 0, result.stderr
+    output = json.loads(result.stdout)
+    settings = output.pop("settings")
     expected = {"pipeline": "pipeline", "train smoke": "train",
                 f"inference {os.path.basename(untrained_model)}": "inference",
                 "inference model.tflite": "inference", "tesseract": "tesseract"}
