@@ -165,16 +165,14 @@ def _inference(model_path: str, records_dir: str, batches: int, calls: int, repe
         readings.clear()
         for i in range(batches):
             readings.extend(predict(plates[i * BATCH:(i + 1) * BATCH])[0])
-
-    def accuracy(readings_, truths_) -> float:
-        return float(np.mean([reading == truth for reading, truth in zip(readings_, truths_)]))
     figures = {"batch_plates_per_s": batches * BATCH / median_seconds(batched, repeats),
-               "val_plate_accuracy": accuracy(readings, truths)}
+               "val_plate_accuracy": evaluate.plate_metrics(truths, readings)["plate_accuracy"]}
     if "foreign" in info["splits"]:
         foreign, foreign_truths = _split_plates(records_dir, "foreign", batches)
-        figures["foreign_plate_accuracy"] = accuracy(
-            sum((predict(foreign[i:i + BATCH])[0] for i in range(0, len(foreign), BATCH)), []),
-            foreign_truths)
+        foreign_readings = sum((predict(foreign[i:i + BATCH])[0]
+                                for i in range(0, len(foreign), BATCH)), [])
+        figures["foreign_plate_accuracy"] = evaluate.plate_metrics(
+            foreign_truths, foreign_readings)["plate_accuracy"]
     return figures
 
 
@@ -223,6 +221,7 @@ TESSERACT = ("tesseract", "stdout", "--psm", "7", "-c", "tessedit_char_whitelist
 def _tesseract(records_dir: str, plates: int, repeats: int, work_dir: str) -> dict:
     import subprocess
     from PIL import Image
+    from plate_ocr.serving import evaluate
     images, truths = _split_plates(records_dir, "val", math.ceil(plates / BATCH))
     images, truths = images[:plates], truths[:plates]
     folder = os.path.join(work_dir, "tesseract")
@@ -244,8 +243,7 @@ def _tesseract(records_dir: str, plates: int, repeats: int, work_dir: str) -> di
     # One page per image, each ended by a form feed.
     readings = ["".join(page.split()) for page in outputs[-1].split("\f")[:len(paths)]]
     return {"plates_per_s": len(paths) / seconds, "ms_per_plate": 1000 * seconds / len(paths),
-            "val_plate_accuracy": float(np.mean([reading == truth for reading, truth
-                                                 in zip(readings, truths)]))}
+            "val_plate_accuracy": evaluate.plate_metrics(truths, readings)["plate_accuracy"]}
 
 
 def tesseract_stage(records_dir: str, plates: int, repeats: int,

@@ -9,7 +9,6 @@ import numpy as np
 import tensorflow as tf
 
 from plate_ocr.data import records
-from plate_ocr.training import plate_format
 
 PAD = records.PAD  # after a shorter reading's (or label's) end
 

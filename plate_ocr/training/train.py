@@ -126,9 +126,9 @@ def _image_summary(trainer: Trainer, sample: tuple[np.ndarray, np.ndarray]) -> n
     images, labels = sample
     logits = trainer.model(tf.cast(images, tf.float32), training=False)
     alphabet = trainer.info["alphabet"]
-    decoded = ctc.format_decode(logits, trainer.lengths)[0]
-    predictions = [t.decode() for t in ctc.to_strings(decoded, alphabet).numpy()]
-    truths = ["".join(alphabet[i] for i in label if i != records.PAD) for label in labels]
+    decoded = ctc.format_decode(logits, trainer.length_masks)[0]
+    predictions, truths = ([text.decode() for text in ctc.to_strings(read, alphabet).numpy()]
+                           for read in (decoded, tf.constant(labels)))
     return pictures.prediction_grid(list(images), predictions, truths)
 
 
@@ -269,12 +269,11 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
                    "alphabet": info["alphabet"], "plate_length": info["plate_length"],
                    "model": dataclasses.asdict(config.model), "train": dataclasses.asdict(config),
                    "plate_format": config.plate_format}
-    if len(records.plate_lengths(info)) > 1:  # records of plates of several lengths
-        description["plate_lengths"] = records.plate_lengths(info)
+    if len(lengths) > 1:  # plates of several lengths
+        description["plate_lengths"] = lengths
     description["model"] = json.loads(json.dumps(description["model"]))  # tuples -> lists
     # A format that cannot be read fails now, not after the training.
-    formats = plate_format.for_model(config.plate_format, info["alphabet"],
-                                     records.plate_lengths(info))
+    formats = plate_format.for_model(config.plate_format, info["alphabet"], lengths)
     _check_model_dir(out_dir, description)
     epoch_steps = steps_per_epoch(config, info)
     if not info["splits"].get(config.val_split, {}).get("num_examples"):

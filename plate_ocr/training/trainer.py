@@ -157,8 +157,8 @@ class Trainer:
                                    "--align_steps=0)"))
         self.shape = (info["image_height"], info["image_width"])
         # What validation reads: any characters, as many as a plate of the records may have.
-        self.lengths = plate_format.any_length(records.plate_lengths(info),
-                                               len(info["alphabet"]))
+        self.length_masks = plate_format.any_length(records.plate_lengths(info),
+                                                    len(info["alphabet"]))
         if config.coarse_ctc_pool:
             # Five equal digits need 9 steps: one blank between each repeat.
             needed = 2 * info["plate_length"] - 1
@@ -310,7 +310,7 @@ class Trainer:
             return {key: tf.constant(0.0) for key in ctc.SUM_KEYS + ("loss",)}
         logits = self.model(tf.cast(images, tf.float32), training=False)
         # Read as the exports read by default: as many characters as a plate may have.
-        decoded = ctc.format_decode(logits, self.lengths)[0]
+        decoded = ctc.format_decode(logits, self.length_masks)[0]
         sums = ctc.metric_sums(labels, decoded, weights)
         sums["loss"] = tf.reduce_sum(ctc.per_example_loss(labels, logits, self.ctc_kernel)
                                      * weights)
