@@ -82,6 +82,14 @@ def test_the_dynamic_range_tflite_reads_what_the_saved_model_reads(reading_model
     saved = evaluate.load_predictor(model_dir)[0](batch["image"])[0]
     assert np.mean([a == b for a, b in zip(saved, evaluate.load_predictor(dynamic)[0](
         batch["image"])[0])]) >= 0.99
+    # A batch read on two cores in chunks, the last one padded (load_tflite): what one plate
+    # at a time reads.
+    images = batch["image"][:2 * export.TFLITE_CHUNK + 3]
+    chunked, confidences = export.load_tflite(dynamic, "0123456789", threads=2)(images)
+    one = export.load_tflite(dynamic, "0123456789", threads=1)
+    singles = [one(image[None]) for image in images]
+    assert chunked == [texts[0] for texts, _ in singles]
+    np.testing.assert_allclose(confidences, [c[0] for _, c in singles], atol=1e-5)
     # Its weights are int8 (a float model has none), so the file is smaller.
     config = json.load(open(f"{model_dir}/{export.CONFIG_FILE}"))
     trained = keras.models.load_model(f"{model_dir}/{export.KERAS_MODEL}")

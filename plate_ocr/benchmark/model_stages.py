@@ -135,8 +135,7 @@ def _inference(model_path: str, records_dir: str, batches: int, calls: int, repe
     if threads:  # before TensorFlow first runs
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
-    # Batched on every core: a TFLite interpreter's default is one thread.
-    predict, shape = evaluate.load_predictor(model_path, threads or os.cpu_count())
+    predict, shape = evaluate.load_predictor(model_path, threads)  # None: every core
     info = records.read_info(records_dir)
     if tuple(shape) != (info["image_height"], info["image_width"]):
         raise ValueError(f"the model reads {shape[0]}x{shape[1]} plates, the records in "

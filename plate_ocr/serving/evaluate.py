@@ -44,8 +44,8 @@ def model_alphabet(path: str) -> str | None:
 def load_predictor(path: str, threads: int | None = None):
     """Loads a trained model: a model dir, its SavedModel, its .keras or its .tflite file.
 
-    `threads` is a TFLite model's (None: the interpreter's default); TensorFlow's are the
-    process's (tf.config.threading, before TensorFlow first runs).
+    `threads` is a TFLite model's (None: every core; export.load_tflite); TensorFlow's are
+    the process's (tf.config.threading, before TensorFlow first runs).
 
     Returns:
       (predict(uint8 [N, H, W]) -> (list of N strings, float32 [N] confidences), (H, W)).

@@ -1,5 +1,6 @@
 """Export a trained CRNN: SavedModel (uint8 images -> strings), .keras model, Keras weights."""
 
+import concurrent.futures
 import errno
 import os
 import shutil
@@ -19,6 +20,9 @@ TFLITE_MODEL = "model.tflite"
 # "dynamic": dynamic-range quantization, int8 weights (F5's file 0.65 MB against 1.17) and float
 # activations quantized on the fly by the kernels of the convolutions, Dense layers and LSTM.
 TFLITE_FILES = {"tflite": TFLITE_MODEL, "tflite_dynamic": "model-dynamic.tflite"}
+# Plates per TFLite call when a batch is read on several cores (load_tflite): 8-16 read the
+# most plates/s here, 32 and more fewer (docs/experiments.md, "Batched TFLite").
+TFLITE_CHUNK = 16
 CONFIG_FILE = "config.json"  # written by training: image size, alphabet, model shape
 # The exports' default reject threshold on the confidence (the probability of the reading):
 # below it a reading is "unreadable". Measured 2026-12-02 on three models (clean.cfg's recipe,
@@ -144,15 +148,45 @@ def export_tflite(model: keras.Model, config: model_lib.ModelConfig, masks: np.n
 
 def load_tflite(path: str, alphabet: str, threads: int | None = None):
     """A predict(uint8 [N, H, W]) -> (strings, confidences) running a TFLite model on
-    `threads` threads (None: the interpreter's default).
+    `threads` cores (None: all of them).
+
+    Up to TFLITE_CHUNK plates (one plate: latency) go to one interpreter on `threads` threads.
+    More are cut into chunks of TFLITE_CHUNK, the last one padded, read by `threads`
+    interpreters of one thread each, side by side (the interpreter releases the GIL): on this
+    2-core machine 1.5x the plates/s of one interpreter on both threads at batch 256, whose
+    activations no longer fit the caches (docs/experiments.md, "Batched TFLite").
 
     Its min_confidence attribute is this code's MIN_CONFIDENCE, the one bin/export baked into
     the model's readable output (TFLite keeps no variables to store it).
     """
-    runner = tf.lite.Interpreter(model_path=path, num_threads=threads).get_signature_runner()
+    threads = threads or os.cpu_count() or 1
+    single = tf.lite.Interpreter(model_path=path, num_threads=threads).get_signature_runner()
+    workers = [tf.lite.Interpreter(model_path=path, num_threads=1).get_signature_runner()
+               for _ in range(threads)]
+    pool = concurrent.futures.ThreadPoolExecutor(threads)
+
+    def read_chunks(runner, images: np.ndarray) -> list[dict]:
+        outputs = []
+        for start in range(0, len(images), TFLITE_CHUNK):
+            chunk = images[start:start + TFLITE_CHUNK]
+            if len(chunk) < TFLITE_CHUNK:  # one input shape: no reallocation
+                chunk = np.pad(chunk, [(0, TFLITE_CHUNK - len(chunk)), (0, 0), (0, 0)])
+            outputs.append(runner(images=chunk))
+        return outputs
+
+    def run(images: np.ndarray) -> dict:
+        if len(images) <= TFLITE_CHUNK:
+            return single(images=images)
+        # Each worker its own contiguous run of chunks: one interpreter per thread.
+        bounds = np.linspace(0, -(-len(images) // TFLITE_CHUNK), threads + 1).astype(int)
+        parts = pool.map(read_chunks, workers, [images[a * TFLITE_CHUNK:b * TFLITE_CHUNK]
+                                                for a, b in zip(bounds, bounds[1:])])
+        outputs = [output for part in parts for output in part]
+        return {key: np.concatenate([output[key] for output in outputs])[:len(images)]
+                for key in outputs[0]}
 
     def predict(images: np.ndarray) -> tuple[list[str], np.ndarray]:
-        outputs = runner(images=np.asarray(images, np.uint8))
+        outputs = run(np.asarray(images, np.uint8))
         texts = ["".join(alphabet[i] for i in row if i >= 0) for row in outputs["labels"]]
         return texts, outputs["confidence"]
     predict.min_confidence = MIN_CONFIDENCE
