@@ -74,7 +74,7 @@ def test_saved_model_keras_and_tflite_agree_on_confidence_and_readable(reading_m
 def test_the_dynamic_range_tflite_reads_what_the_saved_model_reads(reading_model, tmp_path):
     model_dir, records_dir = reading_model
     result = subprocess.run([os.path.join(PROJECT_DIR, "bin", "export"), "--model_dir",
-                             model_dir, "--format", "tflite_dynamic"],
+                             model_dir],  # the default format: tflite_dynamic
                             capture_output=True, text=True, timeout=300)
     dynamic = os.path.join(model_dir, export.TFLITE_FILES["tflite_dynamic"])
     assert result.returncode == 0 and result.stdout.strip() == f"wrote {dynamic}", result.stderr
