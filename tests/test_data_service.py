@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -99,8 +100,8 @@ def service(tmp_path_factory):
     running = Service(str(tmp_path_factory.mktemp("service")))
     yield running
     # A worker may still be rendering a chunk (1,024 augmented plates) of a job whose client
-    # is gone, and SIGTERM waits for it (17-30 s here): nothing is checked after the last
-    # test, so the servers get a few seconds, then SIGKILL.
+    # is gone; after SIGTERM it waits for it at most cli.service.STOP_GRACE_SECONDS, and
+    # nothing is checked after the last test, so the servers get a few seconds, then SIGKILL.
     running.stop(grace=5)
 
 
@@ -377,3 +378,30 @@ def test_restarted_dispatcher_lets_training_go_on(tiny_records, tmp_path):
         assert step_at_crash < 50 and "resumed from" not in stdout
     finally:
         running.stop()
+
+
+class _StuckServer:
+    """A server whose stop() blocks until released, as a worker's does mid-chunk."""
+
+    def __init__(self, stops: bool):
+        self.release = threading.Event()
+        if stops:
+            self.release.set()
+        self.stopped = threading.Event()
+
+    def stop(self):
+        self.release.wait()
+        self.stopped.set()
+
+
+def test_a_stop_that_hangs_ends_the_process_after_the_grace(capsys):
+    from plate_ocr.cli import service as cli_service
+    exits = []
+    stuck = _StuckServer(stops=False)
+    cli_service.stop_server(stuck, grace=0.05, exit_now=exits.append)
+    assert exits == [0] and not stuck.stopped.is_set()
+    assert "stopped without waiting for the work in progress" in capsys.readouterr().out
+    stuck.release.set()  # the daemon thread ends
+    prompt = _StuckServer(stops=True)
+    cli_service.stop_server(prompt, grace=60, exit_now=exits.append)
+    assert prompt.stopped.is_set() and exits == [0]  # stopped in time: no exit

@@ -8,6 +8,7 @@ absl code like the rest of cli/ (helpers in common.py): flags are defined when t
 import os
 import signal
 import socket
+import sys
 import threading
 
 from absl import flags
@@ -16,6 +17,11 @@ from plate_ocr.cli.common import FLAGS, CommandError, run_command
 
 _ROLE_FLAGS = {"dispatcher": ("work_dir",),
                "worker": ("dispatcher", "worker_host", "heartbeat_interval")}
+# Seconds a stop may take before the process ends without it: a worker's server.stop() waits
+# for the element in progress, 17-30 s for a chunk of rendered plates, as long as Kubernetes'
+# default grace period (30 s) before SIGKILL. A worker holds nothing that outlives it (the
+# dispatcher hands its tasks to the others), and the dispatcher's state is in its journal.
+STOP_GRACE_SECONDS = 5.0
 
 
 def _check_port_free(port: int) -> None:
@@ -47,6 +53,19 @@ def _wait_for_signal() -> None:
         signal.signal(number, lambda *_: stop.set())
     while not stop.wait(1.0):  # a timeout, so that the handlers run promptly
         pass
+
+
+def stop_server(server, grace: float = STOP_GRACE_SECONDS, exit_now=os._exit) -> None:
+    """server.stop(), or, when that takes longer than `grace` seconds, exit_now(0) (the
+    process ends without waiting, its output flushed)."""
+    stopping = threading.Thread(target=server.stop, daemon=True)
+    stopping.start()
+    stopping.join(grace)
+    if stopping.is_alive():
+        print(f"data_service: stopped without waiting for the work in progress "
+              f"(over {grace:g} s)", flush=True)
+        sys.stderr.flush()
+        exit_now(0)
 
 
 def define_service_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
@@ -107,7 +126,7 @@ def data_service() -> None:
             raise CommandError(f"could not start the {FLAGS.role}: "
                                f"{error.message.splitlines()[0]}") from None
         _wait_for_signal()
-        server.stop()
+        stop_server(server)
 
     run_command(main)
 
