@@ -12,6 +12,26 @@ from absl import flags
 from plate_ocr.cli.common import FLAGS, CommandError, run_command
 
 
+def _lengths(requested: list[str], plate_length: int,
+             found: collections.Counter) -> list[int]:
+    """The plate lengths to import: --plate_lengths (numbers, or all: every length found),
+    else --plate_length, else the commonest length found (none when no row was read)."""
+    if requested == ["all"]:
+        return sorted(found)
+    if requested:
+        try:
+            lengths = sorted({int(length) for length in requested})
+        except ValueError:
+            lengths = []
+        if not lengths or min(lengths) < 1:
+            raise CommandError(f"--plate_lengths must be whole numbers of at least 1, or "
+                               f"all: got {','.join(requested)}")
+        return lengths
+    if plate_length:
+        return [plate_length]
+    return [found.most_common(1)[0][0]] if found else []
+
+
 def import_images() -> None:
     """Writes a folder or CSV / TSV list of labelled plate images as records."""
     flags.DEFINE_string("input", None, "A folder of images (labels from the file names) or a "
@@ -54,19 +74,8 @@ def import_images() -> None:
             rows, problems = importer.read_rows(FLAGS.input, FLAGS.alphabet)
         except ValueError as error:
             raise CommandError(str(error)) from None
-        found = collections.Counter(len(row.label) for row in rows)
-        if FLAGS.plate_lengths == ["all"]:
-            lengths = sorted(found) or [0]
-        elif FLAGS.plate_lengths:
-            try:
-                lengths = sorted({int(length) for length in FLAGS.plate_lengths})
-            except ValueError:
-                lengths = [0]
-            if min(lengths) < 1:
-                raise CommandError(f"--plate_lengths must be whole numbers of at least 1, or "
-                                   f"all: got {','.join(FLAGS.plate_lengths)}")
-        else:
-            lengths = [FLAGS.plate_length or (found.most_common(1)[0][0] if found else 0)]
+        lengths = _lengths(FLAGS.plate_lengths, FLAGS.plate_length,
+                           collections.Counter(len(row.label) for row in rows))
         rows, bad = importer.check_labels(rows, FLAGS.alphabet, lengths)
         problems += bad
         rows, bad = importer.assign_splits(rows, FLAGS.val_fraction, FLAGS.test_fraction,

@@ -61,6 +61,9 @@ GLYPH_DRAWS = ("glyph",) + tuple(f"glyph_{what}_{i}" for i in range(_GLYPHS)
 _ELASTIC_CELL = 6  # pixels between the elastic displacement's independent nodes
 _ELASTIC_TAPER = 12  # pixels from the frame's edge over which the displacement fades out
 _BANK_SEED = 20261202  # the noise banks: the same in every process
+# Sharpening steepens coverage about 40% of full ink, not half: a hairline whose coverage
+# peaks under half stays.
+_SHARPEN_PIVOT = 102.0
 
 
 def plate_keys(seed: int, split: str, indices) -> tf.Tensor:
@@ -496,10 +499,9 @@ def augment_with_ink(ink: tf.Tensor, config: AugmentConfig, keys: tf.Tensor,
     ink = _elastic(ink, u, config)
     top, bottom, left, right = box = _ink_box(ink)
     coverage, text_corners, forward, scale = _geometry(ink, box, u, jitter, config, margin)
-    # Sharpening about 40% coverage, not half: a hairline whose coverage peaks under half
-    # stays.
     steepness = tf.where(u["sharpen"] < config.sharpen_prob, tf.maximum(scale, 1.0), 1.0)
-    coverage = tf.clip_by_value(102.0 + (coverage - 102.0) * per_plate(steepness), 0.0, 255.0)
+    coverage = tf.clip_by_value(_SHARPEN_PIVOT + (coverage - _SHARPEN_PIVOT)
+                                * per_plate(steepness), 0.0, 255.0)
     # Strokes: the 3x3 maximum (minimum) blended half and half with the original, about
     # half a pixel on each side. Text scaled up thins by one more such step from 1.7x and two
     # from 2.4x: large hairline faces, whose strokes do not grow with the text.
