@@ -37,7 +37,7 @@ def write_records(faces):
     def write(output_dir: str, seed: int = 0, counts: dict[str, int] = TINY_COUNTS,
               shards: dict[str, int] = TINY_SHARDS, workers: int = 0,
               style: writer.PlateStyle = writer.PlateStyle()) -> dict:
-        labels = records.draw_labels(counts, style.alphabet, style.plate_length, seed)
+        labels = records.draw_labels(counts, style.alphabet, style.lengths, seed)
         return writer.write_dataset(output_dir, labels, shards, faces, style, seed, workers)
     return write
 
@@ -67,7 +67,7 @@ def reading_model(tmp_path_factory, faces) -> tuple[str, str]:
                               spec=render.PlateSpec(height=32, width=64))
     counts = {"train": 2000, "val": 100, "test": 200, "heldout": 10, "test_aug": 10,
               "val_aug": 10}
-    labels = records.draw_labels(counts, style.alphabet, style.plate_length, 0)
+    labels = records.draw_labels(counts, style.alphabet, style.lengths, 0)
     writer.write_dataset(records_dir, labels, {split: 1 for split in counts},
                          {"train": faces["train"][:1], "heldout": faces["heldout"][:1]},
                          style, 0, 0)

@@ -3,6 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
+from plate_ocr.data import records
 from plate_ocr.serving import evaluate
 from plate_ocr.training import align, ctc
 
@@ -55,6 +56,17 @@ def test_targets_sit_at_the_centres_of_the_inks_fifths():
     blank_plate = np.full((1, 8, 40), 255, np.uint8)
     assert np.all(align.frame_targets(tf.constant(blank_plate), tf.constant([[1, 2, 3, 4, 5]]),
                                       20, BLANK).numpy() == BLANK)
+
+
+def test_a_shorter_label_ended_by_pad_is_placed_as_that_many_characters(tiny_records):
+    batch = next(evaluate.read_split(tiny_records, "train", batch_size=32))
+    images = tf.constant(batch["image"])
+    for length in (1, 3, 4):
+        labels = np.array([[int(c) for c in text[:length]] for text in batch["text"]])
+        padded = np.pad(labels, [(0, 0), (0, 5 - length)], constant_values=records.PAD)
+        np.testing.assert_array_equal(
+            align.frame_targets(images, tf.constant(padded), 64, BLANK).numpy(),
+            align.frame_targets(images, tf.constant(labels), 64, BLANK).numpy())
 
 
 def test_frame_loss_is_low_on_the_targets_and_high_elsewhere():

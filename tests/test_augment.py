@@ -155,11 +155,16 @@ def test_one_way_characters_turn_only_their_way():
     np.testing.assert_array_equal(either, lean(np.zeros([64, 5])))  # no one-way character
     # Two runs for a one-character label: which is the character is not known, so no turn.
     assert (np.abs(lean(np.ones([64, 2]))) < 0.5).all()
+    # A one-character label ended by PAD (plates of several lengths): one run, one character.
+    past_the_end = np.full([64, 4], augment_config.NO_CHARACTER)
+    np.testing.assert_array_equal(
+        lean(np.concatenate([np.ones([64, 1]), past_the_end], axis=1)), clockwise)
 
 
 def test_a_one_and_a_seven_turn_each_the_way_that_keeps_them_apart():
     ways = CONFIG.turn_ways("0123456789")
-    assert ways[1] == -1 and ways[7] == 1 and set(ways[:1] + ways[2:7] + ways[8:]) == {0}
+    assert ways[1] == -1 and ways[7] == 1 and set(ways[:1] + ways[2:7] + ways[8:10]) == {0}
+    assert len(ways) == 11 and ways[records.PAD] == augment_config.NO_CHARACTER
 
 
 @pytest.mark.parametrize("effect", ["speckle_prob", "scratch_prob"])

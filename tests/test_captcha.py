@@ -48,13 +48,13 @@ def test_shards_are_byte_identical_for_a_seed_and_differ_for_another(tmp_path):
 def test_a_plate_is_a_function_of_seed_and_index_alone():
     from captcha import image as captcha_image
     secrets_module = captcha_image.secrets
-    images, details = captcha_split.render_captcha(NUMBERS, 0, ALPHABET, 5)
+    images, details = captcha_split.render_captcha(NUMBERS, 0, ALPHABET, [5])
     assert captcha_image.secrets is secrets_module  # given back after each plate
     assert images.dtype == np.uint8 and images.shape == (len(NUMBERS), 64, 128)
     assert [text for text, *_ in details] == [f"{n:05d}" for n in NUMBERS]
     assert all(font == "DroidSansMono" and 20 < size < 60 for _, font, size, _ in details)
     # However the split is cut into shards and chunks: the same plate for the same index.
-    middle, _ = captcha_split.render_captcha(NUMBERS[4:9], 0, ALPHABET, 5, first_index=4)
+    middle, _ = captcha_split.render_captcha(NUMBERS[4:9], 0, ALPHABET, [5], first_index=4)
     np.testing.assert_array_equal(middle, images[4:9])
     # Not blank: a light background (padded with it) and darker ink.
     for image in images:
@@ -91,8 +91,8 @@ def test_make_records_writes_a_captcha_split_of_test_labels_that_evaluate_reads(
     images = np.concatenate([batch["image"] for batch in plates])
     assert images.dtype == np.uint8 and images.shape == (24, 64, 128)
     # The same labels and seed drawn in this process: the same pixels.
-    numbers = records.draw_labels({"train": 60, "val": 10, "test": 30}, ALPHABET, 5, 0)["test"]
-    expected, _ = captcha_split.render_captcha(numbers[:24], 0, ALPHABET, 5)
+    numbers = records.draw_labels({"train": 60, "val": 10, "test": 30}, ALPHABET, [5], 0)["test"]
+    expected, _ = captcha_split.render_captcha(numbers[:24], 0, ALPHABET, [5])
     np.testing.assert_array_equal(images, expected)
 
 

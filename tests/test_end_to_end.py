@@ -130,3 +130,41 @@ def test_another_alphabet_and_length_from_make_records_to_tflite(tmp_path):
     texts, confidences = export.load_tflite(str(path), alphabet, threads=1)(batch)
     assert len(texts) == 8 and all(reads_alike(text) for text in texts), texts
     assert np.all((0 <= confidences) & (confidences <= 1))
+
+
+def test_synthetic_plates_of_several_lengths_from_make_records_to_tflite(tmp_path):
+    """make_records --plate_lengths: every split, the rendered training stream, the model and
+    its exports read plates of each length."""
+    import collections
+    import numpy as np
+    from plate_ocr.data import records as records_lib
+    from plate_ocr.serving import evaluate, export
+    from plate_ocr.training import render_source
+    records, model = tmp_path / "records", tmp_path / "model"
+    run("make_records", f"--output_dir={records}", "--plate_lengths=3,5,4",
+        "--num_train=600", "--num_val=60", "--num_test=60", "--num_heldout=30",
+        "--num_foreign=30", "--num_captcha=30", "--shards=2", "--workers=2")
+    info = records_lib.read_info(str(records))
+    assert (info["plate_length"], info["plate_lengths"]) == (5, [3, 4, 5])
+    for split in ("train", "test", "heldout", "test_aug", "foreign", "captcha"):
+        texts = [t for batch in evaluate.read_split(str(records), split) for t in batch["text"]]
+        lengths = collections.Counter(map(len, texts))
+        assert set(lengths) == {3, 4, 5} and min(lengths.values()) >= len(texts) // 5, split
+    # The TF renderer's stream: labels ended by PAD, each length in it.
+    _, labels, _, _ = next(iter(render_source.make_render_dataset(
+        render_source.atlas_path(info, str(records)), 256, 64, 128, 5, seed=0, first_chunk=0,
+        shuffle_buffer=256)))
+    characters = labels.numpy() != records_lib.PAD
+    assert set(characters.sum(axis=1)) == {3, 4, 5}
+    assert (np.diff(characters.astype(int), axis=1) <= 0).all()  # PAD only at the end
+    out = run("train", f"--flagfile={PROJECT_DIR}/configs/smoke.cfg", f"--records_dir={records}",
+              f"--model_dir={model}", "--source=render", "--render_augment",
+              "--input_norm=standardize", "--align_steps=4", "--steps_per_epoch=6")
+    assert "done: 2 epochs, 12 steps" in out
+    assert json.load(open(model / "config.json"))["plate_lengths"] == [3, 4, 5]
+    out = run("export", f"--model_dir={model}")
+    batch = next(evaluate.read_split(str(records), "test", 60))
+    saved = evaluate.load_predictor(str(model))[0](batch["image"])[0]
+    lite = evaluate.load_predictor(str(model / export.TFLITE_FILES["tflite_dynamic"]))[0](
+        batch["image"])[0]
+    assert all(len(text) in (3, 4, 5) for text in saved + lite), (saved, lite)

@@ -22,22 +22,22 @@ def foreign_faces(font_dir) -> list[fonts.Face]:
 
 
 def test_plates_shape_dtype_and_text(foreign_faces):
-    images, details = foreign.render_foreign(NUMBERS, 0, ALPHABET, 5, foreign_faces)
+    images, details = foreign.render_foreign(NUMBERS, 0, ALPHABET, [5], foreign_faces)
     assert images.shape == (len(NUMBERS), 64, 128) and images.dtype == np.uint8
     assert [text for text, _, _, _ in details] == [f"{n:05d}" for n in NUMBERS]
     assert all(face in foreign_faces and size > 0 for _, face, size, _ in details)
-    small, _ = foreign.render_foreign(NUMBERS[:2], 0, "0123456789ab", 3, foreign_faces, 32, 96)
+    small, _ = foreign.render_foreign(NUMBERS[:2], 0, "0123456789ab", [3], foreign_faces, 32, 96)
     assert small.shape == (2, 32, 96)
 
 
 def test_a_plate_is_a_function_of_seed_and_index(foreign_faces):
-    images, _ = foreign.render_foreign(NUMBERS, 0, ALPHABET, 5, foreign_faces)
-    again, _ = foreign.render_foreign(NUMBERS, 0, ALPHABET, 5, foreign_faces)
+    images, _ = foreign.render_foreign(NUMBERS, 0, ALPHABET, [5], foreign_faces)
+    again, _ = foreign.render_foreign(NUMBERS, 0, ALPHABET, [5], foreign_faces)
     assert images.tobytes() == again.tobytes()
-    middle, _ = foreign.render_foreign(NUMBERS[4:9], 0, ALPHABET, 5, foreign_faces,
+    middle, _ = foreign.render_foreign(NUMBERS[4:9], 0, ALPHABET, [5], foreign_faces,
                                        first_index=4)
     assert middle.tobytes() == images[4:9].tobytes()
-    other, _ = foreign.render_foreign(NUMBERS, 1, ALPHABET, 5, foreign_faces)
+    other, _ = foreign.render_foreign(NUMBERS, 1, ALPHABET, [5], foreign_faces)
     assert all(not np.array_equal(a, b) for a, b in zip(images, other))
 
 
@@ -89,7 +89,7 @@ def test_cairo_draws_aliased_text_that_pil_never_does(font_dir, file):
 
 def test_every_plate_has_ink_and_a_readable_contrast(foreign_faces):
     numbers = np.random.default_rng(0).choice(100000, 300, replace=False)
-    images, _ = foreign.render_foreign(numbers, 0, ALPHABET, 5, foreign_faces)
+    images, _ = foreign.render_foreign(numbers, 0, ALPHABET, [5], foreign_faces)
     flat = images.reshape(len(images), -1).astype(int)
     spread = np.percentile(flat, 99.5, axis=1) - np.percentile(flat, 0.5, axis=1)
     ink = (np.abs(flat - np.median(flat, axis=1, keepdims=True)) >= 30).mean(axis=1)

@@ -1,5 +1,6 @@
 """records.py and writer.py: the schema read back by TensorFlow, shards, metadata, label sets."""
 
+import collections
 import glob
 import hashlib
 import os
@@ -116,19 +117,39 @@ def test_examples_match_their_text_and_style(tiny_records, read_examples, faces)
 def test_draw_labels_refuses_more_labels_than_exist():
     counts = {"train": 99000, "val": 1000, "test": 1000, "heldout": 0}
     with pytest.raises(ValueError, match="= 101000 plates need distinct labels.*only 100000"):
-        records.draw_labels(counts, "0123456789", 5, 0)
+        records.draw_labels(counts, "0123456789", [5], 0)
     counts = {"train": 98000, "val": 1000, "test": 1000, "heldout": 0}
-    labels = records.draw_labels(counts, "0123456789", 5, 0)
+    labels = records.draw_labels(counts, "0123456789", [5], 0)
     assert len(np.unique(np.concatenate([labels[s] for s in ("train", "val", "test")]))) == 100000
+
+
+def test_labels_of_several_lengths_are_distinct_mixed_and_read_back():
+    counts = {"train": 1200, "val": 300, "test": 300, "val_aug": 100}
+    labels = records.draw_labels(counts, "0123456789", [4, 2, 3], 0)
+    drawn = np.concatenate([labels[split] for split in ("train", "val", "test")])
+    assert len(np.unique(drawn)) == 1800
+    digits = {split: [records.label_digits(n, "0123456789", [2, 3, 4]) for n in labels[split]]
+              for split in labels}
+    read = [d for split in ("train", "val", "test") for d in digits[split]]
+    # As even as the lengths allow: the 100 two-digit labels, then half the rest each.
+    assert collections.Counter(map(len, read)) == {2: 100, 3: 850, 4: 850}
+    assert len({tuple(d) for d in read}) == 1800  # distinct as digits too
+    assert {len(d) for d in digits["test"]} == {2, 3, 4}  # every split mixes them
+    assert digits["val_aug"] == digits["val"][:100]
+    again = records.draw_labels(counts, "0123456789", [2, 3, 4], 0)
+    assert all(np.array_equal(labels[s], again[s]) for s in labels)
+    assert records.length_shares(7, "01", [1, 2, 3]) == [2, 2, 3]
+    with pytest.raises(ValueError, match="2/3 positions allow only 1100"):
+        records.draw_labels({"train": 1101, "val": 0, "test": 0}, "0123456789", [3, 2], 0)
 
 
 def test_draw_labels_refuses_more_derived_plates_than_their_split_has():
     counts = {"train": 10, "val": 0, "test": 5, "heldout": 6}
     with pytest.raises(ValueError, match="must not exceed --num_test"):
-        records.draw_labels(counts, "0123456789", 5, 0)
+        records.draw_labels(counts, "0123456789", [5], 0)
     counts = {"train": 10, "val": 3, "test": 5, "val_aug": 4}
     with pytest.raises(ValueError, match="--num_val_aug .4. must not exceed --num_val .3."):
-        records.draw_labels(counts, "0123456789", 5, 0)
+        records.draw_labels(counts, "0123456789", [5], 0)
 
 
 def test_same_seed_writes_identical_files(tiny_records, write_records, tmp_path):

@@ -69,6 +69,27 @@ def test_plates_equal_the_pil_renderer_pixel_for_pixel(rendering, faces):
     assert shrunk > 10
 
 
+def test_shorter_plates_equal_the_pil_renderer_of_their_characters(rendering, faces):
+    # Labels ended by PAD (records of several plate lengths): only their characters are
+    # drawn, placed as the PIL renderer places that many.
+    info, _, tensors = rendering
+    style = writer.style_from_info(info)
+    flat = [face for family in fonts.group_by_family(faces["train"]) for face in family]
+    choices = _chunk_choices(tensors, seed=5, chunk=1, count=80)
+    lengths = 1 + np.arange(80) % style.plate_length  # 1 to 5 characters
+    choices["label"] = np.where(np.arange(style.plate_length)[None, :] < lengths[:, None],
+                                choices["label"], records.PAD).astype(np.int32)
+    images = 255 - render_source.compose_ink(tensors, choices).numpy()
+    for j, image in enumerate(images):
+        face = flat[choices["face"][j]]
+        glyphs = render.load_glyphs(face.path, style.font_size_min + choices["size_index"][j],
+                                    style.alphabet)
+        expected, _ = render.render_plate(
+            [glyphs[style.alphabet[d]] for d in choices["label"][j][:lengths[j]]],
+            int(choices["spacing"][j]), style.spec, _Picks(choices["x"][j], choices["y"][j]))
+        np.testing.assert_array_equal(image, expected, err_msg=f"plate {j}, {lengths[j]} long")
+
+
 def test_plates_cover_the_writers_ranges_with_all_ink_inside_the_margins(rendering):
     info, _, tensors = rendering
     style = writer.style_from_info(info)
@@ -105,7 +126,7 @@ def test_same_seed_and_plate_give_the_same_pixels_and_each_round_new_ones(render
     np.testing.assert_array_equal(labels, labels_again)
     assert labels.shape == (render_source.CHUNK, info["plate_length"])
     # Plate g has label g mod N: the stream cycles through the training labels in order.
-    train_digits = [records.label_digits(number, info["alphabet"], info["plate_length"])
+    train_digits = [records.label_digits(number, info["alphabet"], records.plate_lengths(info))
                     for number in _train_labels(info)]
     num_train = len(train_digits)
     first = render_source.CHUNK % num_train
@@ -121,7 +142,7 @@ def test_same_seed_and_plate_give_the_same_pixels_and_each_round_new_ones(render
 
 def _train_labels(info: dict) -> list[int]:
     counts = {split: info["splits"][split]["num_examples"] for split in records.SPLITS}
-    return records.draw_labels(counts, info["alphabet"], info["plate_length"],
+    return records.draw_labels(counts, info["alphabet"], records.plate_lengths(info),
                                info["seed"])["train"].tolist()
 
 

@@ -251,7 +251,7 @@ def _dataset_run(font_dir: str, counts: dict[str, int], output_dir: str,
     render.load_glyphs.cache_clear()  # check_fit below must start cold, as in a fresh command
     style = writer.PlateStyle()
     started = time.perf_counter()
-    labels = records.draw_labels(counts, style.alphabet, style.plate_length, seed)
+    labels = records.draw_labels(counts, style.alphabet, style.lengths, seed)
     train, _ = fonts.usable_faces(font_dir, style.alphabet, fonts.TRAIN, MIN_FONT_FAMILIES)
     heldout, _ = fonts.usable_faces(font_dir, style.alphabet, fonts.HELDOUT,
                                     1 if counts["heldout"] else 0)

@@ -17,6 +17,23 @@ class CommandError(Exception):
     """A user error to report in one line (exit status 2)."""
 
 
+def plate_lengths(values: list[str], other: str = "") -> list[int]:
+    """A --plate_lengths list as distinct numbers, shortest first.
+
+    Raises:
+      CommandError: one that is not a whole number of at least 1 (`other`: what else the
+        flag accepts, for the message).
+    """
+    try:
+        lengths = sorted({int(value) for value in values})
+    except ValueError:
+        lengths = []
+    if not lengths or min(lengths) < 1:
+        raise CommandError(f"--plate_lengths must be whole numbers of at least 1{other}: got "
+                           f"{','.join(values)}")
+    return lengths
+
+
 def _fail(message: str) -> None:
     print(f"{os.path.basename(sys.argv[0])}: error: {message}", file=sys.stderr)
     sys.exit(2)

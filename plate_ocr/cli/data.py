@@ -8,7 +8,8 @@ import sys
 
 from absl import flags
 
-from plate_ocr.cli.common import FLAGS, CommandError, quiet_tensorflow, run_command
+from plate_ocr.cli.common import (FLAGS, CommandError, plate_lengths, quiet_tensorflow,
+                                   run_command)
 from plate_ocr.paths import project_path
 
 
@@ -55,8 +56,8 @@ def gather_fonts() -> None:
 _MAKE_RECORDS_FLAGS = (
     "output_dir", "num_train", "num_val", "num_test", "num_heldout", "shards", "eval_shards",
     "seed", "workers", "font_dir", "min_font_families", "font_size_min", "font_size_max",
-    "spacing_min", "spacing_max", "alphabet", "plate_length", "overwrite", "num_test_aug",
-    "num_val_aug", "augment_train", "num_foreign", "num_captcha")
+    "spacing_min", "spacing_max", "alphabet", "plate_length", "plate_lengths", "overwrite",
+    "num_test_aug", "num_val_aug", "augment_train", "num_foreign", "num_captcha")
 
 
 def _define_augment_flags() -> list[str]:
@@ -119,6 +120,9 @@ def make_records() -> None:
                          "where a wide face would not fit).")
     flags.DEFINE_string("alphabet", "0123456789", "Characters of the plates.")
     flags.DEFINE_integer("plate_length", 5, "Characters per plate.", lower_bound=1)
+    flags.DEFINE_list("plate_lengths", [], "Plates of several lengths instead, as even in "
+                      "number as each length's distinct labels allow (e.g. 4,5,6; "
+                      "--plate_length is then ignored).")
     flags.DEFINE_boolean("overwrite", False, "Replace records already in --output_dir.")
     flags.DEFINE_integer("num_test_aug", 2000, "Augmented plates of test labels (the "
                          "augmented test split).", lower_bound=0)
@@ -154,6 +158,8 @@ def make_records() -> None:
             # of the flags, so writing again gives what the finished run would have.
             print(f"removing {len(existing)} shards of an unfinished run in {FLAGS.output_dir}",
                   file=sys.stderr)
+        lengths = (plate_lengths(FLAGS.plate_lengths) if FLAGS.plate_lengths
+                   else [FLAGS.plate_length])
         counts = {"train": FLAGS.num_train, "val": FLAGS.num_val, "test": FLAGS.num_test}
         for split, base in records.DERIVED_SPLITS.items():
             # They reuse another split's labels: left at their defaults, they shrink with it.
@@ -170,7 +176,7 @@ def make_records() -> None:
                 if count > counts["test"]:
                     raise ValueError(f"--num_{name} ({count}) must not exceed --num_test "
                                      f"({counts['test']}): its plates reuse test labels")
-            labels = records.draw_labels(counts, FLAGS.alphabet, FLAGS.plate_length, FLAGS.seed)
+            labels = records.draw_labels(counts, FLAGS.alphabet, lengths, FLAGS.seed)
             train_faces, rejected = fonts.usable_faces(
                 FLAGS.font_dir, FLAGS.alphabet, fonts.TRAIN, FLAGS.min_font_families)
             heldout_faces, rejected_heldout = fonts.usable_faces(
@@ -179,10 +185,11 @@ def make_records() -> None:
             augment_values = augment_config.AugmentConfig(
                 **{name[len("aug_"):]: FLAGS[name].value for name in augment_flags})
             style = writer.PlateStyle(
-                FLAGS.alphabet, FLAGS.plate_length, FLAGS.font_size_min, FLAGS.font_size_max,
+                FLAGS.alphabet, max(lengths), FLAGS.font_size_min, FLAGS.font_size_max,
                 FLAGS.spacing_min, FLAGS.spacing_max, augment=augment_values,
                 augmented_splits=writer.PlateStyle.augmented_splits
-                + (("train",) if FLAGS.augment_train else ()))
+                + (("train",) if FLAGS.augment_train else ()),
+                plate_lengths=tuple(lengths) if len(lengths) > 1 else ())
             writer.check_fit(train_faces + heldout_faces, style)
             foreign_faces, rejected_foreign = _foreign_faces() if num_foreign else ([], {})
             captcha_split = _captcha_split() if num_captcha else None

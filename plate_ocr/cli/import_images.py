@@ -9,7 +9,7 @@ import sys
 
 from absl import flags
 
-from plate_ocr.cli.common import FLAGS, CommandError, run_command
+from plate_ocr.cli.common import FLAGS, CommandError, plate_lengths, run_command
 
 
 def _lengths(requested: list[str], plate_length: int,
@@ -19,14 +19,7 @@ def _lengths(requested: list[str], plate_length: int,
     if requested == ["all"]:
         return sorted(found)
     if requested:
-        try:
-            lengths = sorted({int(length) for length in requested})
-        except ValueError:
-            lengths = []
-        if not lengths or min(lengths) < 1:
-            raise CommandError(f"--plate_lengths must be whole numbers of at least 1, or "
-                               f"all: got {','.join(requested)}")
-        return lengths
+        return plate_lengths(requested, ", or all")
     if plate_length:
         return [plate_length]
     return [found.most_common(1)[0][0]] if found else []

@@ -275,7 +275,7 @@ def make_test_images() -> None:
             if FLAGS.count > counts["test"]:
                 raise ValueError(f"--count {FLAGS.count} is more than the {counts['test']} "
                                  "test labels")
-            labels = records.draw_labels(counts, info["alphabet"], info["plate_length"],
+            labels = records.draw_labels(counts, info["alphabet"], records.plate_lengths(info),
                                          info["seed"])
             faces, _ = fonts.usable_faces(FLAGS.font_dir, info["alphabet"], fonts.TRAIN, 1)
         except (FileNotFoundError, ValueError, fonts.FontError) as error:

@@ -10,7 +10,8 @@ tf.train.Example (encoded without TensorFlow, like the records):
                    pen on the baseline, pen advance in 1/64 pixel (FreeType's unit, so integer
                    arithmetic places glyphs exactly where render.render_plate does)
   families  bytes  int32 [families, 2]: first face and number of faces (faces in family order)
-  labels    bytes  uint8 [training plates, plate_length]: the training labels, alphabet indices
+  labels    bytes  uint8 [training plates, plate_length]: the training labels, alphabet indices,
+                   LABEL_END past the end of a plate shorter than plate_length
   and int64 scalars: the plate geometry and the ranges of PlateStyle (GEOMETRY).
 
 Glyph of (face, size, character): (face * num_sizes + size - font_size_min) * alphabet_size
@@ -29,6 +30,7 @@ ATLAS_NAME = "glyph_atlas.example"
 GEOMETRY = ("height", "width", "margin", "spacing_min", "spacing_max", "num_faces", "num_sizes",
             "alphabet_size", "plate_length", "cell_height", "cell_width")
 SUBPIXELS = 64  # advance units per pixel
+LABEL_END = 255  # records.PAD as a uint8 label: no character (alphabets have fewer)
 
 
 def build_atlas(families: Sequence[Sequence[fonts.Face]], style, labels: np.ndarray) -> bytes:
@@ -63,8 +65,11 @@ def build_atlas(families: Sequence[Sequence[fonts.Face]], style, labels: np.ndar
     starts = np.cumsum([0] + [len(family) for family in families[:-1]])
     family_table = np.array([[start, len(family)] for start, family in zip(starts, families)],
                             np.int32)
-    digits = np.array([records.label_digits(number, style.alphabet, style.plate_length)
-                       for number in labels], np.uint8).reshape(-1, style.plate_length)
+    digits = np.array([records.padded_label(records.label_digits(number, style.alphabet,
+                                                                 style.lengths),
+                                            style.plate_length) for number in labels],
+                      np.int64).reshape(-1, style.plate_length)
+    digits = np.where(digits == records.PAD, LABEL_END, digits).astype(np.uint8)
     geometry = {"height": style.spec.height, "width": style.spec.width,
                 "margin": style.spec.margin, "spacing_min": style.spacing_min,
                 "spacing_max": style.spacing_max, "num_faces": len(faces),

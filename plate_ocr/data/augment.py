@@ -31,7 +31,7 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
-from plate_ocr.data.augment_config import AugmentConfig
+from plate_ocr.data.augment_config import NO_CHARACTER, AugmentConfig
 
 
 # One uniform per plate for each of these, drawn from the plate's key in one call.
@@ -208,9 +208,11 @@ def _jitter_runs(ink: tf.Tensor, u: dict, config: AugmentConfig, margin, ways) -
         return tf.stack([2 * u[f"glyph_{what}_{i}"] - 1 for i in range(_GLYPHS)], axis=1)
     angle = each("angle")
     if ways is not None:
+        characters = tf.reduce_sum(tf.cast(ways != NO_CHARACTER, tf.int32), axis=1)
+        ways = tf.where(ways == NO_CHARACTER, 0, ways)
         # [B, K]: the ways of the label's first K characters, 0 past its end
         run_ways = tf.cast(tf.pad(ways, [[0, 0], [0, _GLYPHS]])[:, :_GLYPHS], tf.float32)
-        matched = tf.reduce_sum(tf.cast(present, tf.int32), axis=1) == tf.shape(ways)[1]
+        matched = tf.reduce_sum(tf.cast(present, tf.int32), axis=1) == characters
         angle = tf.where(run_ways == 0, angle, tf.abs(angle) * run_ways)
         # A positive angle turns clockwise as the plate is seen (y down).
         turned = matched | tf.reduce_all(ways == 0, axis=1)
@@ -480,7 +482,8 @@ def augment_with_ink(ink: tf.Tensor, config: AugmentConfig, keys: tf.Tensor,
       margin: pixels the ink keeps from the frame (int or int32 scalar).
       ways: int32 [B, L], how each character of the label may be turned on its own
         (config.turn_ways of the alphabet, gathered by the labels): 1 clockwise only, -1
-        anticlockwise only, 0 either way; None: every character either way.
+        anticlockwise only, 0 either way, NO_CHARACTER past the end of a shorter label;
+        None: every character either way.
     Returns:
       (uint8 [B, H, W] plates, uint8 [B, H, W] the warped ink as a clean dark-on-white plate:
       where its characters went, for align.frame_targets).

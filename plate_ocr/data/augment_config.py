@@ -7,6 +7,11 @@ AugmentConfig; only the processes that augment import the effects themselves (au
 import dataclasses
 
 
+# The turn of a label's position past a shorter plate's end (AugmentConfig.turn_ways): no
+# character, so not counted among the plate's characters.
+NO_CHARACTER = 2
+
+
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
     """Probabilities (`*_prob`) and ranges of each effect; all zero probabilities: clean."""
@@ -99,9 +104,10 @@ class AugmentConfig:
 
     def turn_ways(self, alphabet: str) -> tuple[int, ...]:
         """Each character's turns, by alphabet index: 1 clockwise only, -1 anticlockwise
-        only, 0 either way."""
+        only, 0 either way; then NO_CHARACTER, the last entry, which a label's PAD (-1: past
+        the end of a plate shorter than the longest) indexes."""
         return tuple(int(char in self.glyph_clockwise) - int(char in self.glyph_anticlockwise)
-                     for char in alphabet)
+                     for char in alphabet) + (NO_CHARACTER,)
 
 
 CLEAN = AugmentConfig(**{f.name: 0.0 for f in dataclasses.fields(AugmentConfig)

@@ -73,13 +73,13 @@ def _generator(seed: int, index: int) -> _SeededSecrets:
     return _SeededSecrets(int.from_bytes(state.tobytes(), "little"))
 
 
-def render_captcha(numbers: Sequence[int], seed: int, alphabet: str, plate_length: int,
+def render_captcha(numbers: Sequence[int], seed: int, alphabet: str, lengths: Sequence[int],
                    height: int = 64, width: int = 128, first_index: int = 0
                    ) -> tuple[np.ndarray, list[tuple[str, str, int, int]]]:
     """Draws labels as captchas, each from its own generator, fitted to height x width.
 
     Args:
-      numbers, alphabet, plate_length: the label numbers and how they read (label_digits).
+      numbers, alphabet, lengths: the label numbers and how they read (label_digits).
       seed, first_index: the dataset's seed and the split index of the first label.
       height, width: the plates' size.
     Returns:
@@ -90,7 +90,7 @@ def render_captcha(numbers: Sequence[int], seed: int, alphabet: str, plate_lengt
     for offset, number in enumerate(numbers):
         generator = _generator(seed, first_index + offset)
         size = generator.randint(*_WIDTHS), generator.randint(*_HEIGHTS)
-        text = "".join(alphabet[d] for d in records.label_digits(number, alphabet, plate_length))
+        text = "".join(alphabet[d] for d in records.label_digits(number, alphabet, lengths))
         with _drawing_with(generator):
             drawn = captcha_image.ImageCaptcha(width=size[0], height=size[1]).generate_image(text)
         images[offset] = predict.fit_image(drawn, height, width)
@@ -113,7 +113,7 @@ def add_split(records_dir: str, info: dict, numbers: Sequence[int], num_shards: 
       the metadata written, with the split and its face (drawn_split.add_split).
     """
     def draw(chunk: Sequence[int], first_index: int):
-        return render_captcha(chunk, info["seed"], info["alphabet"], info["plate_length"],
+        return render_captcha(chunk, info["seed"], info["alphabet"], records.plate_lengths(info),
                               info["image_height"], info["image_width"], first_index)
     return drawn_split.add_split(records_dir, info, SPLIT, numbers, draw, num_shards, [FONT],
                                  f"captcha {captcha.__version__}", LABELS_FROM, on_progress)

@@ -162,13 +162,13 @@ def usable_faces(font_dir: str, alphabet: str) -> tuple[list[fonts.Face], dict[s
     return fonts.usable_faces(font_dir, alphabet, fonts.FOREIGN, len(families))
 
 
-def render_foreign(numbers: Sequence[int], seed: int, alphabet: str, plate_length: int,
+def render_foreign(numbers: Sequence[int], seed: int, alphabet: str, lengths: Sequence[int],
                    faces: Sequence[fonts.Face], height: int = 64, width: int = 128,
                    first_index: int = 0) -> tuple[np.ndarray, list[tuple]]:
     """Draws labels as foreign plates, each from its own generator: a family, a face, a crop.
 
     Args:
-      numbers, alphabet, plate_length: the label numbers and how they read (label_digits).
+      numbers, alphabet, lengths: the label numbers and how they read (label_digits).
       seed, first_index: the dataset's seed and the split index of the first label.
       faces, height, width: the foreign faces (fonts.FOREIGN) and the plates' size.
     Returns:
@@ -181,7 +181,7 @@ def render_foreign(numbers: Sequence[int], seed: int, alphabet: str, plate_lengt
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
         family = families[int(rng.integers(len(families)))]
         face = family[int(rng.integers(len(family)))]
-        text = "".join(alphabet[d] for d in records.label_digits(number, alphabet, plate_length))
+        text = "".join(alphabet[d] for d in records.label_digits(number, alphabet, lengths))
         crop, size, spacing = draw_crop(text, face.path, rng, (height, width))
         images[offset] = predict.fit_image(crop, height, width)
         details.append((text, face, round(size), round(spacing)))
@@ -202,7 +202,7 @@ def add_split(records_dir: str, info: dict, numbers: Sequence[int], faces: Seque
     """
     def draw(chunk: Sequence[int], first_index: int):
         images, details = render_foreign(
-            chunk, info["seed"], info["alphabet"], info["plate_length"], faces,
+            chunk, info["seed"], info["alphabet"], records.plate_lengths(info), faces,
             info["image_height"], info["image_width"], first_index)
         return images, [(text, face.name, size, spacing) for text, face, size, spacing in details]
     return drawn_split.add_split(

@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import struct
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import crc32c
 import numpy as np
@@ -34,7 +34,8 @@ DERIVED_SPLITS = {"heldout": "test", "test_aug": "test", "val_aug": "val"}
 # after the writer has rendered these: it is in dataset_info.json's splits, not in SPLITS.
 _LABEL_STREAM = 4  # spawn key of the label draw (apart from every split's plate streams)
 # A label shorter than the dataset's plate_length (its longest) ends in PAD: records of plates
-# of several lengths (dataset_info.json's "plate_lengths", e.g. imported ones).
+# of several lengths (dataset_info.json's "plate_lengths": make_records --plate_lengths, or
+# imported plates).
 PAD = -1
 # Feature keys and kinds of the schema: the parsing side builds its spec from these.
 FEATURES = {"image": "bytes", "label": "int64_list", "text": "bytes", "font": "bytes",
@@ -146,28 +147,55 @@ def label_population(alphabet: str, plate_length: int) -> int:
     return len(alphabet) ** plate_length
 
 
-def draw_labels(counts: dict[str, int], alphabet: str, plate_length: int,
+def length_shares(distinct: int, alphabet: str, lengths: Sequence[int]) -> list[int]:
+    """How many of `distinct` labels each plate length gets: as even as the lengths'
+    populations allow (a short length with fewer plates than its share leaves the rest to
+    the longer ones).
+
+    Raises:
+      ValueError: more labels asked for than the alphabet and lengths allow.
+    """
+    populations = [label_population(alphabet, length) for length in lengths]
+    if distinct > sum(populations):
+        raise ValueError(f"train + val + test = {distinct} plates need distinct labels, but "
+                         f"{len(alphabet)} characters x {'/'.join(map(str, lengths))} "
+                         f"positions allow only {sum(populations)}")
+    shares, left = [0] * len(lengths), distinct
+    for rank, i in enumerate(sorted(range(len(lengths)), key=populations.__getitem__)):
+        shares[i] = min(populations[i], left // (len(lengths) - rank))
+        left -= shares[i]
+    return shares
+
+
+def draw_labels(counts: dict[str, int], alphabet: str, lengths: Sequence[int],
                 seed: int) -> dict[str, np.ndarray]:
     """Distinct label numbers per split; train, val and test are pairwise disjoint.
 
-    The DERIVED_SPLITS reuse the first labels of theirs (`heldout` and `test_aug` the test
-    split's, `val_aug` the validation split's); a count left out is 0.
+    A label number reads as label_digits(number, alphabet, lengths): with several plate
+    lengths (sorted), each length's numbers follow the shorter lengths' populations, and
+    each split mixes the lengths in the shares of length_shares. The DERIVED_SPLITS reuse the
+    first labels of theirs (`heldout` and `test_aug` the test split's, `val_aug` the
+    validation split's); a count left out is 0.
 
     Raises:
-      ValueError: more labels asked for than the alphabet and length allow.
+      ValueError: more labels asked for than the alphabet and lengths allow.
     """
-    population = label_population(alphabet, plate_length)
+    lengths = sorted(lengths)
     distinct = counts["train"] + counts["val"] + counts["test"]
-    if distinct > population:
-        raise ValueError(f"train + val + test = {distinct} plates need distinct labels, but "
-                         f"{len(alphabet)} characters x {plate_length} positions allow only "
-                         f"{population}")
+    shares = length_shares(distinct, alphabet, lengths)
     for split, base in DERIVED_SPLITS.items():
         if counts.get(split, 0) > counts[base]:
             raise ValueError(f"--num_{split} ({counts[split]}) must not exceed --num_{base} "
                              f"({counts[base]}): its plates reuse {base} labels")
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_LABEL_STREAM,)))
-    numbers = rng.choice(population, size=distinct, replace=False)
+    if len(lengths) == 1:
+        numbers = rng.choice(label_population(alphabet, lengths[0]), size=distinct,
+                             replace=False)
+    else:
+        offsets = np.cumsum([0] + [label_population(alphabet, n) for n in lengths[:-1]])
+        numbers = rng.permutation(np.concatenate([
+            offset + rng.choice(label_population(alphabet, length), size=share, replace=False)
+            for offset, length, share in zip(offsets, lengths, shares)]))
     bounds = np.cumsum([0, counts["train"], counts["val"], counts["test"]])
     labels = {split: numbers[bounds[i]:bounds[i + 1]] for i, split in enumerate(SPLITS[:3])}
     for split, base in DERIVED_SPLITS.items():
@@ -175,11 +203,19 @@ def draw_labels(counts: dict[str, int], alphabet: str, plate_length: int,
     return labels
 
 
-def label_digits(number: int, alphabet: str, plate_length: int) -> list[int]:
-    """Label number -> alphabet indices, most significant first (leading zeros kept)."""
+def label_digits(number: int, alphabet: str, lengths: Sequence[int]) -> list[int]:
+    """Label number -> alphabet indices, most significant first (leading zeros kept); with
+    several lengths, numbers count on from one length's population to the next's
+    (draw_labels)."""
+    number = int(number)
+    for length in sorted(lengths):
+        population = label_population(alphabet, length)
+        if number < population or length == max(lengths):
+            break
+        number -= population
     digits = []
-    for _ in range(plate_length):
-        number, digit = divmod(int(number), len(alphabet))
+    for _ in range(length):
+        number, digit = divmod(number, len(alphabet))
         digits.append(digit)
     return digits[::-1]
 

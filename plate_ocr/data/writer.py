@@ -30,7 +30,7 @@ class PlateStyle:
     """What varies from plate to plate, and the fixed geometry."""
 
     alphabet: str = "0123456789"
-    plate_length: int = 5
+    plate_length: int = 5  # the longest plate's characters
     font_size_min: int = 18
     font_size_max: int = 25
     spacing_min: int = 0
@@ -39,6 +39,19 @@ class PlateStyle:
     augment: augment_config.AugmentConfig = augment_config.AugmentConfig()
     # Augmented when written; make_records --augment_train adds "train".
     augmented_splits: tuple[str, ...] = ("test_aug", "val_aug")
+    # Plates of several lengths (make_records --plate_lengths), the longest plate_length, in
+    # the shares of records.length_shares; empty: plate_length alone.
+    plate_lengths: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if self.plate_lengths and max(self.plate_lengths) != self.plate_length:
+            raise ValueError(f"plate_length {self.plate_length} is not the longest of the "
+                             f"plate lengths {self.plate_lengths}")
+
+    @property
+    def lengths(self) -> tuple[int, ...]:
+        """The plates' lengths, shortest first."""
+        return tuple(sorted(self.plate_lengths)) or (self.plate_length,)
 
 
 def style_from_info(info: dict) -> PlateStyle:
@@ -47,6 +60,7 @@ def style_from_info(info: dict) -> PlateStyle:
     style["spec"] = render.PlateSpec(**style["spec"])
     style["augment"] = augment_config.AugmentConfig(**style["augment"])
     style["augmented_splits"] = tuple(style["augmented_splits"])
+    style["plate_lengths"] = tuple(style.get("plate_lengths", ()))
     return PlateStyle(**style)
 
 
@@ -115,7 +129,7 @@ def make_plates(numbers: Sequence[int], families: Sequence[Sequence[fonts.Face]]
         face = family[int(rng.integers(len(family)))]
         size = int(rng.integers(style.font_size_min, style.font_size_max + 1))
         spacing = int(rng.integers(style.spacing_min, style.spacing_max + 1))
-        digits = records.label_digits(number, style.alphabet, style.plate_length)
+        digits = records.label_digits(number, style.alphabet, style.lengths)
         text = "".join(style.alphabet[d] for d in digits)
         glyphs = render.load_glyphs(face.path, size, style.alphabet)
         image, spacing = render.render_plate([glyphs[c] for c in text], spacing, style.spec,
@@ -127,8 +141,8 @@ def make_plates(numbers: Sequence[int], families: Sequence[Sequence[fonts.Face]]
         from plate_ocr.data import augment
         inks = 255 - np.stack(images)
         keys = np.stack([rng.integers(2 ** 62, size=2) for rng in rngs])
-        ways = np.array(style.augment.turn_ways(style.alphabet))[
-            np.array([digits for digits, *_ in details])]
+        ways = np.array(style.augment.turn_ways(style.alphabet))[np.array(
+            [records.padded_label(digits, style.plate_length) for digits, *_ in details])]
         images = augment.augment_plates(inks, style.augment, keys, style.spec.margin, ways)
     return [(image, *detail) for image, detail in zip(images, details)]
 
@@ -328,6 +342,7 @@ def write_dataset(output_dir: str, labels: dict[str, np.ndarray], shards: dict[s
     info = {
         "image_height": style.spec.height, "image_width": style.spec.width,
         "alphabet": style.alphabet, "plate_length": style.plate_length, "seed": seed,
+        **({"plate_lengths": list(style.lengths)} if len(style.lengths) > 1 else {}),
         "splits": splits,
         "fonts": {split: [{"name": f.name, "family": f.family, "file": os.path.basename(f.path)}
                           for f in split_faces] for split, split_faces in

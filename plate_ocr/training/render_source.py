@@ -18,7 +18,7 @@ import os
 
 import tensorflow as tf
 
-from plate_ocr.data import atlas as atlas_lib, augment as augment_lib, augment_config
+from plate_ocr.data import atlas as atlas_lib, augment as augment_lib, augment_config, records
 from plate_ocr.training import input_pipeline
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -27,6 +27,7 @@ AUTOTUNE = tf.data.AUTOTUNE
 CHUNK = 1024
 _COMPOSE_BATCH = 64  # plates composed at once
 _RANDOM_STREAM = 7  # salt of the stateless seeds, apart from anything else seeded by --seed
+_FAR = 1 << 20  # beyond any pixel or 1/64-pixel position: what a missing character spans
 
 
 def atlas_path(info: dict, records_dir: str) -> str:
@@ -52,8 +53,8 @@ def read_atlas(path: str | tf.Tensor) -> dict[str, tf.Tensor]:
 
     Returns:
       {"cells": uint8 [glyphs, cell_height, cell_width], "metrics": int32 [glyphs, 5],
-       "families": int32 [families, 2], "labels": int32 [N, plate_length]} and the int32
-      scalars of atlas.GEOMETRY.
+       "families": int32 [families, 2], "labels": int32 [N, plate_length] (records.PAD past a
+      shorter plate's end)} and the int32 scalars of atlas.GEOMETRY.
     """
     spec = {key: tf.io.FixedLenFeature([], tf.string)
             for key in ("cells", "metrics", "families", "labels")}
@@ -64,8 +65,9 @@ def read_atlas(path: str | tf.Tensor) -> dict[str, tf.Tensor]:
                                 [-1, atlas["cell_height"], atlas["cell_width"]])
     atlas["metrics"] = tf.reshape(tf.io.decode_raw(features["metrics"], tf.int32), [-1, 5])
     atlas["families"] = tf.reshape(tf.io.decode_raw(features["families"], tf.int32), [-1, 2])
-    atlas["labels"] = tf.cast(tf.reshape(tf.io.decode_raw(features["labels"], tf.uint8),
-                                         [-1, atlas["plate_length"]]), tf.int32)
+    labels = tf.cast(tf.reshape(tf.io.decode_raw(features["labels"], tf.uint8),
+                                [-1, atlas["plate_length"]]), tf.int32)
+    atlas["labels"] = tf.where(labels == atlas_lib.LABEL_END, records.PAD, labels)
     return atlas
 
 
@@ -115,9 +117,11 @@ def compose_ink(atlas: dict[str, tf.Tensor], choices: dict[str, tf.Tensor]) -> t
     """
     label = choices["label"]
     length = tf.shape(label)[1]
+    character = label != records.PAD  # [B, L]: False past a shorter plate's end
     glyph = ((choices["face"] * atlas["num_sizes"] + choices["size_index"])[:, None]
-             * atlas["alphabet_size"] + label)  # [B, L]
-    height, width, left, top, advance = tf.unstack(tf.gather(atlas["metrics"], glyph), axis=-1)
+             * atlas["alphabet_size"] + tf.maximum(label, 0))  # [B, L]
+    height, width, left, top, advance = tf.unstack(
+        tf.gather(atlas["metrics"], glyph) * tf.cast(character, tf.int32)[..., None], axis=-1)
     # render.fit_spacing: the largest spacing up to the drawn one whose line of ink fits.
     # Every spacing of the range is tried at once; make_records' check_fit guarantees that
     # spacing_min fits.
@@ -126,17 +130,18 @@ def compose_ink(atlas: dict[str, tf.Tensor], choices: dict[str, tf.Tensor]) -> t
     pen += (candidates[None, :, None] * atlas_lib.SUBPIXELS
             * tf.range(length)[None, None, :])  # [B, S, L]
     offsets = _round_subpixels(pen) + left[:, None, :]  # ink left edge of each glyph
-    extent = (tf.reduce_max(offsets + width[:, None, :], axis=2)
-              - tf.reduce_min(offsets, axis=2))  # [B, S]
+    drawn = character[:, None, :]
+    extent = (tf.reduce_max(tf.where(drawn, offsets + width[:, None, :], -_FAR), axis=2)
+              - tf.reduce_min(tf.where(drawn, offsets, _FAR), axis=2))  # [B, S]
     available = atlas["width"] - 2 * atlas["margin"]
     fits = (extent <= available) & (candidates[None, :] <= choices["spacing"][:, None])
     chosen = tf.argmax(tf.cast(fits, tf.int32) * (1 + tf.range(tf.size(candidates))[None, :]),
                        axis=1, output_type=tf.int32)  # the last spacing that fits
     offsets = tf.gather(offsets, chosen, axis=1, batch_dims=1)  # [B, L]
-    x_min = tf.reduce_min(offsets, axis=1)
-    ink_width = tf.reduce_max(offsets + width, axis=1) - x_min
-    y_min = tf.reduce_min(top, axis=1)
-    ink_height = tf.reduce_max(top + height, axis=1) - y_min
+    x_min = tf.reduce_min(tf.where(character, offsets, _FAR), axis=1)
+    ink_width = tf.reduce_max(tf.where(character, offsets + width, -_FAR), axis=1) - x_min
+    y_min = tf.reduce_min(tf.where(character, top, _FAR), axis=1)
+    ink_height = tf.reduce_max(tf.where(character, top + height, -_FAR), axis=1) - y_min
     # render_plate's rng.integers(margin, size - margin - ink + 1): the same range.
     x0 = atlas["margin"] + _pick(choices["x"], available - ink_width + 1) - x_min
     baseline = (atlas["margin"] + _pick(choices["y"], atlas["height"] - 2 * atlas["margin"]
@@ -148,6 +153,7 @@ def compose_ink(atlas: dict[str, tf.Tensor], choices: dict[str, tf.Tensor]) -> t
     # hold no ink (the ink is inside the margins) and are dropped.
     cell_height, cell_width = atlas["cell_height"], atlas["cell_width"]
     cells = tf.gather(atlas["cells"], glyph)  # [B, L, cell_height, cell_width]
+    cells = tf.where(character[:, :, None, None], cells, 0)
     rows = glyph_y[:, :, None, None] + tf.range(cell_height)[None, None, :, None]
     columns = glyph_x[:, :, None, None] + tf.range(cell_width)[None, None, None, :]
     inside = (rows >= 0) & (rows < atlas["height"]) & (columns >= 0) & (columns < atlas["width"])
@@ -190,7 +196,9 @@ def chunk_plates(path: str, seed: int, chunk: tf.Tensor, height: int, width: int
         plate = first + index * _COMPOSE_BATCH + tf.range(tf.shape(ink)[0], dtype=tf.int64)
         keys = augment_lib.plate_keys(seed, "train", plate)
         augmented, warped = augment_lib.augment_with_ink(
-            ink, augment, keys, atlas["margin"], tf.gather(turn_ways, batch["label"]))
+            ink, augment, keys, atlas["margin"],
+            # PAD (-1) takes the last way, NO_CHARACTER, as numpy's index -1 does.
+            tf.gather(turn_ways, tf.math.floormod(batch["label"], tf.size(turn_ways))))
         # Which plates stay clean: the golden-ratio sequence of their numbers, evenly spread.
         keep = tf.math.floormod(tf.cast(plate, tf.float64) * 0.6180339887498949,
                                 1.0) < clean_fraction
