@@ -82,6 +82,11 @@ def test_writes_records_then_refuses_to_overwrite_them(tmp_path, font_dir):
     (["--num_test", "10", "--num_foreign", "20"], "--num_foreign (20) must not exceed --num_test"),
     (["--num_test", "10", "--num_foreign", "0", "--num_captcha", "11"],
      "--num_captcha (11) must not exceed --num_test (10): its plates reuse test labels"),
+    (["--plate_lengths", "4,x"], "--plate_lengths must be whole numbers of at least 1: got 4,x"),
+    (["--plate_lengths", "1,2", "--num_train", "101", "--num_val", "5", "--num_test", "5"],
+     "10 characters x 1/2 positions allow only 110"),
+    # Eight characters at size 25 do not fit the plate: refused as a font that is too wide.
+    (["--plate_lengths", "5,8"], "8 glyphs of"),
 ])
 def test_bad_input_ends_with_one_line_and_status_2(tmp_path, font_dir, args, fragment):
     empty = tmp_path / "empty"
