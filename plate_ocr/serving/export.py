@@ -153,7 +153,7 @@ def load_tflite(path: str, alphabet: str, threads: int | None = None):
     Up to TFLITE_CHUNK plates (one plate: latency) go to one interpreter on `threads` threads.
     More are cut into chunks of TFLITE_CHUNK, the last one padded, read by `threads`
     interpreters of one thread each, side by side (the interpreter releases the GIL): on this
-    2-core machine 1.5x the plates/s of one interpreter on both threads at batch 256, whose
+    2-core machine 1.4x the plates/s of one interpreter on both threads at batch 256, whose
     activations no longer fit the caches (docs/experiments.md, "Batched TFLite").
 
     Its min_confidence attribute is this code's MIN_CONFIDENCE, the one bin/export baked into

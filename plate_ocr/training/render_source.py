@@ -120,8 +120,9 @@ def compose_ink(atlas: dict[str, tf.Tensor], choices: dict[str, tf.Tensor]) -> t
     character = label != records.PAD  # [B, L]: False past a shorter plate's end
     glyph = ((choices["face"] * atlas["num_sizes"] + choices["size_index"])[:, None]
              * atlas["alphabet_size"] + tf.maximum(label, 0))  # [B, L]
-    height, width, left, top, advance = tf.unstack(
-        tf.gather(atlas["metrics"], glyph) * tf.cast(character, tf.int32)[..., None], axis=-1)
+    # Past a label's end (PAD only ends a label) the metrics are character 0's: they place
+    # nothing before them, and every use below is masked by `character`.
+    height, width, left, top, advance = tf.unstack(tf.gather(atlas["metrics"], glyph), axis=-1)
     # render.fit_spacing: the largest spacing up to the drawn one whose line of ink fits.
     # Every spacing of the range is tried at once; make_records' check_fit guarantees that
     # spacing_min fits.
