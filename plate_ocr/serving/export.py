@@ -47,7 +47,10 @@ def serving_function(model: keras.Model, alphabet: str | None, masks: np.ndarray
     {"labels": int32 [N, places] (PAD past a shorter reading's end), "confidence",
     "readable"} instead (TFLite's built-in ops have no strings).
     """
-    @tf.function(input_signature=[tf.TensorSpec([None, height, width], tf.uint8, name="images")])
+    # No AutoGraph here or in the trainer's evaluation step: the decoders branch on Python
+    # values only, and converting them cost ~1 s of each trace.
+    @tf.function(input_signature=[tf.TensorSpec([None, height, width], tf.uint8, name="images")],
+                 autograph=False)
     def serve(images):
         logits = model(tf.cast(images, tf.float32), training=False)
         decoded, confidence = ctc.read_plates(logits, masks)

@@ -221,7 +221,7 @@ class Trainer:
         self.stall_guard = (data_service.StallGuard(config.data_timeout)
                             if config.data_timeout else None)
         self.train_loop = tf.function(self._train_loop)
-        self.eval_step = tf.function(self._eval_step)
+        self.eval_step = tf.function(self._eval_step, autograph=False)  # as export.serving_function
 
     def _gradient_step(self, images, labels, weights, ink):
         with tf.GradientTape() as tape:
