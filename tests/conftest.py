@@ -11,6 +11,17 @@ ALPHABET = "0123456789"
 MIN_FONT_FAMILIES = 22  # the make_records default: the tiny dataset uses the real font set
 TINY_COUNTS = {"train": 200, "val": 40, "test": 40, "heldout": 20, "test_aug": 10, "val_aug": 10}
 TINY_SHARDS = {"train": 4, "val": 2, "test": 2, "heldout": 2, "test_aug": 1, "val_aug": 1}
+# Fixtures that take seconds of TensorFlow to build (a trained model, servers): under
+# pytest-xdist (bin/test: --dist loadgroup) the tests that use one run on the same worker,
+# which builds it once, instead of on every worker.
+SHARED_FIXTURES = ("reading_model", "trained", "service", "untrained_model")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        shared = [name for name in SHARED_FIXTURES if name in item.fixturenames]
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(shared[0]))
 
 
 @pytest.fixture(scope="session")
