@@ -28,9 +28,21 @@ def smoke_config(records_dir: str, **overrides) -> trainer.TrainConfig:
     return dataclasses.replace(config, **overrides)
 
 
-def test_train_and_evaluate_writes_checkpoints_logs_and_exports(tiny_records, tmp_path):
+def test_train_and_evaluate_writes_checkpoints_logs_and_exports(tiny_records, tmp_path,
+                                                                monkeypatch):
+    import threading
+    import weakref
     model_dir = str(tmp_path / "run")
+    # Each epoch's training iterator is destroyed on the thread that releases it aside, not
+    # where the loop waits: nothing else holds it.
+    destroyed_on, release = [], train._release_aside
+
+    def watched_release(box):
+        weakref.finalize(box[0], lambda: destroyed_on.append(threading.current_thread().name))
+        return release(box)
+    monkeypatch.setattr(train, "_release_aside", watched_release)
     result = train.train_and_evaluate(smoke_config(tiny_records), model_dir, STRATEGY)
+    assert destroyed_on == ["release-iterator"] * 2
     assert result["epochs"] == 2 and result["steps"] == 6
     for split in ("val", "test"):
         assert set(result[split]) == {"plate_accuracy", "char_accuracy", "cer", "loss", "plates"}

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import resource
+import threading
 import time
 
 import numpy as np
@@ -202,6 +203,20 @@ def _stall_guard(trainer: Trainer, manager: tf.train.CheckpointManager):
                                      f"{source} {kept}")
 
 
+def _release_aside(box: list) -> threading.Thread:
+    """Empties `box`, which holds the last reference to a finished epoch's training iterator,
+    on a thread of its own, and returns that thread.
+
+    tf.data's iterator destructor waits for the threads of its pipeline to stop; between some
+    epochs of fast.cfg's rendered stream that took from 6 s to over a minute (a py-spy stack:
+    ~IteratorResource in ~LogicalThreadWrapper), while the run did nothing else. Released
+    aside, the wait overlaps the validation and the next epoch.
+    """
+    thread = threading.Thread(target=box.clear, name="release-iterator")
+    thread.start()
+    return thread
+
+
 def over_budget(history: list[dict], train_seconds: float, max_minutes: float) -> bool:
     """Whether another epoch, as long as the last one, would end past max_minutes (0: none)."""
     if not max_minutes or not history:
@@ -328,17 +343,23 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
         return (int(trainer.epoch) >= config.epochs or int(trainer.bad_epochs) >= config.patience
                 or over_budget(history, float(trainer.train_seconds), config.max_minutes))
 
+    releasing = None
     while not finished():
         # A fresh iterator per epoch, seeded by the epoch: the data a resumed run sees is the
-        # data the uninterrupted run saw, without checkpointing a shuffle buffer.
-        iterator = iter(trainer.dataset("train", training=True, epoch=int(trainer.epoch)))
+        # data the uninterrupted run saw, without checkpointing a shuffle buffer. Only the
+        # box holds it, so that it is released aside when the epoch's steps are done.
+        epoch_iterator = [iter(trainer.dataset("train", training=True,
+                                               epoch=int(trainer.epoch)))]
         try:
             with _stall_guard(trainer, manager):
-                train = _train_epoch(trainer, iterator, epoch_steps, out_dir, chief)
+                train = _train_epoch(trainer, epoch_iterator[0], epoch_steps, out_dir, chief)
         except tf.errors.DataLossError as error:
             if "train" not in files:  # rendered plates: not a shard's fault
                 raise
             raise corrupt_records_error(error, files["train"]) from None
+        if releasing:
+            releasing.join()  # the last epoch's, long done: one release at a time
+        releasing = _release_aside(epoch_iterator)
         trainer.epoch.assign_add(1)
         # Validated, kept and shown: the weights' average when there is one.
         with trainer.averaged_weights():
@@ -390,6 +411,8 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
                        + "".join(f"  {split} {metrics['plate_accuracy']:.4f}"
                                  for split, metrics in watch.items())
                        + ("  *best" if improved else ""))
+    if releasing:
+        releasing.join()
     best = os.path.join(out_dir, BEST_WEIGHTS)
     if tf.io.gfile.exists(best + ".index"):
         tf.train.Checkpoint(model=trainer.model).read(best).expect_partial()
