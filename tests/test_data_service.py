@@ -217,7 +217,7 @@ def test_smoke_training_reads_through_the_service(service, tiny_records, tmp_pat
     # Two replicas share the one input pipeline; the guard stamps every batch, and never fires.
     result = subprocess.run(train_args(tiny_records, tmp_path / "run", service.address,
                                        "--strategy=mirrored", "--num_cpu_devices=2",
-                                       "--data_timeout=60"),
+                                       "--data_timeout=60", "--noexport"),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MirroredStrategy with 2 replica(s)" in result.stdout
@@ -285,7 +285,8 @@ def test_service_workers_render_the_plates_this_process_would(service, tiny_reco
 @pytest.mark.slow
 def test_smoke_training_on_plates_rendered_by_the_service(service, tiny_records, tmp_path):
     result = subprocess.run(train_args(tiny_records, tmp_path / "run", service.address,
-                                       "--source=render", "--data_timeout=60"),
+                                       "--source=render", "--data_timeout=60",
+                                       "--noexport"),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "done: 2 epochs, 8 steps" in result.stdout
@@ -319,7 +320,7 @@ def test_killed_worker_stops_training_in_one_line_and_a_rerun_resumes(tiny_recor
         # reports is the kill's (the run is asserted alive when the worker is killed).
         timeout = 20
         args = train_args(tiny_records, model_dir, running.address, "--epochs=5",
-                          "--steps_per_epoch=10", f"--data_timeout={timeout}")
+                          "--steps_per_epoch=10", f"--data_timeout={timeout}", "--noexport")
         training = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     text=True)
         wait_for_checkpoint(training, model_dir)
@@ -361,7 +362,7 @@ def test_restarted_dispatcher_lets_training_go_on(tiny_records, tmp_path):
         model_dir = tmp_path / "run"
         training = subprocess.Popen(
             train_args(tiny_records, model_dir, running.address, "--epochs=5",
-                       "--steps_per_epoch=10", "--data_timeout=120"),
+                       "--steps_per_epoch=10", "--data_timeout=120", "--noexport"),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         step_at_crash = wait_for_checkpoint(training, model_dir)
         running.dispatcher.process.kill()

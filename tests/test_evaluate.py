@@ -49,7 +49,8 @@ def test_report_breaks_down_by_font_position_and_size():
 def trained(tiny_records, tmp_path_factory):
     """A smoke model trained on the tiny records: (model dir, training result)."""
     model_dir = str(tmp_path_factory.mktemp("trained"))
-    config = smoke_config(tiny_records, epochs=1, steps_per_epoch=6, learning_rate=3e-3)
+    config = smoke_config(tiny_records, epochs=1, steps_per_epoch=6, learning_rate=3e-3,
+                          export=True)
     return model_dir, train.train_and_evaluate(config, model_dir, STRATEGY)
 
 

@@ -43,7 +43,7 @@ def test_changed_shard_stops_training_before_it_starts(tiny_records, tmp_path):
 @pytest.mark.slow
 def test_skip_corrupt_leaves_the_shard_out_and_counts_its_records(tiny_records, tmp_path):
     records_dir, name = _copy_with_flipped_byte(tiny_records, tmp_path)
-    config = smoke_config(records_dir, epochs=1, skip_corrupt=True)
+    config = smoke_config(records_dir, epochs=1, skip_corrupt=True, export=True)
     result = train.train_and_evaluate(config, str(tmp_path / "run"), STRATEGY)
     info = records.read_info(records_dir)
     shard = next(s for s in info["splits"]["val"]["shards"] if s["name"] == name)
@@ -73,7 +73,7 @@ def test_metadata_of_another_version_is_one_line(tiny_records, tmp_path):
 @pytest.mark.slow
 def test_training_killed_mid_epoch_resumes_from_its_last_checkpoint(tiny_records, tmp_path):
     args = [TRAIN, f"--flagfile={SMOKE}", f"--records_dir={tiny_records}", "--epochs=3",
-            "--steps_per_epoch=6", "--learning_rate=3e-3"]
+            "--steps_per_epoch=6", "--learning_rate=3e-3", "--noexport"]
     # The uninterrupted run goes on beside the one that is killed and resumed: it shares
     # nothing with it but the records, and their TensorFlow starts overlap.
     # (Its stderr to a file: a pipe nobody reads while the other runs could fill and stall it.)
@@ -98,6 +98,7 @@ def test_training_killed_mid_epoch_resumes_from_its_last_checkpoint(tiny_records
                                  capture_output=True, text=True, timeout=300)
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert "resumed from" in resumed.stdout and "done: 3 epochs, 18 steps" in resumed.stdout
+        assert "exported to" not in resumed.stdout  # --noexport
         whole.wait(timeout=300)
     finally:
         if whole.poll() is None:

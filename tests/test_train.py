@@ -19,12 +19,13 @@ STRATEGY = tf.distribute.OneDeviceStrategy("/cpu:0")
 
 
 def smoke_config(records_dir: str, **overrides) -> trainer.TrainConfig:
-    """A tiny model and a few steps: seconds per run."""
+    """A tiny model and a few steps: seconds per run. No exports unless a test asks for them
+    (export=True): writing them costs a run more than its steps."""
     config = trainer.TrainConfig(
         records_dir=records_dir,
         model=model.ModelConfig(conv_filters=(8, 16, 16, 16), dense_units=16, rnn_units=8),
         batch_size=32, eval_batch_size=32, epochs=2, steps_per_epoch=3, steps_per_loop=2,
-        shuffle_buffer=200, num_image_summaries=4)
+        shuffle_buffer=200, num_image_summaries=4, export=False)
     return dataclasses.replace(config, **overrides)
 
 
@@ -41,7 +42,8 @@ def test_train_and_evaluate_writes_checkpoints_logs_and_exports(tiny_records, tm
         weakref.finalize(box[0], lambda: destroyed_on.append(threading.current_thread().name))
         return release(box)
     monkeypatch.setattr(train, "_release_aside", watched_release)
-    result = train.train_and_evaluate(smoke_config(tiny_records), model_dir, STRATEGY)
+    result = train.train_and_evaluate(smoke_config(tiny_records, export=True), model_dir,
+                                      STRATEGY)
     assert destroyed_on == ["release-iterator"] * 2
     assert result["epochs"] == 2 and result["steps"] == 6
     for split in ("val", "test"):
@@ -83,7 +85,7 @@ def test_train_and_evaluate_writes_checkpoints_logs_and_exports(tiny_records, tm
 def test_loss_falls(tiny_records, tmp_path, mixed_precision, jit_compile):
     config = smoke_config(tiny_records, epochs=4, steps_per_epoch=10, steps_per_loop=5,
                           learning_rate=3e-3, mixed_precision=mixed_precision,
-                          jit_compile=jit_compile)
+                          jit_compile=jit_compile, export=True)
     result = train.train_and_evaluate(config, str(tmp_path / "run"), STRATEGY)
     # Whatever the compute dtype, the exported model is float32 and gives float32 logits.
     serve = export.load_serving(result["exports"]["saved_model"])
@@ -102,7 +104,8 @@ def test_fast_config_model_has_64_time_steps_and_learns(tiny_records, tmp_path, 
     assert tuple(crnn(np.zeros((2, 64, 128), np.float32)).shape) == (2, 64, 11)
     # Its recipe as it is but for the length: a short warm-up, a few steps.
     config = dataclasses.replace(config, epochs=3, steps_per_epoch=8, steps_per_loop=4,
-                                 warmup_steps=4, eval_batch_size=64, shuffle_buffer=200)
+                                 warmup_steps=4, eval_batch_size=64, shuffle_buffer=200,
+                                 export=False)
     train.train_and_evaluate(config, str(tmp_path / "run"), STRATEGY)
     history = json.load(open(tmp_path / "run" / train.HISTORY_FILE))
     losses = [h["train"]["loss"] for h in history]
@@ -346,6 +349,11 @@ def test_resume_continues_from_the_saved_step_with_optimizer_state(tiny_records,
     model_dir = str(tmp_path / "run")
     first = train.train_and_evaluate(smoke_config(tiny_records, epochs=1), model_dir, STRATEGY)
     assert first["steps"] == 3
+    # Without config.export, the run writes its best weights and no export.
+    assert first["exports"] == {}
+    assert os.path.exists(os.path.join(model_dir, train.BEST_WEIGHTS + ".index"))
+    assert not any(os.path.exists(os.path.join(model_dir, name)) for name in (
+        export.SAVED_MODEL, export.KERAS_MODEL, export.KERAS_WEIGHTS))
     assert _checkpoint_value(model_dir, "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == 3
     second = train.train_and_evaluate(smoke_config(tiny_records, epochs=2), model_dir, STRATEGY)
     assert second["epochs"] == 2 and second["steps"] == 6

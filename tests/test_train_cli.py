@@ -37,7 +37,8 @@ def test_flagfile_run_saves_effective_flags_that_rerun_the_same_config(tiny_reco
     # (Output to files: a pipe nobody reads meanwhile could fill and stall the first run.)
     with open(tmp_path / "a.out", "w") as out, open(tmp_path / "a.err", "w") as err:
         first = subprocess.Popen([TRAIN, f"--flagfile={SMOKE}", f"--records_dir={tiny_records}",
-                                  f"--model_dir={tmp_path / 'a'}"], stdout=out, stderr=err)
+                                  f"--model_dir={tmp_path / 'a'}", "--noexport"],
+                                 stdout=out, stderr=err)
     try:
         deadline = time.monotonic() + 300  # only a hang
         while not (tmp_path / "a" / "config.json").exists():
@@ -46,6 +47,7 @@ def test_flagfile_run_saves_effective_flags_that_rerun_the_same_config(tiny_reco
             time.sleep(0.1)
         flagfile = tmp_path / "a" / "flags.cfg"
         assert "--conv_filters=8,16,16,16" in flagfile.read_text()
+        assert "--noexport" in flagfile.read_text().splitlines()
         second = subprocess.run([TRAIN, f"--flagfile={flagfile}",
                                  f"--model_dir={tmp_path / 'b'}"],
                                 capture_output=True, text=True, timeout=300)
@@ -56,6 +58,8 @@ def test_flagfile_run_saves_effective_flags_that_rerun_the_same_config(tiny_reco
             first.wait()
     assert first.returncode == 0, (tmp_path / "a.err").read_text()[-3000:]
     assert "done: 2 epochs, 8 steps" in (tmp_path / "a.out").read_text()
+    # --noexport: the run ends without exports, and the rerun of its flags too.
+    assert not any(os.path.exists(tmp_path / run / "export") for run in ("a", "b"))
     assert second.returncode == 0, second.stderr[-3000:]
     configs = [json.load(open(tmp_path / run / "config.json")) for run in ("a", "b")]
     assert configs[0] == configs[1]
@@ -129,7 +133,7 @@ def test_mirrored_strategy_on_two_logical_cpus(tiny_records, tmp_path):
     # the second replica's last batch is empty.
     result = run_train(f"--records_dir={tiny_records}", f"--model_dir={tmp_path / 'run'}",
                        "--strategy=mirrored", "--num_cpu_devices=2", "--profile_steps=2,4",
-                       "--eval_batch_size=16")
+                       "--eval_batch_size=16", "--noexport")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MirroredStrategy with 2 replica(s)" in result.stdout
     history = json.load(open(tmp_path / "run" / "history.json"))

@@ -55,7 +55,8 @@ def train_config(values: flags.FlagValues = FLAGS):
         coarse_ctc_pool=values.coarse_ctc_pool, coarse_ctc_steps=values.coarse_ctc_steps,
         align_steps=values.align_steps, align_weight=values.align_weight,
         tight_plates=input_pipeline.TightPlates(values.tight_weight, values.tight_font_size,
-                                                values.tight_spacing))
+                                                values.tight_spacing),
+        export=values.export)
 
 
 def _mix_records(entries: list[str]) -> tuple[tuple[str, float], ...]:
@@ -141,6 +142,9 @@ def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
     flags.DEFINE_float("ema_momentum", 0.0, "Validate, keep and export an exponential moving "
                        "average of the weights with this momentum (0: the weights themselves).",
                        lower_bound=0, upper_bound=1, **on)
+    flags.DEFINE_boolean("export", True, "Export the best weights at the end (SavedModel, "
+                         ".keras, weights); --noexport: the metrics, checkpoints and best "
+                         "weights only (a sweep that keeps none of its models).", **on)
     flags.DEFINE_integer("epochs", 55, "Most epochs.", lower_bound=1, **on)
     flags.DEFINE_integer("steps_per_epoch", 0, "Steps between validations (0: one pass "
                          "over the training split).", lower_bound=0, **on)
@@ -286,8 +290,9 @@ def train() -> None:
                             for split in names if split in result)
         print(f"done: {result['epochs']} epochs, {result['steps']} steps, "
               f"{result['train_seconds'] / 60:.1f} min of training, peak memory "
-              f"{result['peak_rss_mb'] / 1024:.1f} GB; {summary}; "
-              f"exported to {result['exports']['saved_model']}")
+              f"{result['peak_rss_mb'] / 1024:.1f} GB; {summary}"
+              + (f"; exported to {result['exports']['saved_model']}" if result["exports"]
+                 else ""))
 
     run_command(main)
 

@@ -258,7 +258,8 @@ def format_time_to_accuracy(reached: dict[float, dict | None]) -> str:
 
 def train_and_evaluate(config: TrainConfig, model_dir: str,
                        strategy: tf.distribute.Strategy) -> dict:
-    """Trains (or resumes) until the epochs, patience or time run out; exports the best weights.
+    """Trains (or resumes) until the epochs, patience or time run out; exports the best weights
+    (unless config.export is off).
 
     Args:
       config: the run's configuration.
@@ -266,7 +267,7 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
       strategy: the tf.distribute strategy to train under.
     Returns:
       {"val": metrics, "test": metrics, "epochs", "steps", "train_seconds", "peak_rss_mb",
-       "exports"} of the best weights.
+       "exports": {format: path}, empty without config.export} of the best weights.
     Raises:
       TrainingError, FileNotFoundError, ValueError: with one-line messages.
     """
@@ -434,8 +435,9 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
         print(f"time to {config.val_split} accuracy: " + format_time_to_accuracy(reached))
         for split, entries in reached_watched.items():
             print(f"time to {split} accuracy: " + format_time_to_accuracy(entries))
-    result["exports"] = export.export_model(trainer.model, config.model, out_dir,
-                                            info["alphabet"], formats, *trainer.shape)
+    result["exports"] = export.export_model(
+        trainer.model, config.model, out_dir, info["alphabet"], formats,
+        *trainer.shape) if config.export else {}
     _write_json(os.path.join(out_dir, "final_metrics.json"), result)
     if not chief:
         tf.io.gfile.rmtree(out_dir)

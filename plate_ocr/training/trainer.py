@@ -79,6 +79,9 @@ class TrainConfig:
     align_weight: float = 10.0
     # Training plates of the records that weigh more in the loss (the smallest, tightest).
     tight_plates: input_pipeline.TightPlates = input_pipeline.TightPlates()
+    # Write the exports of the best weights at the end (SavedModel, .keras, weights); off: the
+    # run's metrics, checkpoints and best weights only (a sweep that keeps none of its models).
+    export: bool = True
 
 
 class TrainingError(Exception):
