@@ -132,7 +132,7 @@ def _inference(model_path: str, records_dir: str, batches: int, calls: int, repe
     one plate per call."""
     import tensorflow as tf
     from plate_ocr.serving import evaluate
-    if threads:  # before TensorFlow first runs
+    if threads and not model_path.endswith(".tflite"):  # before TensorFlow first runs
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
     predict, shape = evaluate.load_predictor(model_path, threads)  # None: every core
@@ -175,6 +175,16 @@ def _inference(model_path: str, records_dir: str, batches: int, calls: int, repe
     return figures
 
 
+def _tflite_inference(model_path: str, records_dir: str, batches: int, calls: int,
+                      repeats: int) -> dict:
+    """_inference batched, then on 1 and 2 threads, of a TFLite model in one process: each
+    interpreter has threads of its own (export.load_tflite), not the process's TensorFlow's."""
+    figures = {}
+    for threads in (None, 1, 2):
+        figures.update(_inference(model_path, records_dir, batches, calls, repeats, threads))
+    return figures
+
+
 def _size_mb(model_path: str) -> float:
     """Megabytes of what load_predictor loads: a file, or the SavedModel's files."""
     from plate_ocr.serving import evaluate
@@ -193,8 +203,8 @@ def inference_stage(model_path: str, records_dir: str, batches: int, calls: int,
 
     The model is loaded as bin/evaluate and bin/predict load it (evaluate.load_predictor:
     uint8 plates in, Python strings and confidences out), and reads val plates: batched in
-    one process, one by one in two others whose TensorFlow (or TFLite interpreter) has one
-    thread, then two.
+    one process, one by one in two others whose TensorFlow has one thread, then two (a
+    TFLite model: all three in one process, each with an interpreter of those threads).
 
     Args:
       model_path: a model dir, its SavedModel, .keras or .tflite file.
@@ -205,11 +215,15 @@ def inference_stage(model_path: str, records_dir: str, batches: int, calls: int,
     Returns:
       ({figure: value} of FIGURES["inference"], {"rss_mb_after_import": of TF and Keras}).
     """
-    figures, rss, baseline = run_measured(_inference, model_path, records_dir, batches, calls,
-                                          repeats, None)
-    for threads in (1, 2):
-        figures.update(run_measured(_inference, model_path, records_dir, batches, calls,
-                                    repeats, threads)[0])
+    if model_path.endswith(".tflite"):
+        figures, rss, baseline = run_measured(_tflite_inference, model_path, records_dir,
+                                              batches, calls, repeats)
+    else:
+        figures, rss, baseline = run_measured(_inference, model_path, records_dir, batches,
+                                              calls, repeats, None)
+        for threads in (1, 2):
+            figures.update(run_measured(_inference, model_path, records_dir, batches, calls,
+                                        repeats, threads)[0])
     return ({**figures, "size_mb": _size_mb(model_path), "peak_rss_mb": rss},
             {"rss_mb_after_import": baseline})
 
