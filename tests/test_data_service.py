@@ -320,7 +320,7 @@ def test_killed_worker_stops_training_in_one_line_and_a_rerun_resumes(tiny_recor
         # reports is the kill's (the run is asserted alive when the worker is killed).
         timeout = 20
         args = train_args(tiny_records, model_dir, running.address, "--epochs=5",
-                          "--steps_per_epoch=10", f"--data_timeout={timeout}", "--noexport")
+                          "--steps_per_epoch=10", "--noexport", f"--data_timeout={timeout}")
         training = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     text=True)
         wait_for_checkpoint(training, model_dir)

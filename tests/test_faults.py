@@ -1,7 +1,6 @@
 """Faults a user meets: corrupt or changed shards, bad metadata, full disks, killed training."""
 
 import contextlib
-import glob
 import json
 import os
 import shutil
@@ -86,7 +85,10 @@ def test_training_killed_mid_epoch_resumes_from_its_last_checkpoint(tiny_records
                                   start_new_session=True)
         try:
             deadline = time.monotonic() + 240
-            while not glob.glob(str(tmp_path / "killed" / "checkpoints" / "ckpt-6.index")):
+            # The checkpoint of step 6 named in the manager's state file (written last, and
+            # atomically): what a rerun resumes from. Its index alone may come before.
+            state = tmp_path / "killed" / "checkpoints" / "checkpoint"
+            while not (state.exists() and '"ckpt-6"' in state.read_text()):
                 assert killed.poll() is None and time.monotonic() < deadline
                 time.sleep(0.05)
         finally:
