@@ -17,6 +17,9 @@ TINY_SHARDS = {"train": 4, "val": 2, "test": 2, "heldout": 2, "test_aug": 1, "va
 SHARED_FIXTURES = ("reading_model", "trained", "service", "untrained_model")
 
 
+# Before pytest-xdist's hook of the same name, which reads the marks (it appends each test's
+# group to its id, what --dist loadgroup schedules by).
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
     for item in items:
         shared = [name for name in SHARED_FIXTURES if name in item.fixturenames]
