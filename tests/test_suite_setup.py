@@ -4,9 +4,10 @@ import pytest
 
 
 def test_grouped_tests_carry_their_group_where_the_scheduler_reads_it(request):
-    # --dist loadgroup schedules by the group that pytest-xdist appends to each test's id; a
-    # pytest that keeps ids where it cannot append (9.2: pytest-xdist issue 1386) lets every
-    # worker build every shared fixture, and nothing else fails.
+    # --dist loadgroup schedules by the group that pytest-xdist appends to each test's id. It
+    # appends none when conftest's marks come after its hook, or when pytest keeps ids where it
+    # cannot append (9.2: pytest-xdist issue 1386): every worker then builds every shared
+    # fixture, and nothing else fails.
     if not getattr(request.config.option, "loadgroup", False):
         pytest.skip("not a --dist loadgroup worker (bin/test runs the suite on one)")
     grouped = [item for item in request.session.items if item.get_closest_marker("xdist_group")]
@@ -14,4 +15,5 @@ def test_grouped_tests_carry_their_group_where_the_scheduler_reads_it(request):
         pytest.skip("no test of this run uses a shared fixture")
     lost = [item.nodeid for item in grouped if "@" not in item.nodeid]
     assert not lost, (f"pytest {pytest.__version__}: {len(lost)} tests lost their group "
-                      f"({lost[0]}): install the pytest that setup.cfg pins")
+                      f"({lost[0]}): conftest's hook must run first (tryfirst), and pytest be "
+                      "the one setup.cfg pins")

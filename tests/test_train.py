@@ -20,7 +20,7 @@ STRATEGY = tf.distribute.OneDeviceStrategy("/cpu:0")
 
 def smoke_config(records_dir: str, **overrides) -> trainer.TrainConfig:
     """A tiny model and a few steps: seconds per run. No exports unless a test asks for them
-    (export=True): writing them costs a run more than its steps."""
+    (export=True): writing them took 2.5-3.6 s of such a run."""
     config = trainer.TrainConfig(
         records_dir=records_dir,
         model=model.ModelConfig(conv_filters=(8, 16, 16, 16), dense_units=16, rnn_units=8),
@@ -246,12 +246,12 @@ def test_a_short_run_on_the_wide_distribution_lowers_the_loss_on_foreign_plates(
     test = next(evaluate.read_split(records_dir, "test", batch_size=40))
     foreign.add_split(records_dir, info, [int(text) for text in test["text"]], faces, 1)
     def foreign_losses(wide: bool) -> list[float]:
-        # 140 steps (as 300, the frame targets for the first two thirds): here the wide
-        # run's foreign loss went 14.6 -> 13.2, the clean run's 14.9 -> 14.8 (210 steps:
-        # 14.6 -> 13.1 against 16.1; 300 steps: 13.7 -> 13.0 against 19.3).
+        # 210 steps (as 300, the frame targets for the first two thirds): here the wide
+        # run's foreign loss went 14.6 -> 13.1, the clean run's ended at 16.1 (300 steps:
+        # 13.7 -> 13.0 against 19.3).
         config = smoke_config(
             records_dir, source="render", render_augment=wide, render_clean_fraction=0.25,
-            align_steps=93, val_split="val_aug", watch_splits=("foreign",), epochs=2,
+            align_steps=140, val_split="val_aug", watch_splits=("foreign",), epochs=3,
             steps_per_epoch=70, steps_per_loop=35, learning_rate=4e-3, warmup_steps=20,
             shuffle_buffer=256, ema_momentum=0.99,
             model=model.ModelConfig(stem_filters=16, conv_filters=(32, 48, 64),
@@ -262,9 +262,8 @@ def test_a_short_run_on_the_wide_distribution_lowers_the_loss_on_foreign_plates(
         history = json.load(open(run_dir / train.HISTORY_FILE))
         return [h["watch"]["foreign"]["loss"] for h in history]
     wide, clean = foreign_losses(True), foreign_losses(False)
-    # The same steps on clean plates leave the foreign plates further from read (margins of
-    # 5%: the runs differ by the float nondeterminism of multi-threaded kernels too).
-    assert wide[-1] < 0.95 * wide[0] and wide[-1] < 0.95 * clean[-1], (wide, clean)
+    # The same steps on clean plates leave the foreign plates further from read.
+    assert wide[-1] < wide[0] and wide[-1] < 0.9 * clean[-1], (wide, clean)
 
 
 @pytest.mark.slow
