@@ -157,11 +157,27 @@ def test_gradient_clipping_reaches_the_optimizer():
 
 def test_training_budget_stops_before_an_epoch_that_would_overrun_it():
     history = [{"train_seconds": 50.0}, {"train_seconds": 80.0}]  # epochs of 50 s, then 30 s
-    assert train.over_budget(history, 80.0, max_minutes=1.8)      # 80 + 30 > 108
-    assert not train.over_budget(history, 80.0, max_minutes=2.0)  # 80 + 30 <= 120
-    assert train.over_budget(history[:1], 50.0, max_minutes=1.5)  # 50 + 50 > 90
-    assert not train.over_budget(history, 80.0, max_minutes=0.0)  # no budget
-    assert not train.over_budget([], 0.0, max_minutes=0.001)      # the first epoch always runs
+    assert train.epochs_in_budget(history, 80.0, 1.8, 10, 2) == 2  # 80 + 30 > 108
+    assert train.epochs_in_budget(history, 80.0, 2.0, 10, 2) == 3  # 80 + 30 <= 120 < 80 + 60
+    assert train.epochs_in_budget(history, 80.0, 60, 10, 2) == 10  # the epochs, no more
+    assert train.epochs_in_budget(history[:1], 50.0, 1.5, 10, 1) == 1  # 50 + 50 > 90
+    assert train.epochs_in_budget(history, 80.0, 0.0, 10, 2) == 10  # no budget
+    assert train.epochs_in_budget([], 0.0, 0.001, 10, 0) == 10      # the first epoch always runs
+    assert train.epochs_in_budget(history, 200.0, 1.0, 10, 2) == 2  # past it: no epoch undone
+
+
+def test_the_cosine_ends_where_the_run_is_planned_to_end():
+    config = trainer.TrainConfig(records_dir="", learning_rate=1e-3, warmup_steps=100,
+                                 lr_schedule="cosine")
+    planned = tf.Variable(1100, dtype=tf.int64)
+    optimizer = trainer.make_optimizer(config, planned)
+
+    def rate(step):
+        optimizer.iterations.assign(step)
+        return float(optimizer.learning_rate)
+    assert rate(600) == pytest.approx(0.5e-3)
+    planned.assign(600)  # the time budget will end the run at step 600: down by then
+    assert [rate(350), rate(600), rate(50)] == pytest.approx([0.5e-3, 0, 0.5e-3], abs=1e-9)
 
 
 class FakeClock:
@@ -190,9 +206,17 @@ def test_the_training_budget_stops_the_run_by_the_training_clock(tiny_records, t
     monkeypatch.setattr(train, "time", FakeClock())
     result = train.train_and_evaluate(
         smoke_config(tiny_records, epochs=4, steps_per_epoch=1, steps_per_loop=1,
-                     max_minutes=max_minutes), str(tmp_path / "run"), STRATEGY)
+                     max_minutes=max_minutes, lr_schedule="cosine", learning_rate=1e-3),
+        str(tmp_path / "run"), STRATEGY)
     assert result["epochs"] == epochs
     assert result["train_seconds"] == pytest.approx(50.0 * epochs)
+    # The cosine came down by the last step the budget left, not the 4th (where it would be
+    # at half the rate after 2 steps, 15% after 3).
+    rates = [float(tf.make_ndarray(value.tensor)) for path in
+             sorted(glob.glob(str(tmp_path / "run" / "train" / "events.out.tfevents.*")))
+             for event in tf.compat.v1.train.summary_iterator(path)
+             for value in event.summary.value if value.tag == "learning_rate"]
+    assert len(rates) == epochs and rates[-1] == pytest.approx(0, abs=1e-9), rates
 
 
 def test_time_to_accuracy_names_the_first_validation_at_each_target():

@@ -133,7 +133,8 @@ def test_mirrored_strategy_on_two_logical_cpus(tiny_records, tmp_path):
     # the second replica's last batch is empty.
     result = run_train(f"--records_dir={tiny_records}", f"--model_dir={tmp_path / 'run'}",
                        "--strategy=mirrored", "--num_cpu_devices=2", "--profile_steps=2,4",
-                       "--eval_batch_size=16", "--noexport")
+                       "--eval_batch_size=16", "--noexport",
+                       "--max_minutes=60")  # a budget: the replicas agree on its plan
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MirroredStrategy with 2 replica(s)" in result.stdout
     history = json.load(open(tmp_path / "run" / "history.json"))
@@ -176,7 +177,9 @@ def run_multi_worker(args: list[str], count: int = 2) -> list[tuple[str, str]]:
 def test_multi_worker_mirrored_with_two_local_workers(tiny_records, tmp_path):
     outputs = run_multi_worker([TRAIN, f"--flagfile={SMOKE}", f"--records_dir={tiny_records}",
                                 f"--model_dir={tmp_path / 'run'}",
-                                "--strategy=multi_worker_mirrored", "--profile_steps=2,4"])
+                                "--strategy=multi_worker_mirrored", "--profile_steps=2,4",
+                                # A budget: the workers agree on its plan (a collective).
+                                "--max_minutes=60"])
     # MultiWorkerMirroredStrategy is CollectiveAllReduceStrategy under its own name.
     assert "CollectiveAllReduceStrategy with 2 replica(s)" in outputs[0][0]
     assert (tmp_path / "run" / "export" / "saved_model.pb").exists()

@@ -108,7 +108,8 @@ def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
     flags.DEFINE_enum("lr_schedule", "constant", ["constant", "cosine"], "Learning-rate decay.",
                       **on)
     flags.DEFINE_integer("warmup_steps", 0, "Linear warm-up steps.", lower_bound=0, **on)
-    flags.DEFINE_integer("decay_steps", 0, "Cosine decay steps (0: the whole run).",
+    flags.DEFINE_integer("decay_steps", 0, "Cosine decay steps (0: the whole run, as far as "
+                         "--max_minutes lets it go).",
                          lower_bound=0, **on)
     flags.DEFINE_float("min_lr_ratio", 0.0, "Final rate of the cosine, as a fraction.",
                        lower_bound=0, **on)
@@ -177,7 +178,9 @@ def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
                         "\"[0-9]{5}|[A-Z][0-9]{4}\"); decoding finds the most probable one the "
                         "format accepts. Empty: exactly the records' plate length.", **on)
     flags.DEFINE_float("max_minutes", 0.0, "Training-time budget (0: none): no epoch starts "
-                       "that would end past it, judged by the last epoch's length.",
+                       "that would end past it, judged by the last epoch's length; where it "
+                       "leaves fewer than --epochs, the warm-up and cosine end with the last "
+                       "epoch it leaves.",
                        lower_bound=0, **on)
     flags.DEFINE_list("profile_steps", [], "START,STOP: profiler trace of these steps.", **on)
     flags.DEFINE_integer("num_image_summaries", 16, "Validation plates drawn per epoch.",

@@ -8,6 +8,7 @@ TensorBoard summaries, the time-to-accuracy curve and the exports.
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import resource
 import threading
@@ -217,12 +218,17 @@ def _release_aside(box: list) -> threading.Thread:
     return thread
 
 
-def over_budget(history: list[dict], train_seconds: float, max_minutes: float) -> bool:
-    """Whether another epoch, as long as the last one, would end past max_minutes (0: none)."""
+def epochs_in_budget(history: list[dict], train_seconds: float, max_minutes: float,
+                     epochs: int, done: int) -> int:
+    """The epochs a run trains: `epochs`, or fewer where another epoch as long as the last
+    one would end past max_minutes of training (0: no budget); `done` epochs are trained, and
+    the first always is."""
     if not max_minutes or not history:
-        return False
+        return epochs
     before = history[-2]["train_seconds"] if len(history) > 1 else 0.0
-    return train_seconds + history[-1]["train_seconds"] - before > 60 * max_minutes
+    last = history[-1]["train_seconds"] - before
+    more = math.floor((60 * max_minutes - train_seconds) / last) if last > 0 else epochs
+    return max(done, min(epochs, done + more))
 
 
 def time_to_accuracy(history: list[dict], targets=TARGETS,
@@ -340,9 +346,24 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
     val_writer = tf.summary.create_file_writer(os.path.join(out_dir, "val"))
     sample = _summary_sample(info, files[config.val_split], config.num_image_summaries)
 
+    def plan(planned: int) -> int:
+        """The epochs the run trains, the learning rate's decay ending with the last of them:
+        config.epochs, or fewer when the time budget will stop the run first."""
+        if not config.max_minutes:
+            return config.epochs
+        now = trainer.plan_epochs(epochs_in_budget(
+            history, float(trainer.train_seconds), config.max_minutes, config.epochs,
+            int(trainer.epoch)), epoch_steps)
+        if chief and now != planned and now < config.epochs:
+            tqdm.write(f"the time budget ({config.max_minutes:g} min of training) leaves "
+                       f"{now} of {config.epochs} epochs: the learning rate comes down by "
+                       f"step {now * epoch_steps}")
+        return now
+
+    planned = plan(config.epochs)
+
     def finished() -> bool:
-        return (int(trainer.epoch) >= config.epochs or int(trainer.bad_epochs) >= config.patience
-                or over_budget(history, float(trainer.train_seconds), config.max_minutes))
+        return int(trainer.epoch) >= planned or int(trainer.bad_epochs) >= config.patience
 
     releasing = None
     while not finished():
@@ -412,6 +433,7 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
                        + "".join(f"  {split} {metrics['plate_accuracy']:.4f}"
                                  for split, metrics in watch.items())
                        + ("  *best" if improved else ""))
+        planned = plan(planned)
     if releasing:
         releasing.join()
     best = os.path.join(out_dir, BEST_WEIGHTS)

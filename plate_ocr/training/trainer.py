@@ -94,17 +94,49 @@ def steps_per_epoch(config: TrainConfig, info: dict) -> int:
     return config.steps_per_epoch or max(num_train // config.batch_size, 1)
 
 
-def make_optimizer(config: TrainConfig, total_steps: int) -> keras.optimizers.Optimizer:
-    """Adam with the configured warm-up and decay."""
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """A linear warm-up from 0 to `rate` over warmup_steps, then a cosine from `rate` down to
+    alpha * rate (alpha 1: constant) over decay_steps, or else until `planned_steps`.
+
+    planned_steps (an int64 variable) is where the run will end: its steps, or fewer when the
+    time budget (max_minutes) will stop it first, as it does on a machine slower than the
+    config was made for; the loop sets it after each epoch (train.epochs_in_budget), so
+    that the rate still comes down by the last step.
+    """
+
+    def __init__(self, rate: float, warmup_steps: int, alpha: float, decay_steps: int,
+                 planned_steps: tf.Variable):
+        self.rate, self.warmup_steps, self.alpha = rate, warmup_steps, alpha
+        self.decay_steps, self.planned_steps = decay_steps, planned_steps
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warmup = float(self.warmup_steps)
+        decay = (tf.constant(float(self.decay_steps)) if self.decay_steps else
+                 tf.maximum(tf.cast(self.planned_steps, tf.float32) - warmup, 1.0))
+        progress = tf.clip_by_value((step - warmup) / decay, 0.0, 1.0)
+        rate = self.rate * (self.alpha + (1.0 - self.alpha) * 0.5
+                            * (1.0 + tf.cos(math.pi * progress)))
+        if not self.warmup_steps:
+            return rate
+        return tf.where(step < warmup, self.rate * step / warmup, rate)
+
+    def get_config(self) -> dict:
+        return {"rate": self.rate, "warmup_steps": self.warmup_steps, "alpha": self.alpha,
+                "decay_steps": self.decay_steps, "planned_steps": int(self.planned_steps)}
+
+
+def make_optimizer(config: TrainConfig, planned_steps: int | tf.Variable
+                   ) -> keras.optimizers.Optimizer:
+    """Adam with the configured warm-up and decay, the decay ending at planned_steps (the
+    run's steps) unless config.decay_steps says where."""
     rate = config.learning_rate
     if config.lr_schedule == "cosine" or config.warmup_steps:
-        decay = config.decay_steps or max(total_steps - config.warmup_steps, 1)
-        rate = keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=0.0 if config.warmup_steps else config.learning_rate,
-            decay_steps=decay,
-            alpha=config.min_lr_ratio if config.lr_schedule == "cosine" else 1.0,
-            warmup_target=config.learning_rate if config.warmup_steps else None,
-            warmup_steps=config.warmup_steps)
+        if not isinstance(planned_steps, tf.Variable):
+            planned_steps = tf.Variable(planned_steps, dtype=tf.int64, trainable=False)
+        rate = WarmupCosine(config.learning_rate, config.warmup_steps,
+                            config.min_lr_ratio if config.lr_schedule == "cosine" else 1.0,
+                            config.decay_steps, planned_steps)
     return keras.optimizers.Adam(rate, global_clipnorm=config.clip_norm or None)
 
 
@@ -186,7 +218,10 @@ class Trainer:
                 self.model = model_lib.build_crnn(config.model, *self.shape, num_classes)
             finally:
                 keras.mixed_precision.set_global_policy("float32")
-            self.optimizer = make_optimizer(config, total_steps)
+            # Where the learning rate's decay ends: the run's steps, until the time
+            # budget says fewer (plan_epochs).
+            self.planned_steps = tf.Variable(total_steps, dtype=tf.int64, trainable=False)
+            self.optimizer = make_optimizer(config, self.planned_steps)
             if config.mixed_precision == "float16":
                 # float16 gradients underflow without a loss scale; bfloat16 has float32's range.
                 self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
@@ -393,6 +428,18 @@ class Trainer:
         finally:
             for variable, value in zip(variables, current):
                 variable.assign(value)
+
+    def plan_epochs(self, epochs: int, epoch_steps: int) -> int:
+        """Ends the learning rate's decay after `epochs` epochs of epoch_steps, as the workers
+        agree: each plans from its own clock, and workers that differed would apply different
+        rates and stop after different epochs. Returns the agreed epochs: the workers' mean,
+        rounded down (the fewer, where they differ by one)."""
+        local = self.strategy.experimental_distribute_values_from_function(
+            lambda _: tf.constant(epochs, tf.int64))
+        agreed = (int(self.strategy.reduce(SUM, local, axis=None))
+                  // self.strategy.num_replicas_in_sync)
+        self.planned_steps.assign(agreed * epoch_steps)
+        return agreed
 
     def evaluate(self, split: str) -> dict:
         """Loss and metrics of the current weights over every example of a split."""
