@@ -79,8 +79,9 @@ def plate_keys(seed: int, split: str, indices) -> tf.Tensor:
 
 def _uniforms(keys: tf.Tensor, count: int) -> tf.Tensor:
     """float32 [B, count] uniforms in [0, 1), row b from keys[b] alone."""
-    return tf.map_fn(lambda key: tf.random.stateless_uniform([count], seed=key), keys,
-                     fn_output_signature=tf.float32)
+    # (Reshaped: map_fn over no plates, eagerly, gives no shape.)
+    return tf.reshape(tf.map_fn(lambda key: tf.random.stateless_uniform([count], seed=key),
+                                keys, fn_output_signature=tf.float32), [-1, count])
 
 
 @functools.cache
@@ -97,8 +98,8 @@ def _bank_windows(shape: tuple[int, int], top: tf.Tensor, left: tf.Tensor) -> tf
     bank = tf.constant(_bank(height, width))
     corners = tf.stack([tf.cast(top * height, tf.int32), tf.cast(left * width, tf.int32)], 1)
     # A slice per plate: six times cheaper here than gathering the windows' rows and columns.
-    return tf.map_fn(lambda corner: tf.slice(bank, corner, [height, width]), corners,
-                     fn_output_signature=tf.float32)
+    return tf.reshape(tf.map_fn(lambda corner: tf.slice(bank, corner, [height, width]),
+                                corners, fn_output_signature=tf.float32), [-1, height, width])
 
 
 def _smooth_field(nodes: tuple[int, int], size: tuple[int, int], top: tf.Tensor,
@@ -127,6 +128,19 @@ def _whole_vectors(function, values: tf.Tensor) -> tf.Tensor:
     return function(tf.pad(values, padding))[:batch]
 
 
+def on_chosen(chosen: tf.Tensor, function, images: tf.Tensor, *values: tf.Tensor):
+    """function(images[i], values[i]...) computed on the plates where chosen [B] holds only,
+    the others left as they are: an effect costs its plates alone. Each plate's result is its
+    own computation (elementwise, per image), so its bits do not depend on which plates are
+    computed with it. function returns one tensor like `images`, or a tuple of such; so does
+    this (with `images` in place of every output for the plates not chosen)."""
+    index = tf.where(chosen)[:, 0]
+    done = function(tf.gather(images, index), *(tf.gather(value, index) for value in values))
+    if isinstance(done, tuple):
+        return tuple(tf.tensor_scatter_nd_update(images, index[:, None], d) for d in done)
+    return tf.tensor_scatter_nd_update(images, index[:, None], done)
+
+
 def _bilinear_warp(images: tf.Tensor, dx: tf.Tensor, dy: tf.Tensor) -> tf.Tensor:
     """Each pixel (x, y) of [B, H, W] float32 images sampled at (x + dx, y + dy), bilinearly,
     edges repeated: elementwise arithmetic and a gather, the same bits in any batch."""
@@ -150,36 +164,42 @@ def _bilinear_warp(images: tf.Tensor, dx: tf.Tensor, dy: tf.Tensor) -> tf.Tensor
 
 
 def _elastic(ink: tf.Tensor, u: dict, config: AugmentConfig) -> tf.Tensor:
-    """The clean ink [B, H, W] uint8 under a smooth random displacement: nodes every
-    _ELASTIC_CELL pixels drawn from the noise bank, interpolated, faded to zero at the
-    frame's edges (the edges map onto themselves, so no ink leaves the frame)."""
+    """The clean ink [B, H, W] uint8 under a smooth random displacement, on the plates drawn
+    for it: nodes every _ELASTIC_CELL pixels drawn from the noise bank, interpolated, faded to
+    zero at the frame's edges (the edges map onto themselves, so no ink leaves the frame)."""
     height, width = ink.shape[1], ink.shape[2]
     nodes = (-(-height // _ELASTIC_CELL) + 1, -(-width // _ELASTIC_CELL) + 1)
-
-    def field(top, left):
-        return _smooth_field(nodes, (height, width), u[top], u[left])
     ys = tf.range(height, dtype=tf.float32)
     xs = tf.range(width, dtype=tf.float32)
     fade_y = tf.minimum(tf.minimum(ys, height - 1 - ys) / _ELASTIC_TAPER, 1.0)[None, :, None]
     fade_x = tf.minimum(tf.minimum(xs, width - 1 - xs) / _ELASTIC_TAPER, 1.0)[None, None, :]
-    sigma = tf.where(u["elastic"] < config.elastic_prob,
-                     u["elastic_amount"] * config.elastic, 0.0)[:, None, None]
-    dx = field("elastic_x_top", "elastic_x_left") * sigma * fade_x * fade_y
-    dy = field("elastic_y_top", "elastic_y_left") * sigma * fade_x * fade_y
-    warped = _bilinear_warp(tf.cast(ink, tf.float32), dx, dy)
-    # Plates left alone keep their exact ink (the warp's zero displacement rounds back too).
-    return tf.where(sigma > 0, tf.cast(tf.round(warped), tf.uint8), ink)
+    sigma = u["elastic_amount"] * config.elastic
+    fields = tf.stack([u[name] for name in ("elastic_x_top", "elastic_x_left", "elastic_y_top",
+                                            "elastic_y_left")], axis=1)  # [B, 4]
+
+    def bend(ink, sigma, fields):
+        sigma = sigma[:, None, None]
+        dx = (_smooth_field(nodes, (height, width), fields[:, 0], fields[:, 1]) * sigma
+              * fade_x * fade_y)
+        dy = (_smooth_field(nodes, (height, width), fields[:, 2], fields[:, 3]) * sigma
+              * fade_x * fade_y)
+        warped = _bilinear_warp(tf.cast(ink, tf.float32), dx, dy)
+        return tf.cast(tf.round(warped), tf.uint8)
+    # (A plate drawn with no displacement rounds back to its own ink.)
+    return on_chosen(u["elastic"] < config.elastic_prob, bend, ink, sigma, fields)
 
 
 def _glyph_jitter(ink: tf.Tensor, u: dict, config: AugmentConfig, margin, ways) -> tf.Tensor:
     """Each character of the clean ink [B, H, W] uint8 turned, resized and moved its own way,
     on the plates drawn for it (the others are not computed: the effect costs a warp per
     character). ways: int32 [B, L] or None, as augment_with_ink's."""
-    chosen = tf.where(u["glyph"] < config.glyph_prob)[:, 0]
-    draws = {name: tf.gather(u[name], chosen) for name in GLYPH_DRAWS}
-    moved = _jitter_runs(tf.gather(ink, chosen), draws, config, margin,
-                         None if ways is None else tf.gather(ways, chosen))
-    return tf.tensor_scatter_nd_update(ink, chosen[:, None], moved)
+    draws = tf.stack([u[name] for name in GLYPH_DRAWS], axis=1)  # [B, len(GLYPH_DRAWS)]
+
+    def jitter(ink, draws, *ways):
+        return _jitter_runs(ink, dict(zip(GLYPH_DRAWS, tf.unstack(draws, axis=1))), config,
+                            margin, ways[0] if ways else None)
+    return on_chosen(u["glyph"] < config.glyph_prob, jitter, ink, draws,
+                     *(() if ways is None else (ways,)))
 
 
 def _jitter_runs(ink: tf.Tensor, u: dict, config: AugmentConfig, margin, ways) -> tf.Tensor:
@@ -442,15 +462,17 @@ def _blur_kernels(u: dict, config: AugmentConfig,
 
 def _resample(plates: tf.Tensor, u: dict, config: AugmentConfig, text_height: tf.Tensor,
               height: int, width: int) -> tf.Tensor:
-    """Averaged over 2x2 or 3x3 blocks and scaled back bilinearly: a low-resolution crop,
-    whose text keeps 8 pixels of height or more (3x3 from 24 px of text, 2x2 from 16)."""
-    images = plates[..., None]
-    halved = tf.image.resize(tf.nn.avg_pool2d(images, 2, 2, "SAME"), [height, width])
-    thirds = tf.image.resize(tf.nn.avg_pool2d(images, 3, 3, "SAME"), [height, width])
+    """Averaged over 2x2 or 3x3 blocks and scaled back bilinearly, on the plates drawn for it:
+    a low-resolution crop, whose text keeps 8 pixels of height or more (3x3 from 24 px of
+    text, 2x2 from 16)."""
+    def coarser(plates, thirds_fit):
+        images = plates[..., None]
+        halved = tf.image.resize(tf.nn.avg_pool2d(images, 2, 2, "SAME"), [height, width])
+        thirds = tf.image.resize(tf.nn.avg_pool2d(images, 3, 3, "SAME"), [height, width])
+        return tf.where(thirds_fit[:, None, None, None], thirds, halved)[..., 0]
     thirds_fit = (u["resample_amount"] >= 0.5) & (text_height >= 24)
-    chosen = tf.where(thirds_fit[:, None, None, None], thirds, halved)
     apply = (u["resample"] < config.resample_prob) & (text_height >= 16)
-    return tf.where(apply[:, None, None], chosen[..., 0], plates)
+    return on_chosen(apply, coarser, plates, thirds_fit)
 
 
 def _levels(u: dict, config: AugmentConfig):

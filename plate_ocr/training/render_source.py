@@ -195,16 +195,19 @@ def chunk_plates(path: str, seed: int, chunk: tf.Tensor, height: int, width: int
         if augment is None:
             return clean, batch["label"], clean
         plate = first + index * _COMPOSE_BATCH + tf.range(tf.shape(ink)[0], dtype=tf.int64)
-        keys = augment_lib.plate_keys(seed, "train", plate)
-        augmented, warped = augment_lib.augment_with_ink(
-            ink, augment, keys, atlas["margin"],
-            # PAD (-1) takes the last way, NO_CHARACTER, as numpy's index -1 does.
-            tf.gather(turn_ways, tf.math.floormod(batch["label"], tf.size(turn_ways))))
         # Which plates stay clean: the golden-ratio sequence of their numbers, evenly spread.
         keep = tf.math.floormod(tf.cast(plate, tf.float64) * 0.6180339887498949,
                                 1.0) < clean_fraction
-        return (tf.where(keep[:, None, None], clean, augmented), batch["label"],
-                tf.where(keep[:, None, None], clean, warped))
+
+        def augmented(clean, keys, ways):  # (plates, their warped ink)
+            return augment_lib.augment_with_ink(255 - clean, augment, keys, atlas["margin"],
+                                                ways)
+        # Only the others are augmented.
+        plates, warped = augment_lib.on_chosen(
+            ~keep, augmented, clean, augment_lib.plate_keys(seed, "train", plate),
+            # PAD (-1) takes the last way, NO_CHARACTER, as numpy's index -1 does.
+            tf.gather(turn_ways, tf.math.floormod(batch["label"], tf.size(turn_ways))))
+        return plates, batch["label"], warped
     return choices.batch(_COMPOSE_BATCH).enumerate().map(plates).unbatch()
 
 
