@@ -530,14 +530,16 @@ def augment_with_ink(ink: tf.Tensor, config: AugmentConfig, keys: tf.Tensor,
     # Strokes: the 3x3 maximum (minimum) blended half and half with the original, about
     # half a pixel on each side. Text scaled up thins by one more such step from 1.7x and two
     # from 2.4x: large hairline faces, whose strokes do not grow with the text.
-    grown = (coverage + _max3x3(coverage)) / 2
-    thinned = coverage
-    for step in range(3):
-        thinner = (thinned - _max3x3(-thinned)) / 2
-        thinned = tf.where(per_plate(scale >= (0.0, 1.7, 2.4)[step]), thinner, thinned)
-    stroke = per_plate(u["stroke"] < config.stroke_prob)
-    coverage = tf.where(stroke & per_plate(u["stroke_grow"] < 0.5), grown,
-                        tf.where(stroke, thinned, coverage)) / 255.0
+    # Computed on the plates drawn for it only.
+    def restroke(coverage, scale, grow):
+        grown = (coverage + _max3x3(coverage)) / 2
+        thinned = coverage
+        for step in range(3):
+            thinner = (thinned - _max3x3(-thinned)) / 2
+            thinned = tf.where(per_plate(scale >= (0.0, 1.7, 2.4)[step]), thinner, thinned)
+        return tf.where(per_plate(grow), grown, thinned)
+    coverage = on_chosen(u["stroke"] < config.stroke_prob, restroke, coverage, scale,
+                         u["stroke_grow"] < 0.5) / 255.0
     clean_ink = tf.where(coverage > 0.2, tf.constant(0, tf.uint8), tf.constant(255, tf.uint8))
     # Wear: holes in the ink where a smooth field (blobs of ~4-8 px) runs high, taking 2-17%
     # of most plates' ink (a third at most): worn paint, distressed faces. The frame targets
@@ -594,10 +596,12 @@ def augment_with_ink(ink: tf.Tensor, config: AugmentConfig, keys: tf.Tensor,
     marks = tf.maximum(marks, tf.where(per_plate(strip), band, 0.0))
     # Speckle: the noise bank's rarest values as dots (from 0.15% to 0.9% of the pixels), on a
     # third of the plates grown to 3x3.
-    bank = _bank_windows((height, width), u["speckle_top"], u["speckle_left"])
-    dots = tf.cast(tf.abs(bank) > per_plate(2.6 + 0.6 * u["speckle_amount"]), tf.float32)
-    dots = tf.where(per_plate(u["speckle_grow"] < 1 / 3), _max3x3(dots), dots)
-    marks = tf.maximum(marks, tf.where(per_plate(u["speckle"] < config.speckle_prob), dots, 0.0))
+    def speckle(marks, top, left, amount, grow):
+        bank = _bank_windows((height, width), top, left)
+        dots = tf.cast(tf.abs(bank) > per_plate(2.6 + 0.6 * amount), tf.float32)
+        return tf.maximum(marks, tf.where(per_plate(grow), _max3x3(dots), dots))
+    marks = on_chosen(u["speckle"] < config.speckle_prob, speckle, marks, u["speckle_top"],
+                      u["speckle_left"], u["speckle_amount"], u["speckle_grow"] < 1 / 3)
     # A scratch: a line 1-2 px wide across the box, through the text's middle half, sloped
     # and waving (its height by column; shallow enough that the vertical distance serves).
     columns_x = xs[0]  # [1, W]
