@@ -430,14 +430,15 @@ class Trainer:
                 variable.assign(value)
 
     def plan_epochs(self, epochs: int, epoch_steps: int) -> int:
-        """Ends the learning rate's decay after `epochs` epochs of epoch_steps, as the workers
-        agree: each plans from its own clock, and workers that differed would apply different
-        rates and stop after different epochs. Returns the agreed epochs: the workers' mean,
-        rounded down (the fewer, where they differ by one)."""
+        """Ends the learning rate's decay after `epochs` epochs of epoch_steps, as the chief
+        plans them: every worker plans from its own history and clock, and only the chief's
+        history is the run's (another worker's is in a scratch dir, empty again after a
+        resume); workers that differed would apply different rates and stop after different
+        epochs. Returns the chief's epochs (replica 0 is the chief's)."""
         local = self.strategy.experimental_distribute_values_from_function(
-            lambda _: tf.constant(epochs, tf.int64))
-        agreed = (int(self.strategy.reduce(SUM, local, axis=None))
-                  // self.strategy.num_replicas_in_sync)
+            lambda context: tf.constant(epochs if context.replica_id_in_sync_group == 0 else 0,
+                                        tf.int64))
+        agreed = int(self.strategy.reduce(SUM, local, axis=None))
         self.planned_steps.assign(agreed * epoch_steps)
         return agreed
 
