@@ -164,6 +164,10 @@ def test_training_budget_stops_before_an_epoch_that_would_overrun_it():
     assert train.epochs_in_budget(history, 80.0, 0.0, 10, 2) == 10  # no budget
     assert train.epochs_in_budget([], 0.0, 0.001, 10, 0) == 10      # the first epoch always runs
     assert train.epochs_in_budget(history, 200.0, 1.0, 10, 2) == 2  # past it: no epoch undone
+    # Epochs of 50, 30 and 45 s: another is planned as 37.5 s, the mean after the first, so
+    # 125 + 2 x 37.5 <= 210 (by the last epoch's 45 s alone, only one more would fit).
+    longer = history + [{"train_seconds": 125.0}]
+    assert train.epochs_in_budget(longer, 125.0, 3.5, 10, 3) == 5
 
 
 def test_the_cosine_ends_where_the_run_is_planned_to_end():

@@ -178,7 +178,7 @@ def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
                         "\"[0-9]{5}|[A-Z][0-9]{4}\"); decoding finds the most probable one the "
                         "format accepts. Empty: exactly the records' plate length.", **on)
     flags.DEFINE_float("max_minutes", 0.0, "Training-time budget (0: none): no epoch starts "
-                       "that would end past it, judged by the last epoch's length; where it "
+                       "that would end past it, judged by the mean epoch after the first; where it "
                        "leaves fewer than --epochs, the warm-up and cosine end with the last "
                        "epoch it leaves.",
                        lower_bound=0, **on)

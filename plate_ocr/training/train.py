@@ -220,14 +220,19 @@ def _release_aside(box: list) -> threading.Thread:
 
 def epochs_in_budget(history: list[dict], train_seconds: float, max_minutes: float,
                      epochs: int, done: int) -> int:
-    """The epochs a run trains: `epochs`, or fewer where another epoch as long as the last
-    one would end past max_minutes of training (0: no budget); `done` epochs are trained, and
-    the first always is."""
+    """The epochs a run trains: `epochs`, or fewer where another epoch as long as those
+    before would end past max_minutes of training (0: no budget); `done` epochs are trained,
+    and the first always is.
+
+    An epoch's length is the mean of the epochs after the first (the first's alone while it
+    is the only one: it traces the step), so that one slower or faster epoch moves the plan,
+    and the learning rate's schedule with it, less than the last epoch's length would."""
     if not max_minutes or not history:
         return epochs
-    before = history[-2]["train_seconds"] if len(history) > 1 else 0.0
-    last = history[-1]["train_seconds"] - before
-    more = math.floor((60 * max_minutes - train_seconds) / last) if last > 0 else epochs
+    ends = [entry["train_seconds"] for entry in history]
+    lengths = [end - start for start, end in zip([0.0] + ends, ends)]
+    length = sum(lengths[1:]) / (len(lengths) - 1) if len(lengths) > 1 else lengths[0]
+    more = math.floor((60 * max_minutes - train_seconds) / length) if length > 0 else epochs
     return max(done, min(epochs, done + more))
 
 
