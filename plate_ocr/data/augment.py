@@ -57,8 +57,7 @@ _GLYPHS = 6  # runs of inked columns moved each its own way; any further runs jo
 # After the jitter (a stateless draw's first values do not depend on how many follow, so the
 # plates of a config without this effect keep their pixels).
 GLYPH_DRAWS = ("glyph",) + tuple(f"glyph_{what}_{i}" for i in range(_GLYPHS)
-                                 for what in ("angle", "size", "x", "y")) \
-    + tuple(f"glyph_width_{i}" for i in range(_GLYPHS))
+                                 for what in ("angle", "size", "x", "y"))
 _ELASTIC_CELL = 6  # pixels between the elastic displacement's independent nodes
 _ELASTIC_TAPER = 12  # pixels from the frame's edge over which the displacement fades out
 _BANK_SEED = 20261202  # the noise banks: the same in every process
@@ -240,22 +239,18 @@ def _jitter_runs(ink: tf.Tensor, u: dict, config: AugmentConfig, margin, ways) -
         angle = tf.where(turned[:, None], angle, 0.0)
     angle = angle * math.radians(config.glyph_rotate_degrees)
     size = _whole_vectors(tf.exp, each("size") * math.log(1 + config.glyph_scale))
-    # Condensed in its own frame, before the turn: x times size / (1 + w) .. size, y times size.
-    narrowed = tf.stack([u[f"glyph_width_{i}"] for i in range(_GLYPHS)], axis=1)
-    size_x = size * _whole_vectors(tf.exp, -narrowed * math.log(1 + config.glyph_width))
     centre = tf.stack([(left + right) / 2, (top + bottom) / 2], axis=-1)  # [B, K, 2]
     moved = centre + tf.stack([each("x") * config.glyph_shift * (right + 1 - left),
                                each("y") * config.glyph_shift * text_height[:, None]], axis=-1)
-    cos, sin = _whole_vectors(tf.cos, angle), _whole_vectors(tf.sin, angle)
-    # The map M = R diag(size_x, size): its columns' entries, each a product of two draws.
-    cos_x, sin_x, cos_y, sin_y = cos * size_x, sin * size_x, cos * size, sin * size
+    cos = _whole_vectors(tf.cos, angle) * size
+    sin = _whole_vectors(tf.sin, angle) * size
     # Each run's box through its own map (elementwise: the same bits in any batch).
     boxes = tf.transpose(_box_corners(left - 0.5, top - 0.5, right + 0.5, bottom + 0.5),
                          [0, 2, 1, 3])  # [B, K, 4, 2]
     relative = boxes - centre[:, :, None]
     corners = moved[:, :, None] + tf.stack(
-        [cos_x[..., None] * relative[..., 0] - sin_y[..., None] * relative[..., 1],
-         sin_x[..., None] * relative[..., 0] + cos_y[..., None] * relative[..., 1]], axis=-1)
+        [cos[..., None] * relative[..., 0] - sin[..., None] * relative[..., 1],
+         sin[..., None] * relative[..., 0] + cos[..., None] * relative[..., 1]], axis=-1)
     shown = present[:, :, None, None]
     low = tf.reduce_min(tf.where(shown, corners, 1e6), axis=[1, 2])  # [B, 2]
     high = tf.reduce_max(tf.where(shown, corners, -1e6), axis=[1, 2])
@@ -264,13 +259,12 @@ def _jitter_runs(ink: tf.Tensor, u: dict, config: AugmentConfig, margin, ways) -
     fit = tf.minimum(1.0, tf.reduce_min(room / tf.maximum(high - low, 1.0), axis=1))[:, None]
     half = fit * (high - low) / 2
     middle = tf.clip_by_value((low + high) / 2, first + half, first + room - half)
-    # Output point q = fit * (M (p - centre) + moved - (low + high) / 2) + middle; the
-    # transform wants p from q: p = centre + M^-1 (q - offset) / fit, where M^-1 =
-    # [[c / size_x, s / size_x], [-s / size, c / size]].
+    # Output point q = fit * (size R (p - centre) + moved - (low + high) / 2) + middle; the
+    # transform wants p from q: p = centre + R^-1 (q - offset) / (fit size).
     offset = (fit[:, None] * (moved - (low + high)[:, None] / 2) + middle[:, None])  # [B, K, 2]
-    scale_x, scale_y = fit * tf.square(size_x), fit * tf.square(size)
-    a0, a1 = cos_x / scale_x, sin_x / scale_x
-    b0, b1 = -sin_y / scale_y, cos_y / scale_y
+    scale = fit * tf.square(size)  # (fit size)^2: R^-1 / (fit size) = [[c, s], [-s, c]] / that
+    a0, a1 = cos / scale, sin / scale
+    b0, b1 = -sin / scale, cos / scale
     ox, oy = offset[..., 0], offset[..., 1]
     transforms = tf.stack([a0, a1, centre[..., 0] - a0 * ox - a1 * oy,
                            b0, b1, centre[..., 1] - b0 * ox - b1 * oy,

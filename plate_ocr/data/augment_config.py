@@ -54,9 +54,6 @@ class AugmentConfig:
     glyph_rotate_degrees: float = 25.0  # each character up to this, either way
     glyph_scale: float = 0.25  # each character's size times 1/(1 + s) .. 1 + s
     glyph_shift: float = 0.12  # up to this many text heights up or down, character widths across
-    # Each character's width times 1/(1 + w) .. 1 (log-uniform), in its own frame: condensed
-    # as the captcha package's warp draws its characters (to 40-80% of their width).
-    glyph_width: float = 0.0
     # Characters turned one way only, as far as the others: turned the other way they read as
     # another character (a 1 with a long flag turned clockwise is a 7; a 7 turned
     # anticlockwise is such a 1). Turned either way, trdg's long-flagged 1s read as 7s: 27
