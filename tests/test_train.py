@@ -185,14 +185,16 @@ def test_the_cosine_ends_where_the_run_is_planned_to_end():
 
 
 class FakeClock:
-    """time for plate_ocr.training.train, whose perf_counter moves 50 s a call: each training epoch
-    (two calls, its start and end) lasts 50 s whatever the machine."""
+    """time for plate_ocr.training.train, whose perf_counter is called at each training epoch's
+    start and end: the epochs last `seconds` (the last repeated), whatever the machine."""
 
-    def __init__(self):
-        self.now = 0.0
+    def __init__(self, seconds=(50.0,)):
+        self.now, self.calls, self.seconds = 0.0, 0, seconds
 
     def perf_counter(self) -> float:
-        self.now += 50.0
+        epoch, end = divmod(self.calls, 2)
+        self.calls += 1
+        self.now += self.seconds[min(epoch, len(self.seconds) - 1)] if end else 50.0
         return self.now
 
     def __getattr__(self, name):
@@ -221,6 +223,19 @@ def test_the_training_budget_stops_the_run_by_the_training_clock(tiny_records, t
              for event in tf.compat.v1.train.summary_iterator(path)
              for value in event.summary.value if value.tag == "learning_rate"]
     assert len(rates) == epochs and rates[-1] == pytest.approx(0, abs=1e-9), rates
+
+
+@pytest.mark.slow
+def test_a_run_whose_rate_is_down_ends_though_the_budget_has_room(tiny_records, tmp_path,
+                                                                  monkeypatch):
+    # A first epoch of 50 s plans 2 epochs in 2 minutes; the second lasts 20 s, after which two
+    # more of 20 s would fit, but the cosine has come down: the run ends, its rate at 0.
+    monkeypatch.setattr(train, "time", FakeClock((50.0, 20.0)))
+    result = train.train_and_evaluate(
+        smoke_config(tiny_records, epochs=4, steps_per_epoch=1, steps_per_loop=1,
+                     max_minutes=2, lr_schedule="cosine", learning_rate=1e-3),
+        str(tmp_path / "run"), STRATEGY)
+    assert result["epochs"] == 2 and result["train_seconds"] == pytest.approx(70.0)
 
 
 def test_time_to_accuracy_names_the_first_validation_at_each_target():

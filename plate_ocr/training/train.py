@@ -353,9 +353,11 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
 
     def plan(planned: int) -> int:
         """The epochs the run trains, the learning rate's decay ending with the last of them:
-        config.epochs, or fewer when the time budget will stop the run first."""
-        if not config.max_minutes:
-            return config.epochs
+        config.epochs, or fewer when the time budget will stop the run first. A run that has
+        trained its planned epochs ends there, though the budget may have room for another:
+        its rate is down, and another epoch would start it up again."""
+        if not config.max_minutes or int(trainer.epoch) >= planned:
+            return planned
         now = trainer.plan_epochs(epochs_in_budget(
             history, float(trainer.train_seconds), config.max_minutes, config.epochs,
             int(trainer.epoch)), epoch_steps)
