@@ -422,11 +422,11 @@ def train_and_evaluate(config: TrainConfig, model_dir: str,
         with val_writer.as_default(step=step):
             tf.summary.image("predictions", predictions[None], max_outputs=1)
         # The time-to-accuracy curve: TensorBoard's x axis is the step, so this scalar's step is
-        # whole seconds of training (evaluation excluded).
-        with val_writer.as_default(step=round(float(trainer.train_seconds))):
+        # whole seconds of training (evaluation excluded), those of the history's entry.
+        seconds = round(float(trainer.train_seconds), 2)
+        with val_writer.as_default(step=round(seconds)):
             tf.summary.scalar("plate_accuracy_by_train_seconds", val["plate_accuracy"])
-        history.append({"epoch": epoch, "step": step,
-                        "train_seconds": round(float(trainer.train_seconds), 2),
+        history.append({"epoch": epoch, "step": step, "train_seconds": seconds,
                         "examples": step * config.batch_size, "train": train, "val": val,
                         "watch": watch})
         _write_json(history_path, history)
