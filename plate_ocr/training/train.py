@@ -229,9 +229,9 @@ def epochs_in_budget(history: list[dict], train_seconds: float, max_minutes: flo
     and the learning rate's schedule with it, less than the last epoch's length would."""
     if not max_minutes or not history:
         return epochs
-    ends = [entry["train_seconds"] for entry in history]
-    lengths = [end - start for start, end in zip([0.0] + ends, ends)]
-    length = sum(lengths[1:]) / (len(lengths) - 1) if len(lengths) > 1 else lengths[0]
+    first = history[0]["train_seconds"]
+    length = ((history[-1]["train_seconds"] - first) / (len(history) - 1) if len(history) > 1
+              else first)
     more = math.floor((60 * max_minutes - train_seconds) / length) if length > 0 else epochs
     return max(done, min(epochs, done + more))
 
